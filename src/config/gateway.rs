@@ -1,0 +1,256 @@
+//! `gateway.toml`: listen addresses, RTP ports, recordings, prompts.
+
+use super::{Diagnostic, SourceFile};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    sip: SipSection,
+    media: MediaSection,
+    #[serde(default)]
+    recording: RecordingSection,
+    prompts: PromptsSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SipSection {
+    #[serde(default)]
+    udp: Vec<Spanned<String>>,
+    #[serde(default)]
+    tcp: Vec<Spanned<String>>,
+    #[serde(default = "default_user_agent")]
+    user_agent: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaSection {
+    sdp_address: Spanned<String>,
+    rtp_port_min: Spanned<u16>,
+    rtp_port_max: Spanned<u16>,
+    #[serde(default = "default_rtp_timeout")]
+    rtp_timeout_s: Spanned<u64>,
+    #[serde(default = "default_jitter")]
+    jitter_buffer_ms: Spanned<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingSection {
+    #[serde(default = "default_recordings")]
+    dir: String,
+    #[serde(default = "default_flush")]
+    flush_interval_ms: u64,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        Self {
+            dir: default_recordings(),
+            flush_interval_ms: default_flush(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptsSection {
+    greeting: Spanned<String>,
+}
+
+fn default_user_agent() -> String {
+    format!("voicegate/{}", env!("CARGO_PKG_VERSION"))
+}
+fn default_rtp_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30)
+}
+fn default_jitter() -> Spanned<u32> {
+    Spanned::new(0..0, 60)
+}
+fn default_recordings() -> String {
+    "recordings".into()
+}
+fn default_flush() -> u64 {
+    1000
+}
+
+/// Where SIP listens.
+#[derive(Debug, Clone)]
+pub struct SipListen {
+    /// UDP sockets.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listeners.
+    pub tcp: Vec<SocketAddr>,
+    /// `User-Agent` / `Server` header value.
+    pub user_agent: String,
+}
+
+/// RTP settings.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// The address written into SDP `c=` lines.
+    pub sdp_address: IpAddr,
+    /// First RTP port (even).
+    pub rtp_port_min: u16,
+    /// Last RTP port.
+    pub rtp_port_max: u16,
+    /// A call with no RTP for this long is ended with BYE.
+    pub rtp_timeout: Duration,
+    /// Jitter buffer depth.
+    pub jitter_buffer: Duration,
+}
+
+/// Recording settings.
+#[derive(Debug, Clone)]
+pub struct RecordingConfig {
+    /// Root directory; calls go under `YYYY-MM-DD/<call-id>/`.
+    pub dir: PathBuf,
+    /// How often WAV data and headers are flushed to disk.
+    pub flush_interval: Duration,
+}
+
+/// Validated `gateway.toml`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// SIP listeners.
+    pub sip: SipListen,
+    /// RTP.
+    pub media: MediaConfig,
+    /// Recordings.
+    pub recording: RecordingConfig,
+    /// The greeting prompt, resolved against the config directory.
+    pub greeting: PathBuf,
+}
+
+pub(super) fn parse(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<GatewayConfig> {
+    let src = SourceFile::new(path, text);
+    let file: File = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(src.from_toml_error(&e));
+            return None;
+        }
+    };
+    let before = problems.len();
+    let mut addrs = |list: &[Spanned<String>], what: &str| -> Vec<SocketAddr> {
+        list.iter()
+            .filter_map(|a| match a.get_ref().parse::<SocketAddr>() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    problems.push(src.at(
+                        Some(a.span()),
+                        format!("bad {what} listen address {:?}", a.get_ref()),
+                        "write IP:PORT, e.g. \"127.0.0.1:5060\" or \"[::1]:5060\"",
+                    ));
+                    None
+                }
+            })
+            .collect()
+    };
+    let udp = addrs(&file.sip.udp, "sip.udp");
+    let tcp = addrs(&file.sip.tcp, "sip.tcp");
+    if file.sip.udp.is_empty() && file.sip.tcp.is_empty() {
+        problems.push(src.at(
+            None,
+            "no SIP listen address",
+            "add [sip] udp = [\"127.0.0.1:5060\"] (and/or tcp)",
+        ));
+    }
+    let m = &file.media;
+    let sdp_address = match m.sdp_address.get_ref().parse::<IpAddr>() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            problems.push(src.at(
+                Some(m.sdp_address.span()),
+                format!("bad media.sdp_address {:?}", m.sdp_address.get_ref()),
+                "give the IP address callers should send RTP to, e.g. \"127.0.0.1\"",
+            ));
+            None
+        }
+    };
+    let (lo, hi) = (*m.rtp_port_min.get_ref(), *m.rtp_port_max.get_ref());
+    if lo >= hi || hi - lo < 2 {
+        problems.push(src.at(
+            Some(m.rtp_port_min.span()),
+            format!("RTP port range {lo}-{hi} is empty or inverted"),
+            "set rtp_port_min below rtp_port_max with room for at least one call",
+        ));
+    } else if lo % 2 != 0 {
+        problems.push(src.at(
+            Some(m.rtp_port_min.span()),
+            format!("rtp_port_min {lo} is odd"),
+            "RTP uses even ports: make rtp_port_min even",
+        ));
+    }
+    for sip in udp.iter().chain(tcp.iter()) {
+        if (lo..=hi).contains(&sip.port()) {
+            problems.push(src.at(
+                Some(m.rtp_port_min.span()),
+                format!(
+                    "RTP port range {lo}-{hi} overlaps the SIP port {}",
+                    sip.port()
+                ),
+                "move the RTP range or the SIP listener so they do not overlap",
+            ));
+        }
+    }
+    if *m.rtp_timeout_s.get_ref() == 0 {
+        problems.push(src.at(
+            Some(m.rtp_timeout_s.span()),
+            "rtp_timeout_s is 0",
+            "give the seconds without RTP after which a dead call ends (default 30)",
+        ));
+    }
+    let jb = *m.jitter_buffer_ms.get_ref();
+    if !(20..=500).contains(&jb) {
+        problems.push(src.at(
+            Some(m.jitter_buffer_ms.span()),
+            format!("jitter_buffer_ms {jb} is out of range"),
+            "use 20 to 500 ms (default 60)",
+        ));
+    }
+    let greeting = dir.join(file.prompts.greeting.get_ref());
+    if let Err(e) = hound::WavReader::open(&greeting) {
+        problems.push(src.at(
+            Some(file.prompts.greeting.span()),
+            format!(
+                "prompt file {} cannot be used: {e}",
+                greeting.display()
+            ),
+            "point prompts.greeting at a readable WAV file (path relative to the config directory)",
+        ));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(GatewayConfig {
+        sip: SipListen {
+            udp,
+            tcp,
+            user_agent: file.sip.user_agent,
+        },
+        media: MediaConfig {
+            sdp_address: sdp_address?,
+            rtp_port_min: lo,
+            rtp_port_max: hi,
+            rtp_timeout: Duration::from_secs(*m.rtp_timeout_s.get_ref()),
+            jitter_buffer: Duration::from_millis(u64::from(jb)),
+        },
+        recording: RecordingConfig {
+            dir: PathBuf::from(file.recording.dir),
+            flush_interval: Duration::from_millis(file.recording.flush_interval_ms.max(100)),
+        },
+        greeting,
+    })
+}

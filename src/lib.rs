@@ -1,0 +1,11 @@
+//! voicegate: a telephony voice-bot gateway.
+//!
+//! The tree follows the path of a call: [`sip`] terminates signalling,
+//! [`media`] carries audio, [`call`] decides what happens, [`record`] keeps
+//! everything; [`config`] is what the administrator edits.
+
+pub mod call;
+pub mod config;
+pub mod media;
+pub mod record;
+pub mod sip;

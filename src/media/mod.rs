@@ -1,0 +1,9 @@
+//! Media: RTP in and out, G.711, jitter buffer, DTMF, prompts, resampling.
+
+pub mod dtmf;
+pub mod g711;
+pub mod jitter;
+pub mod ports;
+pub mod prompt;
+pub mod resample;
+pub mod session;

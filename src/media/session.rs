@@ -1,0 +1,275 @@
+//! One call's RTP endpoint as a sans-IO state machine: datagrams in (with the
+//! time), decoded 20 ms frames and DTMF digits out, outgoing audio and
+//! telephone-events packetised. The tokio driver owns the socket and the clock.
+
+use super::dtmf::{self, EventReceiver, InbandDetector};
+use super::g711;
+use super::jitter::{JitterBuffer, JitterStats, FRAME_8K};
+use crate::config::Codec;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::Duration;
+use webrtc_util::marshal::{Marshal, Unmarshal};
+
+/// What was negotiated in SDP for this call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaParams {
+    /// Audio codec.
+    pub codec: Codec,
+    /// Payload type of telephone-event, when the peer offered it.
+    pub dtmf_payload_type: Option<u8>,
+    /// Where the peer said it wants RTP (before latching).
+    pub remote: SocketAddr,
+}
+
+/// What a datagram produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Audio queued for playout.
+    Audio,
+    /// A DTMF digit (RFC 4733).
+    Digit(char),
+    /// Ignored: not RTP, unknown payload type, or from an unlatched source.
+    Dropped(DropReason),
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a parseable RTP packet.
+    Malformed,
+    /// From a source other than the latched one.
+    WrongSource,
+    /// A payload type that was not negotiated.
+    UnknownPayload,
+}
+
+/// Counters reported at the end of a call.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct MediaStats {
+    /// Jitter buffer counters.
+    pub jitter: JitterStats,
+    /// Datagrams dropped as malformed.
+    pub malformed: u64,
+    /// Datagrams dropped from a foreign source.
+    pub wrong_source: u64,
+    /// Packets sent.
+    pub sent: u64,
+}
+
+/// A call's RTP endpoint.
+#[derive(Debug)]
+pub struct MediaSession {
+    params: MediaParams,
+    latched: Option<SocketAddr>,
+    jitter: JitterBuffer,
+    events: EventReceiver,
+    inband: InbandDetector,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    last_rx: Duration,
+    stats: MediaStats,
+    scratch: Vec<u8>,
+}
+
+impl MediaSession {
+    /// A session for negotiated `params`, answering at `now`.
+    pub fn new(params: MediaParams, jitter_depth: Duration, ssrc: u32, now: Duration) -> Self {
+        let depth = (jitter_depth.as_millis() / 20).max(1) as usize;
+        Self {
+            params,
+            latched: None,
+            jitter: JitterBuffer::new(depth),
+            events: EventReceiver::default(),
+            inband: InbandDetector::default(),
+            ssrc,
+            seq: (ssrc >> 16) as u16,
+            timestamp: ssrc.rotate_left(7),
+            last_rx: now,
+            stats: MediaStats::default(),
+            scratch: Vec::with_capacity(FRAME_8K),
+        }
+    }
+
+    /// The negotiated parameters.
+    pub fn params(&self) -> &MediaParams {
+        &self.params
+    }
+
+    /// New parameters from a re-INVITE; the source is latched afresh.
+    pub fn renegotiate(&mut self, params: MediaParams) {
+        if params.remote != self.params.remote {
+            self.latched = None;
+        }
+        self.params = params;
+    }
+
+    /// Where to send: the latched source, else the SDP address.
+    pub fn destination(&self) -> SocketAddr {
+        self.latched.unwrap_or(self.params.remote)
+    }
+
+    /// How long since the last accepted packet.
+    pub fn idle_for(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.last_rx)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> MediaStats {
+        MediaStats {
+            jitter: self.jitter.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Feed one received datagram.
+    pub fn on_datagram(&mut self, now: Duration, from: SocketAddr, data: &[u8]) -> Inbound {
+        let mut buf = data;
+        let Ok(packet) = rtp::packet::Packet::unmarshal(&mut buf) else {
+            self.stats.malformed += 1;
+            return Inbound::Dropped(DropReason::Malformed);
+        };
+        if packet.header.version != 2 {
+            self.stats.malformed += 1;
+            return Inbound::Dropped(DropReason::Malformed);
+        }
+        let pt = packet.header.payload_type;
+        let is_audio = pt == self.params.codec.payload_type();
+        let is_dtmf = Some(pt) == self.params.dtmf_payload_type;
+        if !is_audio && !is_dtmf {
+            return Inbound::Dropped(DropReason::UnknownPayload);
+        }
+        match self.latched {
+            Some(src) if src != from => {
+                self.stats.wrong_source += 1;
+                return Inbound::Dropped(DropReason::WrongSource);
+            }
+            None => self.latched = Some(from),
+            _ => {}
+        }
+        self.last_rx = now;
+        if is_dtmf {
+            return match self.events.on_packet(packet.header.timestamp, &packet.payload) {
+                Some(d) => Inbound::Digit(d),
+                None => Inbound::Audio,
+            };
+        }
+        let mut pcm = Vec::with_capacity(packet.payload.len());
+        g711::decode(self.params.codec, &packet.payload, &mut pcm);
+        self.jitter.push(packet.header.sequence_number, pcm);
+        Inbound::Audio
+    }
+
+    /// The caller's next 20 ms of audio (silence when none is playing), plus an
+    /// in-band DTMF digit when the peer has no telephone-event.
+    pub fn pull_frame(&mut self) -> (Vec<i16>, Option<char>) {
+        let frame = self.jitter.pop_frame().unwrap_or_else(|| vec![0; FRAME_8K]);
+        let digit = if self.params.dtmf_payload_type.is_none() {
+            self.inband.on_frame(&frame)
+        } else {
+            None
+        };
+        (frame, digit)
+    }
+
+    fn packet(&mut self, payload_type: u8, marker: bool, timestamp: u32, payload: Bytes) -> Bytes {
+        let packet = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type,
+                sequence_number: self.seq,
+                timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        self.stats.sent += 1;
+        packet.marshal().unwrap_or_default()
+    }
+
+    /// Packetise 20 ms of outgoing audio.
+    pub fn encode_frame(&mut self, samples: &[i16]) -> Bytes {
+        self.scratch.clear();
+        g711::encode(self.params.codec, samples, &mut self.scratch);
+        let payload = Bytes::copy_from_slice(&self.scratch);
+        let ts = self.timestamp;
+        self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
+        self.packet(self.params.codec.payload_type(), false, ts, payload)
+    }
+
+    /// The RFC 4733 packets for one digit (send one every 20 ms; the end
+    /// packets may go together). Empty when the peer has no telephone-event.
+    pub fn encode_digit(&mut self, digit: char, duration_ms: u32) -> Vec<Bytes> {
+        let Some(pt) = self.params.dtmf_payload_type else {
+            return Vec::new();
+        };
+        let ts = self.timestamp;
+        let packets: Vec<Bytes> = dtmf::event_payloads(digit, duration_ms)
+            .into_iter()
+            .map(|(marker, payload)| self.packet(pt, marker, ts, Bytes::copy_from_slice(&payload)))
+            .collect();
+        self.timestamp = self.timestamp.wrapping_add(duration_ms.max(40) * 8);
+        packets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> MediaParams {
+        MediaParams {
+            codec: Codec::Pcmu,
+            dtmf_payload_type: Some(101),
+            remote: "127.0.0.1:4000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn latches_to_first_source_and_drops_others() {
+        let mut tx = MediaSession::new(params(), Duration::from_millis(20), 7, Duration::ZERO);
+        let mut rx = MediaSession::new(params(), Duration::from_millis(20), 9, Duration::ZERO);
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let pkt = tx.encode_frame(&[1000; 160]);
+        assert_eq!(rx.on_datagram(Duration::from_millis(20), a, &pkt), Inbound::Audio);
+        assert_eq!(rx.destination(), a);
+        let pkt = tx.encode_frame(&[1000; 160]);
+        assert_eq!(
+            rx.on_datagram(Duration::from_millis(40), b, &pkt),
+            Inbound::Dropped(DropReason::WrongSource)
+        );
+        let (frame, _) = rx.pull_frame();
+        assert!((i32::from(frame[0]) - 1000).abs() < 40);
+        assert_eq!(rx.idle_for(Duration::from_millis(1040)), Duration::from_millis(1020));
+    }
+
+    #[test]
+    fn garbage_is_dropped_not_fatal() {
+        let mut rx = MediaSession::new(params(), Duration::from_millis(20), 9, Duration::ZERO);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            rx.on_datagram(Duration::ZERO, from, &[0xff, 1, 2]),
+            Inbound::Dropped(DropReason::Malformed)
+        );
+        assert_eq!(rx.stats().malformed, 1);
+    }
+
+    #[test]
+    fn digits_survive_the_wire() {
+        let mut tx = MediaSession::new(params(), Duration::from_millis(20), 7, Duration::ZERO);
+        let mut rx = MediaSession::new(params(), Duration::from_millis(20), 9, Duration::ZERO);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let digits: Vec<Inbound> = tx
+            .encode_digit('#', 100)
+            .iter()
+            .map(|p| rx.on_datagram(Duration::ZERO, from, p))
+            .filter(|i| matches!(i, Inbound::Digit(_)))
+            .collect();
+        assert_eq!(digits, vec![Inbound::Digit('#')]);
+    }
+}
