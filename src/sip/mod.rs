@@ -1,1 +1,5 @@
-//! sip
+//! SIP signalling pieces: SDP offer/answer, trunk digest authentication,
+//! outbound registration. Transactions and dialogs come from `rsipstack`.
+
+pub mod digest;
+pub mod sdp;
