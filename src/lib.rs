@@ -6,6 +6,7 @@
 
 pub mod call;
 pub mod config;
+pub mod gateway;
 pub mod media;
 pub mod record;
 pub mod sip;

@@ -1,1 +1,7 @@
-//! call
+//! The per-call decision core: a plain state machine fed events with the time
+//! passed in, returning actions. No sockets, no tokio, no wall clock — the
+//! live gateway and offline replay drive the same code.
+
+pub mod greeting;
+
+pub use greeting::{CallAction, CallEvent, GreetingFlow};

@@ -1,0 +1,383 @@
+//! One answered call: RTP socket, 20 ms media clock, recording, and the
+//! decision core driven by what happens on the line.
+
+use super::Shared;
+use crate::call::{CallAction, CallEvent, GreetingFlow};
+use crate::config::TrunkConfig;
+use crate::media::jitter::FRAME_8K;
+use crate::media::prompt::PromptPlayer;
+use crate::media::session::{Inbound, MediaSession};
+use crate::record::CallRecorder;
+use crate::sip::sdp::{self, Direction, Negotiated};
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, StatusCode};
+use rsipstack::transaction::transaction::Transaction;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+/// Who the caller is and what they dialled.
+struct Parties {
+    call_id: String,
+    from_user: String,
+    from_display: String,
+    to_user: String,
+}
+
+fn parties(tx: &Transaction) -> Parties {
+    let req = &tx.original;
+    let from = req.from_header().ok();
+    let from_uri = from.and_then(|f| f.uri().ok());
+    let display = from
+        .map(|f| f.value().to_string())
+        .and_then(|v| v.split('<').next().map(|d| d.trim().trim_matches('"').to_string()))
+        .unwrap_or_default();
+    Parties {
+        call_id: req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default(),
+        from_user: from_uri
+            .and_then(|u| u.auth.map(|a| a.user))
+            .unwrap_or_else(|| "anonymous".into()),
+        from_display: display,
+        to_user: req
+            .to_header()
+            .ok()
+            .and_then(|t| t.uri().ok())
+            .and_then(|u| u.auth.map(|a| a.user))
+            .or_else(|| req.uri.auth.as_ref().map(|a| a.user.clone()))
+            .unwrap_or_default(),
+    }
+}
+
+async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, crate::media::ports::PortLease)> {
+    let ip = shared.config.gateway.media.sdp_address;
+    for _ in 0..32 {
+        let lease = shared.ports.lease()?;
+        let local = SocketAddr::new(ip, lease.port());
+        let any = SocketAddr::new(
+            if ip.is_ipv6() {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            },
+            lease.port(),
+        );
+        if let Ok(s) = UdpSocket::bind(local).await {
+            return Some((s, lease));
+        }
+        if let Ok(s) = UdpSocket::bind(any).await {
+            return Some((s, lease));
+        }
+    }
+    None
+}
+
+/// Answer and run a call until either side ends it.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    trunk: TrunkConfig,
+    mut tx: Transaction,
+    negotiated: Negotiated,
+) {
+    let who = parties(&tx);
+    let Some((socket, lease)) = bind_rtp(&shared).await else {
+        warn!("no free RTP port");
+        let _ = tx.reply(StatusCode::ServiceUnavailable).await;
+        return;
+    };
+    let (state_tx, mut states) = shared.dialogs.new_dialog_state_channel();
+    let dialog = match shared
+        .dialogs
+        .get_or_create_server_invite(&tx, state_tx, None, None)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot create dialog");
+            let _ = tx.reply(StatusCode::ServerInternalError).await;
+            return;
+        }
+    };
+    let mut handler = dialog.clone();
+    tokio::spawn(async move {
+        if let Err(e) = handler.handle(&mut tx).await {
+            tracing::debug!(error = %e, "INVITE transaction ended with an error");
+        }
+    });
+
+    let gw = &shared.config.gateway;
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let mut recorder = match CallRecorder::create(&gw.recording.dir, &date, &who.call_id, 8000) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // Never drop a caller because the disk is unhappy: answer, log loudly.
+            tracing::error!(error = %e, "cannot create the recording; the call goes on unrecorded");
+            None
+        }
+    };
+    let session_id = u64::from(rand::random::<u32>());
+    let mut sdp_version = 1u64;
+    let answer = sdp::build(
+        session_id,
+        sdp_version,
+        gw.media.sdp_address,
+        lease.port(),
+        negotiated.params.codec,
+        negotiated.params.dtmf_payload_type,
+        negotiated.direction.answer(),
+    );
+    let mut log = EventLog {
+        recorder: recorder.as_mut(),
+        start: Instant::now(),
+    };
+    log.event(
+        "call.invite",
+        json!({
+            "call_id": who.call_id, "from": who.from_user, "from_name": who.from_display,
+            "to": who.to_user, "trunk": trunk.name, "flow": trunk.flow_for(&who.to_user),
+            "codec": negotiated.params.codec.name(),
+            "remote_rtp": negotiated.params.remote.to_string(),
+            "telephone_event": negotiated.params.dtmf_payload_type,
+        }),
+    );
+    let _ = dialog.ringing(None, None);
+    let content_type = Header::ContentType("application/sdp".into());
+    if let Err(e) = dialog.accept(Some(vec![content_type.clone()]), Some(answer.into_bytes())) {
+        warn!(error = %e, "could not answer");
+        log.event("call.ended", json!({"reason": "answer_failed"}));
+        if let Some(r) = recorder {
+            let _ = r.finalize();
+        }
+        return;
+    }
+    info!(from = %who.from_user, to = %who.to_user, trunk = %trunk.name, codec = negotiated.params.codec.name(), "call answered");
+
+    let start = Instant::now();
+    log.start = start;
+    log.event("call.answered", json!({"local_rtp_port": lease.port()}));
+    let mut media = MediaSession::new(
+        negotiated.params.clone(),
+        gw.media.jitter_buffer,
+        rand::random(),
+        Duration::ZERO,
+    );
+    let mut held = negotiated.direction.is_hold();
+    let mut flow = GreetingFlow::default();
+    let mut player: Option<PromptPlayer> = None;
+    let mut hangup: Option<&'static str> = None;
+    let mut actions = flow.handle(Duration::ZERO, CallEvent::Answered);
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut flusher = tokio::time::interval(gw.recording.flush_interval);
+    let mut buf = vec![0u8; 2048];
+    let silence = [0i16; FRAME_8K];
+    let ended_by: &str;
+
+    loop {
+        for action in actions.drain(..) {
+            match action {
+                CallAction::PlayGreeting => player = Some(PromptPlayer::new(shared.greeting.clone())),
+                CallAction::StopPlayback => {
+                    if let Some(p) = player.as_mut() {
+                        p.stop();
+                    }
+                }
+                CallAction::HangUp { reason } => hangup = Some(reason),
+                CallAction::Log { kind, fields } => log.event(kind, fields),
+            }
+        }
+        if let Some(reason) = hangup {
+            log.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
+            if let Err(e) = dialog.bye().await {
+                warn!(error = %e, "BYE failed");
+            }
+            ended_by = reason;
+            break;
+        }
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = start.elapsed();
+                let (caller, digit) = media.pull_frame();
+                if let Some(d) = digit {
+                    actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" }));
+                }
+                let mut out = silence;
+                if let Some(p) = player.as_mut() {
+                    match p.next_frame() {
+                        Some(f) => out = f,
+                        None => {
+                            player = None;
+                            actions.extend(flow.handle(now, CallEvent::PromptFinished));
+                        }
+                    }
+                }
+                if !held {
+                    let pkt = media.encode_frame(&out);
+                    let _ = socket.send_to(&pkt, media.destination()).await;
+                }
+                if let Some(r) = log.recorder.as_deref_mut() {
+                    if let Err(e) = r.write(&caller, &out) {
+                        tracing::error!(error = %e, "recording write failed");
+                    }
+                }
+                if !held && media.idle_for(now) > gw.media.rtp_timeout {
+                    warn!(idle_s = media.idle_for(now).as_secs(), "no RTP: ending the call");
+                    hangup = Some("rtp_timeout");
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = received {
+                    let now = start.elapsed();
+                    if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
+                        actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" }));
+                    }
+                }
+            }
+            state = states.recv() => {
+                let Some(state) = state else { ended_by = "dialog_gone"; break };
+                match on_dialog_state(state, &dialog, &mut media, &mut held, &mut sdp_version, session_id, &shared, lease.port(), &trunk, &mut log).await {
+                    DialogOutcome::Continue => {}
+                    DialogOutcome::Digit(d) => actions.extend(flow.handle(start.elapsed(), CallEvent::Digit { digit: d, source: "sip_info" })),
+                    DialogOutcome::Ended(reason) => {
+                        log.event("call.hangup", json!({"reason": reason, "by": "caller"}));
+                        ended_by = reason;
+                        break;
+                    }
+                }
+            }
+            _ = flusher.tick() => {
+                if let Some(r) = log.recorder.as_deref_mut() {
+                    if let Err(e) = r.flush() {
+                        tracing::error!(error = %e, "recording flush failed");
+                    }
+                }
+            }
+            _ = shared.shutdown.cancelled(), if hangup.is_none() => {
+                hangup = Some("gateway_shutdown");
+            }
+        }
+    }
+    let stats = media.stats();
+    log.event(
+        "call.ended",
+        json!({"reason": ended_by, "duration_s": start.elapsed().as_secs_f64(), "media": stats}),
+    );
+    info!(reason = ended_by, duration_s = start.elapsed().as_secs_f64(), lost = stats.jitter.lost, "call ended");
+    if let Some(r) = recorder {
+        match r.finalize() {
+            Ok(dir) => info!(dir = %dir.display(), "recording finalised"),
+            Err(e) => tracing::error!(error = %e, "recording finalise failed"),
+        }
+    }
+    drop(lease);
+}
+
+enum DialogOutcome {
+    Continue,
+    Digit(char),
+    Ended(&'static str),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn on_dialog_state(
+    state: DialogState,
+    dialog: &InviteDialog,
+    media: &mut MediaSession,
+    held: &mut bool,
+    sdp_version: &mut u64,
+    session_id: u64,
+    shared: &Shared,
+    port: u16,
+    trunk: &TrunkConfig,
+    log: &mut EventLog<'_>,
+) -> DialogOutcome {
+    match state {
+        DialogState::Terminated(_, reason) => DialogOutcome::Ended(match reason {
+            TerminatedReason::UacBye => "caller_bye",
+            TerminatedReason::UacCancel => "caller_cancel",
+            TerminatedReason::Timeout => "sip_timeout",
+            _ => "terminated",
+        }),
+        DialogState::Confirmed(..) => {
+            log.event("call.confirmed", json!({}));
+            DialogOutcome::Continue
+        }
+        DialogState::Updated(_, req, handle) => {
+            if req.body.is_empty() {
+                // Offerless re-INVITE: offer what we have.
+                *sdp_version += 1;
+                let offer = sdp::build(session_id, *sdp_version, shared.config.gateway.media.sdp_address, port,
+                    media.params().codec, media.params().dtmf_payload_type, Direction::SendRecv);
+                let _ = handle.respond(StatusCode::OK, Some(vec![Header::ContentType("application/sdp".into())]), Some(offer.into_bytes())).await;
+                return DialogOutcome::Continue;
+            }
+            match sdp::negotiate(&req.body, &trunk.codecs) {
+                Ok(n) => {
+                    *held = n.direction.is_hold();
+                    *sdp_version += 1;
+                    let answer = sdp::build(session_id, *sdp_version, shared.config.gateway.media.sdp_address, port,
+                        n.params.codec, n.params.dtmf_payload_type, n.direction.answer());
+                    log.event("sip.reinvite", json!({
+                        "hold": *held, "direction": n.direction.attribute(),
+                        "codec": n.params.codec.name(), "remote_rtp": n.params.remote.to_string(),
+                    }));
+                    info!(hold = *held, codec = n.params.codec.name(), "re-INVITE");
+                    media.renegotiate(n.params);
+                    let _ = handle.respond(StatusCode::OK, Some(vec![Header::ContentType("application/sdp".into())]), Some(answer.into_bytes())).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "re-INVITE refused; the call goes on as before");
+                    log.event("sip.reinvite_refused", json!({"error": e.to_string()}));
+                    let status = if e.status() == 400 { StatusCode::BadRequest } else { StatusCode::NotAcceptableHere };
+                    let _ = handle.reply(status).await;
+                }
+            }
+            DialogOutcome::Continue
+        }
+        DialogState::Info(_, req, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
+            let body = String::from_utf8_lossy(&req.body);
+            let digit = body
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Signal="))
+                .and_then(|s| s.trim().chars().next());
+            digit.map_or(DialogOutcome::Continue, DialogOutcome::Digit)
+        }
+        DialogState::Options(_, _, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
+            DialogOutcome::Continue
+        }
+        DialogState::Message(_, _, handle) | DialogState::Notify(_, _, handle) | DialogState::Refer(_, _, handle) | DialogState::Publish(_, _, handle) => {
+            let _ = handle.reply(StatusCode::NotImplemented).await;
+            DialogOutcome::Continue
+        }
+        _ => {
+            let _ = dialog;
+            DialogOutcome::Continue
+        }
+    }
+}
+
+/// Events to the call's `events.jsonl`, timed from the answer.
+struct EventLog<'a> {
+    recorder: Option<&'a mut CallRecorder>,
+    start: Instant,
+}
+
+impl EventLog<'_> {
+    fn event(&mut self, kind: &str, fields: serde_json::Value) {
+        tracing::debug!(kind, %fields, "event");
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
+                tracing::error!(error = %e, "event log write failed");
+            }
+        }
+    }
+}

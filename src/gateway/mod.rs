@@ -1,0 +1,265 @@
+//! The live gateway: the async shell around the sans-IO pieces. It owns the
+//! SIP endpoint (rsipstack), the RTP sockets and the clock, and feeds each
+//! call's events to the decision core.
+
+mod call;
+mod register;
+
+use crate::config::Config;
+use crate::media::ports::PortPool;
+use crate::media::prompt::Prompt;
+use crate::sip::digest::{AuthVerdict, NonceIssuer};
+use crate::sip::sdp;
+use anyhow::Context;
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::{
+    udp::UdpConnection, SipConnection, TcpListenerConnection, TransportLayer,
+};
+use rsipstack::EndpointBuilder;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// Everything a call task shares with the server.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub dialogs: Arc<DialogLayer>,
+    pub ports: PortPool,
+    pub greeting: Prompt,
+    pub nonces: NonceIssuer,
+    pub shutdown: CancellationToken,
+    pub calls: tokio_util::task::TaskTracker,
+}
+
+/// Serve until `shutdown` is cancelled; calls in progress end with BYE and
+/// their recordings are finalised before this returns.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let repaired = crate::record::repair_all(&config.gateway.recording.dir);
+    if !repaired.is_empty() {
+        warn!(count = repaired.len(), "repaired recordings left unfinished by a crash");
+    }
+    let greeting = Prompt::load(&config.gateway.greeting)?;
+
+    let transport = TransportLayer::new(shutdown.child_token());
+    for addr in &config.gateway.sip.udp {
+        let udp = UdpConnection::create_connection(*addr, None, Some(shutdown.child_token()))
+            .await
+            .with_context(|| format!("cannot listen on udp {addr}"))?;
+        transport.add_transport(udp.into());
+        info!(%addr, "SIP listening on UDP");
+    }
+    for addr in &config.gateway.sip.tcp {
+        let tcp = TcpListenerConnection::new(*addr, None)
+            .await
+            .with_context(|| format!("cannot listen on tcp {addr}"))?;
+        transport.add_transport(SipConnection::TcpListener(tcp));
+        info!(%addr, "SIP listening on TCP");
+    }
+    let endpoint = EndpointBuilder::new()
+        .with_user_agent(&config.gateway.sip.user_agent)
+        .with_transport_layer(transport)
+        .with_cancel_token(shutdown.child_token())
+        .with_allows(vec![
+            Method::Invite,
+            Method::Ack,
+            Method::Bye,
+            Method::Cancel,
+            Method::Options,
+            Method::Info,
+        ])
+        .build();
+    let mut incoming = endpoint
+        .incoming_transactions()
+        .context("SIP endpoint has no transaction receiver")?;
+    let endpoint_inner = endpoint.inner.clone();
+    tokio::spawn(async move {
+        if let Err(e) = endpoint_inner.serve().await {
+            warn!(error = %e, "SIP endpoint stopped");
+        }
+    });
+    let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+    let media = &config.gateway.media;
+    let shared = Arc::new(Shared {
+        ports: PortPool::new(media.rtp_port_min, media.rtp_port_max),
+        dialogs: dialogs.clone(),
+        greeting,
+        nonces: NonceIssuer::new(),
+        shutdown: shutdown.clone(),
+        calls: tokio_util::task::TaskTracker::new(),
+        config,
+    });
+    for trunk in &shared.config.trunks {
+        if let Some(reg) = &trunk.register {
+            tokio::spawn(register::keep_registered(
+                endpoint.inner.clone(),
+                trunk.name.clone(),
+                reg.clone(),
+                shutdown.child_token(),
+            ));
+        }
+    }
+    info!("voicegate ready");
+    loop {
+        let tx = tokio::select! {
+            tx = incoming.recv() => match tx { Some(tx) => tx, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        dispatch(&shared, tx).await;
+    }
+    info!("shutting down: ending calls in progress");
+    shared.calls.close();
+    shared.calls.wait().await;
+    endpoint.shutdown();
+    Ok(())
+}
+
+fn has_to_tag(tx: &Transaction) -> bool {
+    tx.original
+        .to_header()
+        .ok()
+        .and_then(|t| t.tag().ok().flatten())
+        .is_some()
+}
+
+async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
+    let method = tx.original.method;
+    if has_to_tag(&tx) || matches!(method, Method::Ack | Method::Bye | Method::Cancel) {
+        match shared.dialogs.match_dialog(&tx) {
+            Some(mut dialog) => {
+                tokio::spawn(async move {
+                    if let Err(e) = dialog.handle(&mut tx).await {
+                        tracing::debug!(error = %e, "in-dialog request failed");
+                    }
+                });
+            }
+            None if method == Method::Ack => {}
+            None => {
+                let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            }
+        }
+        return;
+    }
+    match method {
+        Method::Invite => {
+            let shared = shared.clone();
+            let call_id = tx
+                .original
+                .call_id_header()
+                .map(|c| c.value().to_string())
+                .unwrap_or_default();
+            let span = tracing::info_span!("call", call_id = %call_id);
+            shared
+                .calls
+                .clone()
+                .spawn(async move { admit_invite(shared, tx).await }.instrument(span));
+        }
+        Method::Options => {
+            let headers = vec![
+                Header::Other("Accept".into(), "application/sdp".into()),
+                Header::Other(
+                    "Allow".into(),
+                    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO".into(),
+                ),
+            ];
+            let _ = tx.reply_with(StatusCode::OK, headers, None).await;
+        }
+        _ => {
+            let _ = tx.reply(StatusCode::MethodNotAllowed).await;
+        }
+    }
+}
+
+/// Where a request really came from (Via with received/rport applied).
+fn source_ip(tx: &Transaction) -> Option<IpAddr> {
+    let via = tx.original.via_header().ok()?;
+    let (_, host) = SipConnection::parse_target_from_via(via).ok()?;
+    let addr: std::net::SocketAddr = host.try_into().ok()?;
+    Some(addr.ip())
+}
+
+async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: Vec<Header>) {
+    let mut headers = extra;
+    headers.push(Header::Other("Warning".into(), format!("399 voicegate \"{reason}\"")));
+    if let Err(e) = tx.reply_with(status, headers, None).await {
+        warn!(error = %e, "could not send rejection");
+    }
+}
+
+/// Admission control for a new INVITE: ACL, digest, SDP; then the call runs.
+async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
+    if shared.shutdown.is_cancelled() {
+        reject(&mut tx, StatusCode::ServiceUnavailable, "shutting down", vec![]).await;
+        return;
+    }
+    let Some(ip) = source_ip(&tx) else {
+        reject(&mut tx, StatusCode::BadRequest, "unreadable Via", vec![]).await;
+        return;
+    };
+    let Some(trunk) = shared.config.trunk_for(ip).cloned() else {
+        warn!(%ip, "INVITE from a source outside every trunk ACL");
+        reject(&mut tx, StatusCode::Forbidden, "source not allowed", vec![]).await;
+        return;
+    };
+    if let Some(auth) = &trunk.auth {
+        let now_s = unix_now();
+        let header = tx
+            .original
+            .headers
+            .iter()
+            .find(|h| matches!(h, Header::Authorization(_)))
+            .map(|h| h.value().to_string());
+        match shared.nonces.verify(
+            header.as_deref(),
+            &tx.original.method,
+            &auth.username,
+            &auth.password,
+            &auth.realm,
+            now_s,
+        ) {
+            AuthVerdict::Accepted => {}
+            AuthVerdict::Challenge => {
+                let challenge = shared.nonces.challenge(&auth.realm, now_s);
+                let h = Header::Other("WWW-Authenticate".into(), challenge);
+                info!(trunk = %trunk.name, "challenging INVITE for credentials");
+                if let Err(e) = tx.reply_with(StatusCode::Unauthorized, vec![h], None).await {
+                    warn!(error = %e, "could not send 401");
+                }
+                return;
+            }
+            AuthVerdict::Rejected => {
+                warn!(trunk = %trunk.name, %ip, "wrong credentials");
+                reject(&mut tx, StatusCode::Forbidden, "wrong credentials", vec![]).await;
+                return;
+            }
+        }
+    }
+    if tx.original.body.is_empty() {
+        reject(&mut tx, StatusCode::NotAcceptableHere, "an SDP offer is required", vec![]).await;
+        return;
+    }
+    let negotiated = match sdp::negotiate(&tx.original.body, &trunk.codecs) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "refusing the offer");
+            let status = if e.status() == 400 {
+                StatusCode::BadRequest
+            } else {
+                StatusCode::NotAcceptableHere
+            };
+            reject(&mut tx, status, &e.to_string(), vec![]).await;
+            return;
+        }
+    };
+    call::run(shared, trunk, tx, negotiated).await;
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
