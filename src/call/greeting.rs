@@ -117,13 +117,37 @@ mod tests {
     #[test]
     fn greets_then_hangs_up_on_hash() {
         let mut f = GreetingFlow::default();
-        assert!(f.handle(t(0), CallEvent::Answered).contains(&CallAction::PlayGreeting));
-        let a = f.handle(t(500), CallEvent::Digit { digit: '5', source: "rfc4733" });
+        assert!(f
+            .handle(t(0), CallEvent::Answered)
+            .contains(&CallAction::PlayGreeting));
+        let a = f.handle(
+            t(500),
+            CallEvent::Digit {
+                digit: '5',
+                source: "rfc4733",
+            },
+        );
         assert_eq!(a.len(), 1, "other digits are only logged");
-        let a = f.handle(t(900), CallEvent::Digit { digit: '#', source: "rfc4733" });
+        let a = f.handle(
+            t(900),
+            CallEvent::Digit {
+                digit: '#',
+                source: "rfc4733",
+            },
+        );
         assert!(a.contains(&CallAction::StopPlayback));
-        assert!(a.contains(&CallAction::HangUp { reason: "caller_pressed_hash" }));
-        assert!(f.handle(t(901), CallEvent::Digit { digit: '#', source: "rfc4733" }).is_empty());
+        assert!(a.contains(&CallAction::HangUp {
+            reason: "caller_pressed_hash"
+        }));
+        assert!(f
+            .handle(
+                t(901),
+                CallEvent::Digit {
+                    digit: '#',
+                    source: "rfc4733"
+                }
+            )
+            .is_empty());
     }
 
     #[test]
@@ -131,8 +155,16 @@ mod tests {
         let mut f = GreetingFlow::default();
         f.handle(t(0), CallEvent::Answered);
         f.handle(t(3000), CallEvent::PromptFinished);
-        let a = f.handle(t(4000), CallEvent::Digit { digit: '#', source: "inband" });
+        let a = f.handle(
+            t(4000),
+            CallEvent::Digit {
+                digit: '#',
+                source: "inband",
+            },
+        );
         assert!(!a.contains(&CallAction::StopPlayback));
-        assert!(a.contains(&CallAction::HangUp { reason: "caller_pressed_hash" }));
+        assert!(a.contains(&CallAction::HangUp {
+            reason: "caller_pressed_hash"
+        }));
     }
 }

@@ -26,6 +26,8 @@ struct SipSection {
     tcp: Vec<Spanned<String>>,
     #[serde(default = "default_user_agent")]
     user_agent: String,
+    #[serde(default)]
+    answer_delay_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +91,8 @@ pub struct SipListen {
     pub tcp: Vec<SocketAddr>,
     /// `User-Agent` / `Server` header value.
     pub user_agent: String,
+    /// Ring this long (180) before answering; 0 answers at once.
+    pub answer_delay: Duration,
 }
 
 /// RTP settings.
@@ -224,10 +228,7 @@ pub(super) fn parse(
     if let Err(e) = hound::WavReader::open(&greeting) {
         problems.push(src.at(
             Some(file.prompts.greeting.span()),
-            format!(
-                "prompt file {} cannot be used: {e}",
-                greeting.display()
-            ),
+            format!("prompt file {} cannot be used: {e}", greeting.display()),
             "point prompts.greeting at a readable WAV file (path relative to the config directory)",
         ));
     }
@@ -239,6 +240,7 @@ pub(super) fn parse(
             udp,
             tcp,
             user_agent: file.sip.user_agent,
+            answer_delay: Duration::from_millis(file.sip.answer_delay_ms.min(60_000)),
         },
         media: MediaConfig {
             sdp_address: sdp_address?,

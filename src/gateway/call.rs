@@ -36,7 +36,11 @@ fn parties(tx: &Transaction) -> Parties {
     let from_uri = from.and_then(|f| f.uri().ok());
     let display = from
         .map(|f| f.value().to_string())
-        .and_then(|v| v.split('<').next().map(|d| d.trim().trim_matches('"').to_string()))
+        .and_then(|v| {
+            v.split('<')
+                .next()
+                .map(|d| d.trim().trim_matches('"').to_string())
+        })
         .unwrap_or_default();
     Parties {
         call_id: req
@@ -148,6 +152,28 @@ pub(super) async fn run(
         }),
     );
     let _ = dialog.ringing(None, None);
+    if !gw.sip.answer_delay.is_zero() {
+        let ring = tokio::time::sleep(gw.sip.answer_delay);
+        tokio::pin!(ring);
+        loop {
+            tokio::select! {
+                _ = &mut ring => break,
+                state = states.recv() => match state {
+                    Some(DialogState::Terminated(_, reason)) => {
+                        let reason = if matches!(reason, TerminatedReason::UacCancel) { "caller_cancel" } else { "terminated_before_answer" };
+                        info!(reason, "call ended before answer");
+                        log.event("call.ended", json!({"reason": reason, "answered": false}));
+                        if let Some(r) = recorder {
+                            let _ = r.finalize();
+                        }
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+            }
+        }
+    }
     let content_type = Header::ContentType("application/sdp".into());
     if let Err(e) = dialog.accept(Some(vec![content_type.clone()]), Some(answer.into_bytes())) {
         warn!(error = %e, "could not answer");
@@ -183,7 +209,9 @@ pub(super) async fn run(
     loop {
         for action in actions.drain(..) {
             match action {
-                CallAction::PlayGreeting => player = Some(PromptPlayer::new(shared.greeting.clone())),
+                CallAction::PlayGreeting => {
+                    player = Some(PromptPlayer::new(shared.greeting.clone()))
+                }
                 CallAction::StopPlayback => {
                     if let Some(p) = player.as_mut() {
                         p.stop();
@@ -269,7 +297,12 @@ pub(super) async fn run(
         "call.ended",
         json!({"reason": ended_by, "duration_s": start.elapsed().as_secs_f64(), "media": stats}),
     );
-    info!(reason = ended_by, duration_s = start.elapsed().as_secs_f64(), lost = stats.jitter.lost, "call ended");
+    info!(
+        reason = ended_by,
+        duration_s = start.elapsed().as_secs_f64(),
+        lost = stats.jitter.lost,
+        "call ended"
+    );
     if let Some(r) = recorder {
         match r.finalize() {
             Ok(dir) => info!(dir = %dir.display(), "recording finalised"),
@@ -313,29 +346,59 @@ async fn on_dialog_state(
             if req.body.is_empty() {
                 // Offerless re-INVITE: offer what we have.
                 *sdp_version += 1;
-                let offer = sdp::build(session_id, *sdp_version, shared.config.gateway.media.sdp_address, port,
-                    media.params().codec, media.params().dtmf_payload_type, Direction::SendRecv);
-                let _ = handle.respond(StatusCode::OK, Some(vec![Header::ContentType("application/sdp".into())]), Some(offer.into_bytes())).await;
+                let offer = sdp::build(
+                    session_id,
+                    *sdp_version,
+                    shared.config.gateway.media.sdp_address,
+                    port,
+                    media.params().codec,
+                    media.params().dtmf_payload_type,
+                    Direction::SendRecv,
+                );
+                let _ = handle
+                    .respond(
+                        StatusCode::OK,
+                        Some(vec![Header::ContentType("application/sdp".into())]),
+                        Some(offer.into_bytes()),
+                    )
+                    .await;
                 return DialogOutcome::Continue;
             }
             match sdp::negotiate(&req.body, &trunk.codecs) {
                 Ok(n) => {
                     *held = n.direction.is_hold();
                     *sdp_version += 1;
-                    let answer = sdp::build(session_id, *sdp_version, shared.config.gateway.media.sdp_address, port,
-                        n.params.codec, n.params.dtmf_payload_type, n.direction.answer());
+                    let answer = sdp::build(
+                        session_id,
+                        *sdp_version,
+                        shared.config.gateway.media.sdp_address,
+                        port,
+                        n.params.codec,
+                        n.params.dtmf_payload_type,
+                        n.direction.answer(),
+                    );
                     log.event("sip.reinvite", json!({
                         "hold": *held, "direction": n.direction.attribute(),
                         "codec": n.params.codec.name(), "remote_rtp": n.params.remote.to_string(),
                     }));
                     info!(hold = *held, codec = n.params.codec.name(), "re-INVITE");
                     media.renegotiate(n.params);
-                    let _ = handle.respond(StatusCode::OK, Some(vec![Header::ContentType("application/sdp".into())]), Some(answer.into_bytes())).await;
+                    let _ = handle
+                        .respond(
+                            StatusCode::OK,
+                            Some(vec![Header::ContentType("application/sdp".into())]),
+                            Some(answer.into_bytes()),
+                        )
+                        .await;
                 }
                 Err(e) => {
                     warn!(error = %e, "re-INVITE refused; the call goes on as before");
                     log.event("sip.reinvite_refused", json!({"error": e.to_string()}));
-                    let status = if e.status() == 400 { StatusCode::BadRequest } else { StatusCode::NotAcceptableHere };
+                    let status = if e.status() == 400 {
+                        StatusCode::BadRequest
+                    } else {
+                        StatusCode::NotAcceptableHere
+                    };
                     let _ = handle.reply(status).await;
                 }
             }
@@ -354,7 +417,10 @@ async fn on_dialog_state(
             let _ = handle.reply(StatusCode::OK).await;
             DialogOutcome::Continue
         }
-        DialogState::Message(_, _, handle) | DialogState::Notify(_, _, handle) | DialogState::Refer(_, _, handle) | DialogState::Publish(_, _, handle) => {
+        DialogState::Message(_, _, handle)
+        | DialogState::Notify(_, _, handle)
+        | DialogState::Refer(_, _, handle)
+        | DialogState::Publish(_, _, handle) => {
             let _ = handle.reply(StatusCode::NotImplemented).await;
             DialogOutcome::Continue
         }

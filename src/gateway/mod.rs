@@ -40,7 +40,10 @@ pub(crate) struct Shared {
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let repaired = crate::record::repair_all(&config.gateway.recording.dir);
     if !repaired.is_empty() {
-        warn!(count = repaired.len(), "repaired recordings left unfinished by a crash");
+        warn!(
+            count = repaired.len(),
+            "repaired recordings left unfinished by a crash"
+        );
     }
     let greeting = Prompt::load(&config.gateway.greeting)?;
 
@@ -183,7 +186,10 @@ fn source_ip(tx: &Transaction) -> Option<IpAddr> {
 
 async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: Vec<Header>) {
     let mut headers = extra;
-    headers.push(Header::Other("Warning".into(), format!("399 voicegate \"{reason}\"")));
+    headers.push(Header::Other(
+        "Warning".into(),
+        format!("399 voicegate \"{reason}\""),
+    ));
     if let Err(e) = tx.reply_with(status, headers, None).await {
         warn!(error = %e, "could not send rejection");
     }
@@ -192,7 +198,13 @@ async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: V
 /// Admission control for a new INVITE: ACL, digest, SDP; then the call runs.
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
     if shared.shutdown.is_cancelled() {
-        reject(&mut tx, StatusCode::ServiceUnavailable, "shutting down", vec![]).await;
+        reject(
+            &mut tx,
+            StatusCode::ServiceUnavailable,
+            "shutting down",
+            vec![],
+        )
+        .await;
         return;
     }
     let Some(ip) = source_ip(&tx) else {
@@ -238,7 +250,13 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         }
     }
     if tx.original.body.is_empty() {
-        reject(&mut tx, StatusCode::NotAcceptableHere, "an SDP offer is required", vec![]).await;
+        reject(
+            &mut tx,
+            StatusCode::NotAcceptableHere,
+            "an SDP offer is required",
+            vec![],
+        )
+        .await;
         return;
     }
     let negotiated = match sdp::negotiate(&tx.original.body, &trunk.codecs) {

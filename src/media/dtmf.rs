@@ -152,8 +152,14 @@ impl InbandDetector {
         if energy < 1e-3 * frame.len() as f32 / 160.0 {
             return None;
         }
-        let rows: Vec<f32> = ROWS.iter().map(|f| goertzel_power(frame, *f, 8000.0)).collect();
-        let cols: Vec<f32> = COLS.iter().map(|f| goertzel_power(frame, *f, 8000.0)).collect();
+        let rows: Vec<f32> = ROWS
+            .iter()
+            .map(|f| goertzel_power(frame, *f, 8000.0))
+            .collect();
+        let cols: Vec<f32> = COLS
+            .iter()
+            .map(|f| goertzel_power(frame, *f, 8000.0))
+            .collect();
         let (ri, rp) = max_index(&rows)?;
         let (ci, cp) = max_index(&cols)?;
         // Each tone must dominate its group, and together carry most of the energy.
@@ -256,7 +262,10 @@ mod tests {
             let mut det = InbandDetector::default();
             let mut samples = tone(d, 80);
             samples.extend(vec![0; 320]);
-            let found: Vec<char> = samples.chunks(160).filter_map(|f| det.on_frame(f)).collect();
+            let found: Vec<char> = samples
+                .chunks(160)
+                .filter_map(|f| det.on_frame(f))
+                .collect();
             assert_eq!(found, vec![d], "digit {d}");
         }
         let mut det = InbandDetector::default();

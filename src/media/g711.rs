@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn every_code_round_trips() {
         for b in 0..=255u8 {
-            assert_eq!(ulaw_to_linear(linear_to_ulaw(ulaw_to_linear(b))), ulaw_to_linear(b));
+            assert_eq!(
+                ulaw_to_linear(linear_to_ulaw(ulaw_to_linear(b))),
+                ulaw_to_linear(b)
+            );
             assert_eq!(linear_to_alaw(alaw_to_linear(b)), b, "alaw {b:#x}");
         }
     }

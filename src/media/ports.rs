@@ -59,7 +59,11 @@ impl PortPool {
         let span = (inner.max.saturating_sub(inner.min) / 2 + 1) as usize;
         for _ in 0..span {
             let port = inner.next;
-            inner.next = if port + 2 > inner.max { inner.min } else { port + 2 };
+            inner.next = if port + 2 > inner.max {
+                inner.min
+            } else {
+                port + 2
+            };
             if inner.in_use.insert(port) {
                 return Some(PortLease {
                     port,

@@ -42,12 +42,11 @@ impl Prompt {
         };
         let reader = hound::WavReader::open(path).map_err(wav_err)?;
         let (mono, rate) = read_mono_f32(reader).map_err(wav_err)?;
-        let at8k = super::resample::resample(&mono, rate, 8000).map_err(|e| {
-            PromptError::Resample {
+        let at8k =
+            super::resample::resample(&mono, rate, 8000).map_err(|e| PromptError::Resample {
                 path: name.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Prompt::from_samples(
             at8k.iter()
                 .map(|v| (v.clamp(-1.0, 1.0) * 32767.0) as i16)

@@ -85,7 +85,9 @@ mod tests {
     fn upsampler_keeps_a_tone() {
         let mut up = Upsampler::new().unwrap();
         let tone: Vec<i16> = (0..1600)
-            .map(|n| ((2.0 * std::f32::consts::PI * 440.0 * n as f32 / 8000.0).sin() * 16000.0) as i16)
+            .map(|n| {
+                ((2.0 * std::f32::consts::PI * 440.0 * n as f32 / 8000.0).sin() * 16000.0) as i16
+            })
             .collect();
         let mut out = Vec::new();
         for f in tone.chunks(160) {

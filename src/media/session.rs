@@ -150,7 +150,10 @@ impl MediaSession {
         }
         self.last_rx = now;
         if is_dtmf {
-            return match self.events.on_packet(packet.header.timestamp, &packet.payload) {
+            return match self
+                .events
+                .on_packet(packet.header.timestamp, &packet.payload)
+            {
                 Some(d) => Inbound::Digit(d),
                 None => Inbound::Audio,
             };
@@ -236,7 +239,10 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:6000".parse().unwrap();
         let pkt = tx.encode_frame(&[1000; 160]);
-        assert_eq!(rx.on_datagram(Duration::from_millis(20), a, &pkt), Inbound::Audio);
+        assert_eq!(
+            rx.on_datagram(Duration::from_millis(20), a, &pkt),
+            Inbound::Audio
+        );
         assert_eq!(rx.destination(), a);
         let pkt = tx.encode_frame(&[1000; 160]);
         assert_eq!(
@@ -245,7 +251,10 @@ mod tests {
         );
         let (frame, _) = rx.pull_frame();
         assert!((i32::from(frame[0]) - 1000).abs() < 40);
-        assert_eq!(rx.idle_for(Duration::from_millis(1040)), Duration::from_millis(1020));
+        assert_eq!(
+            rx.idle_for(Duration::from_millis(1040)),
+            Duration::from_millis(1020)
+        );
     }
 
     #[test]

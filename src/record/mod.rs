@@ -51,7 +51,9 @@ pub struct CallRecorder {
 
 impl std::fmt::Debug for CallRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallRecorder").field("dir", &self.dir).finish()
+        f.debug_struct("CallRecorder")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -119,7 +121,10 @@ impl CallRecorder {
     /// Log one event: `t_s` (seconds since answer), wall-clock `ts`, `kind`, and fields.
     pub fn event(&mut self, t: Duration, kind: &str, fields: Value) -> std::io::Result<()> {
         let mut obj = Map::new();
-        obj.insert("t_s".into(), Value::from((t.as_secs_f64() * 1000.0).round() / 1000.0));
+        obj.insert(
+            "t_s".into(),
+            Value::from((t.as_secs_f64() * 1000.0).round() / 1000.0),
+        );
         obj.insert(
             "ts".into(),
             Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -160,8 +165,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut rec = CallRecorder::create(tmp.path(), "2026-11-24", "abc/../x@h", 8000).unwrap();
         rec.write(&[1; 160], &[2; 160]).unwrap();
-        rec.event(Duration::from_millis(1500), "dtmf", serde_json::json!({"digit": "#"}))
-            .unwrap();
+        rec.event(
+            Duration::from_millis(1500),
+            "dtmf",
+            serde_json::json!({"digit": "#"}),
+        )
+        .unwrap();
         let dir = rec.finalize().unwrap();
         assert!(dir.starts_with(tmp.path().join("2026-11-24")));
         assert!(!dir.join(IN_PROGRESS_MARKER).exists());

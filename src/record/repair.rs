@@ -53,7 +53,9 @@ pub fn repair_wav(path: &Path) -> std::io::Result<RepairOutcome> {
             let available = len.saturating_sub(data_start);
             let data_bytes = available - available % block_align;
             let riff = data_start + data_bytes - 8;
-            if size == data_bytes && u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]])) == riff {
+            if size == data_bytes
+                && u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]])) == riff
+            {
                 return Ok(RepairOutcome::Intact);
             }
             f.set_len(data_start + data_bytes)?;
@@ -92,13 +94,16 @@ pub fn repair_all(root: &Path) -> Vec<PathBuf> {
                         "kind": "recording.repaired",
                         "outcome": format!("{outcome:?}"),
                     });
-                    if let Ok(mut ev) = OpenOptions::new().append(true).open(dir.join(EVENTS_NAME)) {
+                    if let Ok(mut ev) = OpenOptions::new().append(true).open(dir.join(EVENTS_NAME))
+                    {
                         let _ = writeln!(ev, "{line}");
                     }
                     std::fs::remove_file(dir.join(IN_PROGRESS_MARKER)).ok();
                     repaired.push(dir);
                 }
-                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot repair recording"),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot repair recording")
+                }
             }
         }
     }
@@ -131,7 +136,12 @@ mod tests {
         drop(f);
         assert_eq!(hound::WavReader::open(&path).unwrap().len(), 1000);
         let out = repair_wav(&path).unwrap();
-        assert_eq!(out, RepairOutcome::Repaired { data_bytes: 2000 * 2 });
+        assert_eq!(
+            out,
+            RepairOutcome::Repaired {
+                data_bytes: 2000 * 2
+            }
+        );
         assert_eq!(hound::WavReader::open(&path).unwrap().len(), 2000);
         assert_eq!(repair_wav(&path).unwrap(), RepairOutcome::Intact);
     }

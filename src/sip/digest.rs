@@ -121,16 +121,35 @@ mod tests {
         let nonce = n.nonce(1000);
         let m = Method::Invite;
         let ok = response("carrier", "secret", "voicegate", &nonce);
-        assert_eq!(n.verify(Some(&ok), &m, "carrier", "secret", "voicegate", 1001), AuthVerdict::Accepted);
-        let bad = response("carrier", "wrong", "voicegate", &nonce);
-        assert_eq!(n.verify(Some(&bad), &m, "carrier", "secret", "voicegate", 1001), AuthVerdict::Rejected);
-        assert_eq!(n.verify(None, &m, "carrier", "secret", "voicegate", 1001), AuthVerdict::Challenge);
         assert_eq!(
-            n.verify(Some(&ok), &m, "carrier", "secret", "voicegate", 1000 + NONCE_LIFETIME_S + 1),
+            n.verify(Some(&ok), &m, "carrier", "secret", "voicegate", 1001),
+            AuthVerdict::Accepted
+        );
+        let bad = response("carrier", "wrong", "voicegate", &nonce);
+        assert_eq!(
+            n.verify(Some(&bad), &m, "carrier", "secret", "voicegate", 1001),
+            AuthVerdict::Rejected
+        );
+        assert_eq!(
+            n.verify(None, &m, "carrier", "secret", "voicegate", 1001),
+            AuthVerdict::Challenge
+        );
+        assert_eq!(
+            n.verify(
+                Some(&ok),
+                &m,
+                "carrier",
+                "secret",
+                "voicegate",
+                1000 + NONCE_LIFETIME_S + 1
+            ),
             AuthVerdict::Challenge,
             "stale nonce"
         );
         let forged = response("carrier", "secret", "voicegate", "3e8.0000000000000000");
-        assert_eq!(n.verify(Some(&forged), &m, "carrier", "secret", "voicegate", 1001), AuthVerdict::Challenge);
+        assert_eq!(
+            n.verify(Some(&forged), &m, "carrier", "secret", "voicegate", 1001),
+            AuthVerdict::Challenge
+        );
     }
 }

@@ -115,7 +115,8 @@ pub fn negotiate(offer: &[u8], allowed: &[Codec]) -> Result<Negotiated, OfferErr
             .filter_map(|a| a.value.as_deref())
             .find_map(|v| {
                 let (num, rest) = v.split_once(' ')?;
-                (num.parse::<u8>().ok()? == pt).then(|| rest.split('/').next().unwrap_or("").to_string())
+                (num.parse::<u8>().ok()? == pt)
+                    .then(|| rest.split('/').next().unwrap_or("").to_string())
             })
     };
     let mut offered = Vec::new();
@@ -195,7 +196,9 @@ pub fn build(
         codec.name()
     );
     if let Some(pt) = dtmf_payload_type {
-        s.push_str(&format!("a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"));
+        s.push_str(&format!(
+            "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"
+        ));
     }
     s.push_str(&format!("a=ptime:20\r\na={}\r\n", direction.attribute()));
     s
@@ -225,10 +228,23 @@ mod tests {
         let g722 = OFFER.replace("8 0 101", "9").replace("a=rtpmap:8", "a=x:8");
         let e = negotiate(g722.as_bytes(), &[Codec::Pcmu]).unwrap_err();
         assert_eq!(e.status(), 488);
-        assert_eq!(negotiate(b"hello", &[Codec::Pcmu]).unwrap_err().status(), 400);
-        assert_eq!(negotiate(&[0xff, 0xfe], &[Codec::Pcmu]).unwrap_err().status(), 400);
+        assert_eq!(
+            negotiate(b"hello", &[Codec::Pcmu]).unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            negotiate(&[0xff, 0xfe], &[Codec::Pcmu])
+                .unwrap_err()
+                .status(),
+            400
+        );
         let no_c = OFFER.replace("c=IN IP4 10.0.0.5\r\n", "");
-        assert_eq!(negotiate(no_c.as_bytes(), &[Codec::Pcmu]).unwrap_err().status(), 400);
+        assert_eq!(
+            negotiate(no_c.as_bytes(), &[Codec::Pcmu])
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]
@@ -238,12 +254,23 @@ mod tests {
         assert!(n.direction.is_hold());
         assert_eq!(n.direction.answer(), Direction::RecvOnly);
         let old = OFFER.replace("c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0");
-        assert!(negotiate(old.as_bytes(), &[Codec::Pcmu]).unwrap().direction.is_hold());
+        assert!(negotiate(old.as_bytes(), &[Codec::Pcmu])
+            .unwrap()
+            .direction
+            .is_hold());
     }
 
     #[test]
     fn answer_round_trips_through_the_parser() {
-        let a = build(1, 1, "127.0.0.1".parse().unwrap(), 20000, Codec::Pcma, Some(101), Direction::SendRecv);
+        let a = build(
+            1,
+            1,
+            "127.0.0.1".parse().unwrap(),
+            20000,
+            Codec::Pcma,
+            Some(101),
+            Direction::SendRecv,
+        );
         let n = negotiate(a.as_bytes(), &[Codec::Pcma]).unwrap();
         assert_eq!(n.params.remote.port(), 20000);
         assert_eq!(n.params.dtmf_payload_type, Some(101));

@@ -1,0 +1,374 @@
+//! Shared helpers for the end-to-end tests: a real voicegate process, real
+//! SIP peers (SIPp, baresip), and readers for what the gateway recorded.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free UDP (and usually TCP) port on loopback.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = s.local_addr() else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", addr.port())).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free port");
+}
+
+/// A random even port base for an RTP range of `span` ports.
+pub fn rtp_base(span: u16) -> u16 {
+    let r: u16 = (std::process::id() as u16).wrapping_mul(7919)
+        ^ (Instant::now().elapsed().subsec_nanos() as u16)
+        ^ (free_port().wrapping_mul(31));
+    30000 + (r % ((30000 - span) / 2)) * 2
+}
+
+/// Project root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running gateway with its own configuration directory and recordings.
+pub struct Gateway {
+    child: Option<Child>,
+    /// SIP port (UDP and TCP) on 127.0.0.1.
+    pub sip_port: u16,
+    /// Temporary directory holding `config/`, `recordings/` and `gateway.log`.
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Start with the shipped `sip-config/`, after `edit(gateway_toml, trunks_toml)`.
+    pub fn start(edit: impl FnOnce(&mut String, &mut String)) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sip_port = free_port();
+        let cfg = dir.path().join("config");
+        std::fs::create_dir_all(cfg.join("prompts")).expect("mkdir");
+        std::fs::copy(
+            root().join("sip-config/prompts/greeting.wav"),
+            cfg.join("prompts/greeting.wav"),
+        )
+        .expect("copy greeting");
+        let base = rtp_base(200);
+        let mut gateway = std::fs::read_to_string(root().join("sip-config/gateway.toml"))
+            .expect("gateway.toml")
+            .replace("127.0.0.1:5060", &format!("127.0.0.1:{sip_port}"))
+            .replace("rtp_port_min = 20000", &format!("rtp_port_min = {base}"))
+            .replace(
+                "rtp_port_max = 29999",
+                &format!("rtp_port_max = {}", base + 199),
+            )
+            .replace(
+                "dir = \"recordings\"",
+                &format!("dir = {:?}", dir.path().join("recordings")),
+            );
+        let mut trunks =
+            std::fs::read_to_string(root().join("sip-config/trunks.toml")).expect("trunks.toml");
+        edit(&mut gateway, &mut trunks);
+        std::fs::write(cfg.join("gateway.toml"), gateway).expect("write");
+        std::fs::write(cfg.join("trunks.toml"), trunks).expect("write");
+        let mut g = Gateway {
+            child: None,
+            sip_port,
+            dir,
+        };
+        g.spawn();
+        g
+    }
+
+    /// (Re)start the process on the same configuration.
+    pub fn spawn(&mut self) {
+        let readies = self.log().matches("voicegate ready").count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+            .args(["serve", "--config"])
+            .arg(self.dir.path().join("config"))
+            .env("RUST_LOG", "info,rsipstack=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn voicegate");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log().matches("voicegate ready").count() > readies {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("voicegate exited early ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("voicegate did not become ready:\n{}", self.log());
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
+    /// The recordings root.
+    pub fn recordings(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    /// Every call directory recorded so far.
+    pub fn call_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for day in std::fs::read_dir(self.recordings())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for call in std::fs::read_dir(day.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(call.path());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Wait until `n` calls have ended (their events say `call.ended` and the
+    /// recording is finalised).
+    pub fn wait_calls_ended(&self, n: usize, timeout: Duration) -> Vec<PathBuf> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done: Vec<PathBuf> = self
+                .call_dirs()
+                .into_iter()
+                .filter(|d| {
+                    !d.join(".recording").exists()
+                        && events(d).iter().any(|e| e["kind"] == "call.ended")
+                })
+                .collect();
+            if done.len() >= n {
+                return done;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} calls ended; log:\n{}",
+                done.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A call's `events.jsonl`, parsed.
+pub fn events(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The call's stereo recording split into (left = caller, right = gateway).
+pub fn stereo(dir: &Path) -> (Vec<i16>, Vec<i16>) {
+    let r = hound::WavReader::open(dir.join("call.wav")).expect("call.wav readable");
+    assert_eq!(r.spec().channels, 2);
+    let s: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
+    let left = s.iter().step_by(2).copied().collect();
+    let right = s.iter().skip(1).step_by(2).copied().collect();
+    (left, right)
+}
+
+/// A mono 8 kHz WAV as samples.
+pub fn wav_mono(path: &Path) -> Vec<i16> {
+    let r = hound::WavReader::open(path).expect("wav");
+    let ch = r.spec().channels as usize;
+    let s: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
+    s.chunks(ch).map(|c| c[0]).collect()
+}
+
+/// The audio of a SIPp pcap: A-law RTP payloads (PT 8) decoded, in order.
+pub fn pcap_alaw_audio(path: &Path) -> Vec<i16> {
+    let data = std::fs::read(path).expect("pcap");
+    let le = data[0..4] == [0xd4, 0xc3, 0xb2, 0xa1];
+    let u32at = |b: &[u8]| {
+        if le {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        }
+    };
+    let linktype = u32at(&data[20..24]);
+    let l2 = match linktype {
+        1 => 14,   // Ethernet
+        113 => 16, // Linux cooked
+        101 => 0,  // raw IP
+        _ => 14,
+    };
+    let mut pos = 24;
+    let mut out = Vec::new();
+    while pos + 16 <= data.len() {
+        let incl = u32at(&data[pos + 8..pos + 12]) as usize;
+        let pkt = &data[pos + 16..(pos + 16 + incl).min(data.len())];
+        pos += 16 + incl;
+        if pkt.len() < l2 + 20 {
+            continue;
+        }
+        let ip = &pkt[l2..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 + 12 {
+            continue;
+        }
+        let rtp = &ip[ihl + 8..];
+        if rtp[0] >> 6 != 2 || rtp[1] & 0x7f != 8 {
+            continue;
+        }
+        let cc = usize::from(rtp[0] & 0x0f);
+        out.extend(
+            rtp[12 + 4 * cc..]
+                .iter()
+                .map(|b| voicegate::media::g711::alaw_to_linear(*b)),
+        );
+    }
+    out
+}
+
+/// Best normalised cross-correlation of `probe` inside `signal`, over every
+/// lag up to `max_lag` samples. Returns (lag, r).
+pub fn best_correlation(signal: &[i16], probe: &[i16], max_lag: usize) -> (usize, f64) {
+    let n = probe.len().min(16000);
+    let probe = &probe[..n];
+    let pe: f64 = probe.iter().map(|v| f64::from(*v).powi(2)).sum();
+    let mut best = (0, 0.0);
+    for lag in 0..=max_lag {
+        if lag + n > signal.len() {
+            break;
+        }
+        let win = &signal[lag..lag + n];
+        let we: f64 = win.iter().map(|v| f64::from(*v).powi(2)).sum();
+        if we == 0.0 || pe == 0.0 {
+            continue;
+        }
+        let dot: f64 = win
+            .iter()
+            .zip(probe)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        let r = dot / (we.sqrt() * pe.sqrt());
+        if r > best.1 {
+            best = (lag, r);
+        }
+    }
+    best
+}
+
+/// A scratch directory for SIPp with the sip-tester pcaps in `pcap/`.
+pub fn sipp_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(d.path().join("pcap")).expect("mkdir");
+    for e in std::fs::read_dir("/usr/share/sip-tester")
+        .expect("sip-tester installed (make test installs it)")
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "pcap") {
+            std::fs::copy(e.path(), d.path().join("pcap").join(e.file_name())).expect("copy pcap");
+        }
+    }
+    d
+}
+
+/// Run SIPp once against the gateway: `scenario` is a file under
+/// `tests/sipp/` (or a path) after `@KEY@` substitutions.
+pub fn sipp(gw: &Gateway, scenario: &str, subst: &[(&str, &str)], extra: &[&str]) -> Output {
+    let dir = sipp_dir();
+    let mut xml =
+        std::fs::read_to_string(root().join("tests/sipp").join(scenario)).expect("scenario file");
+    for (k, v) in subst {
+        xml = xml.replace(&format!("@{k}@"), v);
+    }
+    let file = dir.path().join(scenario);
+    std::fs::write(&file, xml).expect("write scenario");
+    let media_port = rtp_base(4);
+    let out = Command::new("sipp")
+        .current_dir(dir.path())
+        .arg(format!("127.0.0.1:{}", gw.sip_port))
+        .arg("-sf")
+        .arg(&file)
+        .args(["-m", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-nostdin"])
+        .args(["-p", &free_port().to_string()])
+        .args(["-mp", &media_port.to_string()])
+        .args([
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-trace_err",
+            "-s",
+            "bot",
+        ])
+        .args(extra)
+        .output()
+        .expect("run sipp (make test installs sip-tester)");
+    if !out.status.success() {
+        let errs: String = std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("errors.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        eprintln!("sipp {scenario} failed: {}\n{errs}", out.status);
+    }
+    out
+}

@@ -1,0 +1,326 @@
+//! End-to-end SIP behaviour against a real voicegate process and SIPp.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const PCMU_SDP: &str = "v=0\r\no=u 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio [auto_media_port] RTP/AVP 0\r\na=rtpmap:0 PCMU/8000";
+
+fn kinds(dir: &std::path::Path) -> Vec<String> {
+    events(dir)
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn sipp_trunk_call_is_answered_greeted_recorded_and_hash_ends_it_with_bye() {
+    let gw = Gateway::start(|_, _| {});
+    let out = sipp(&gw, "call_hash.xml", &[], &[]);
+    assert!(
+        out.status.success(),
+        "call with # must end with the gateway's BYE"
+    );
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    let ev = kinds(&dirs[0]);
+    for k in [
+        "call.invite",
+        "call.answered",
+        "prompt.started",
+        "dtmf",
+        "call.hangup",
+        "call.ended",
+    ] {
+        assert!(ev.iter().any(|e| e == k), "missing {k} in {ev:?}");
+    }
+    let all = events(&dirs[0]);
+    let dtmf = all.iter().find(|e| e["kind"] == "dtmf").expect("dtmf");
+    assert_eq!(dtmf["digit"], "#");
+    assert_eq!(dtmf["source"], "rfc4733");
+    let invite = all
+        .iter()
+        .find(|e| e["kind"] == "call.invite")
+        .expect("invite");
+    assert_eq!(invite["from"], "+15550123");
+    assert_eq!(invite["codec"], "PCMA");
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["reason"], "caller_pressed_hash");
+    assert_eq!(hangup["by"], "gateway");
+
+    // The recording: left is what SIPp sent, right is the greeting.
+    let (left, right) = stereo(&dirs[0]);
+    assert!(
+        left.len() > 8000 * 8,
+        "recording too short: {} samples",
+        left.len()
+    );
+    let sent = pcap_alaw_audio(&sipp_dir().path().join("pcap/g711a.pcap"));
+    assert!(sent.len() > 8000, "pcap audio decoded");
+    let probe = &sent[8000..8000 + 8000];
+    let (_, r) = best_correlation(&left, probe, 8000 * 4);
+    assert!(
+        r > 0.9,
+        "left channel must carry the caller's audio (r = {r:.3})"
+    );
+    let greeting = wav_mono(&root().join("sip-config/prompts/greeting.wav"));
+    let (lag, r) = best_correlation(&right, &greeting[4000..12000], 8000 * 2);
+    assert!(
+        r > 0.95,
+        "right channel must carry the greeting (r = {r:.3}, lag {lag})"
+    );
+}
+
+#[test]
+fn builtin_uac_pcap_over_tcp_and_udp_caller_bye() {
+    let gw = Gateway::start(|_, _| {});
+    for transport in ["u1", "t1"] {
+        let out = sipp(&gw, "options.xml", &[], &["-t", transport]);
+        assert!(out.status.success(), "OPTIONS over {transport}");
+    }
+    let dir = sipp_dir();
+    for (i, transport) in ["u1", "t1"].iter().enumerate() {
+        let out = std::process::Command::new("sipp")
+            .current_dir(dir.path())
+            .arg(format!("127.0.0.1:{}", gw.sip_port))
+            .args([
+                "-sn",
+                "uac_pcap",
+                "-m",
+                "1",
+                "-nostdin",
+                "-t",
+                transport,
+                "-i",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &free_port().to_string(),
+                "-mp",
+                &rtp_base(4).to_string(),
+            ])
+            .args(["-timeout", "40s", "-timeout_error"])
+            .output()
+            .expect("sipp");
+        assert!(
+            out.status.success(),
+            "uac_pcap over {transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dirs = gw.wait_calls_ended(i + 1, Duration::from_secs(10));
+        let newest = dirs
+            .iter()
+            .max_by_key(|d| {
+                std::fs::metadata(d.join("events.jsonl"))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .expect("a call");
+        let all = events(newest);
+        let hangup = all
+            .iter()
+            .find(|e| e["kind"] == "call.hangup")
+            .expect("hangup");
+        assert_eq!(hangup["reason"], "caller_bye", "{transport}");
+        assert!(all.iter().any(|e| e["kind"] == "dtmf" && e["digit"] == "1"));
+    }
+}
+
+#[test]
+fn cancel_before_answer_gets_487() {
+    let gw = Gateway::start(|g, _| {
+        *g = g.replace("answer_delay_ms = 0", "answer_delay_ms = 3000");
+    });
+    let out = sipp(&gw, "cancel.xml", &[], &[]);
+    assert!(out.status.success(), "CANCEL → 200 + 487");
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    let all = events(&dirs[0]);
+    let ended = all
+        .iter()
+        .find(|e| e["kind"] == "call.ended")
+        .expect("ended");
+    assert_eq!(ended["reason"], "caller_cancel");
+    assert_eq!(ended["answered"], false);
+}
+
+#[test]
+fn hold_and_unhold_by_reinvite() {
+    let gw = Gateway::start(|_, _| {});
+    let out = sipp(&gw, "hold.xml", &[], &[]);
+    assert!(
+        out.status.success(),
+        "re-INVITE answers must be recvonly then sendrecv"
+    );
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    let all = events(&dirs[0]);
+    let re: Vec<_> = all.iter().filter(|e| e["kind"] == "sip.reinvite").collect();
+    assert_eq!(re.len(), 2);
+    assert_eq!(re[0]["hold"], true);
+    assert_eq!(re[1]["hold"], false);
+    assert_eq!(re[1]["codec"], "PCMA", "codec change on unhold");
+}
+
+#[test]
+fn source_outside_every_acl_gets_403() {
+    let gw = Gateway::start(|_, t| {
+        *t = t.replace(
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"192.0.2.10\"]",
+        );
+    });
+    let sdp = PCMU_SDP.replace("\r\n", "\n");
+    let out = sipp(
+        &gw,
+        "invite_expect.xml",
+        &[("SDP", &sdp), ("STATUS", "403")],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(gw.call_dirs().is_empty(), "a refused call records nothing");
+    assert!(gw.log().contains("outside every trunk ACL"));
+}
+
+#[test]
+fn digest_wrong_password_is_401_then_403_and_right_one_is_answered() {
+    let gw = Gateway::start(|_, t| {
+        *t = t.replace(
+            "# [trunk.auth]\n# username = \"carrier\"\n# password = \"secret\"\n# realm = \"voicegate\"",
+            "[trunk.auth]\nusername = \"carrier\"\npassword = \"secret\"\nrealm = \"voicegate\"",
+        );
+    });
+    let ack_403 = "<send><![CDATA[\nACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n[last_Via:]\nFrom: <sip:carrier@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]\nTo: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]\nCall-ID: [call_id]\nCSeq: 2 ACK\nMax-Forwards: 70\nContent-Length: 0\n]]></send>";
+    let out = sipp(
+        &gw,
+        "digest.xml",
+        &[("STATUS", "403"), ("AFTER", ack_403)],
+        &["-au", "carrier", "-ap", "wrong"],
+    );
+    assert!(out.status.success(), "wrong password: 401 then 403");
+    let ack_bye = "<send><![CDATA[\nACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0\nVia: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\nFrom: <sip:carrier@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]\nTo: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]\nCall-ID: [call_id]\nCSeq: 2 ACK\nMax-Forwards: 70\nContent-Length: 0\n]]></send>\n<pause milliseconds=\"500\"/>\n<send retrans=\"500\"><![CDATA[\nBYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0\nVia: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\nFrom: <sip:carrier@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]\nTo: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]\nCall-ID: [call_id]\nCSeq: 3 BYE\nMax-Forwards: 70\nContent-Length: 0\n]]></send>\n<recv response=\"200\"/>";
+    let out = sipp(
+        &gw,
+        "digest.xml",
+        &[("STATUS", "200"), ("AFTER", ack_bye)],
+        &["-au", "carrier", "-ap", "secret"],
+    );
+    assert!(out.status.success(), "right password: 401 then 200");
+    assert_eq!(gw.wait_calls_ended(1, Duration::from_secs(10)).len(), 1);
+}
+
+#[test]
+fn bad_sdp_is_400_no_common_codec_is_488_and_garbage_does_not_hurt() {
+    let gw = Gateway::start(|_, _| {});
+    let out = sipp(
+        &gw,
+        "invite_expect.xml",
+        &[("SDP", "this is not SDP"), ("STATUS", "400")],
+        &[],
+    );
+    assert!(out.status.success(), "malformed SDP → 400");
+    let g722 = PCMU_SDP
+        .replace("RTP/AVP 0", "RTP/AVP 9")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:9 G722/8000")
+        .replace("\r\n", "\n");
+    let out = sipp(
+        &gw,
+        "invite_expect.xml",
+        &[("SDP", &g722), ("STATUS", "488")],
+        &[],
+    );
+    assert!(out.status.success(), "no common codec → 488");
+
+    // Raw garbage and broken requests straight at the SIP port.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let junk: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02garbage".to_vec(),
+        b"INVITE\r\n\r\n".to_vec(),
+        b"INVITE sip:bot@127.0.0.1 SIP/2.0\r\nVia: nonsense\r\nContent-Length: 99999\r\n\r\n".to_vec(),
+        b"INVITE sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: broken-1\r\nCSeq: x INVITE\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        vec![0xff; 3000],
+    ];
+    for j in &junk {
+        sock.send_to(j, &target).expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut gw = gw;
+    assert!(gw.alive(), "gateway must survive malformed input");
+    let out = sipp(&gw, "hold.xml", &[], &[]);
+    assert!(
+        out.status.success(),
+        "a normal call still works after garbage"
+    );
+}
+
+#[test]
+fn a_call_without_rtp_is_ended_with_bye() {
+    let gw = Gateway::start(|g, _| {
+        *g = g.replace("rtp_timeout_s = 30", "rtp_timeout_s = 2");
+    });
+    let out = sipp(&gw, "silent.xml", &[], &[]);
+    assert!(
+        out.status.success(),
+        "gateway must send BYE after the RTP timeout"
+    );
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    let all = events(&dirs[0]);
+    let ended = all
+        .iter()
+        .find(|e| e["kind"] == "call.ended")
+        .expect("ended");
+    assert_eq!(ended["reason"], "rtp_timeout");
+    let t = ended["t_s"].as_f64().unwrap_or(0.0);
+    assert!((2.0..5.0).contains(&t), "ended at {t}s");
+}
+
+#[test]
+fn crash_mid_call_leaves_a_recording_that_is_repaired_on_restart() {
+    let mut gw = Gateway::start(|g, _| {
+        *g = g.replace("flush_interval_ms = 1000", "flush_interval_ms = 200");
+    });
+    let dir = sipp_dir();
+    let mut caller = std::process::Command::new("sipp")
+        .current_dir(dir.path())
+        .arg(format!("127.0.0.1:{}", gw.sip_port))
+        .args(["-sn", "uac_pcap", "-m", "1", "-nostdin", "-i", "127.0.0.1"])
+        .args([
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &rtp_base(4).to_string(),
+        ])
+        .args(["-timeout", "20s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp");
+    std::thread::sleep(Duration::from_secs(4));
+    gw.kill9();
+    let _ = caller.kill();
+    let _ = caller.wait();
+    let dirs = gw.call_dirs();
+    assert_eq!(dirs.len(), 1);
+    assert!(
+        dirs[0].join(".recording").exists(),
+        "unfinished recording is marked"
+    );
+    gw.spawn();
+    let all = events(&dirs[0]);
+    assert!(
+        all.iter().any(|e| e["kind"] == "recording.repaired"),
+        "{all:?}"
+    );
+    assert!(!dirs[0].join(".recording").exists());
+    let (left, right) = stereo(&dirs[0]);
+    let secs = left.len() as f64 / 8000.0;
+    assert!(
+        secs > 2.5,
+        "repaired recording plays to the last flush: {secs:.2}s"
+    );
+    assert_eq!(left.len(), right.len());
+}
