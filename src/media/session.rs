@@ -69,6 +69,7 @@ pub struct MediaSession {
     seq: u16,
     timestamp: u32,
     last_rx: Duration,
+    rfc4733_seen: bool,
     stats: MediaStats,
     scratch: Vec<u8>,
 }
@@ -87,6 +88,7 @@ impl MediaSession {
             seq: (ssrc >> 16) as u16,
             timestamp: ssrc.rotate_left(7),
             last_rx: now,
+            rfc4733_seen: false,
             stats: MediaStats::default(),
             scratch: Vec::with_capacity(FRAME_8K),
         }
@@ -150,6 +152,7 @@ impl MediaSession {
         }
         self.last_rx = now;
         if is_dtmf {
+            self.rfc4733_seen = true;
             return match self
                 .events
                 .on_packet(packet.header.timestamp, &packet.payload)
@@ -165,10 +168,11 @@ impl MediaSession {
     }
 
     /// The caller's next 20 ms of audio (silence when none is playing), plus an
-    /// in-band DTMF digit when the peer has no telephone-event.
+    /// in-band DTMF digit. In-band detection is the fallback: it stops once the
+    /// peer has sent an RFC 4733 event, so no key press is counted twice.
     pub fn pull_frame(&mut self) -> (Vec<i16>, Option<char>) {
         let frame = self.jitter.pop_frame().unwrap_or_else(|| vec![0; FRAME_8K]);
-        let digit = if self.params.dtmf_payload_type.is_none() {
+        let digit = if !self.rfc4733_seen {
             self.inband.on_frame(&frame)
         } else {
             None

@@ -1,0 +1,34 @@
+# The two commands that do everything on a fresh Debian machine:
+#   make run   — install what is missing, build, serve with sip-config/
+#   make test  — install what is missing, run every test against real peers
+CARGO ?= cargo
+CONFIG ?= sip-config
+
+.PHONY: run test bootstrap build lint bench load clean
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+build: bootstrap
+	$(CARGO) build --release --locked
+
+run: build
+	./target/release/voicegate config check $(CONFIG)
+	./target/release/voicegate serve --config $(CONFIG)
+
+test: bootstrap
+	$(CARGO) build --release --locked
+	$(CARGO) test --release --locked -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+bench: bootstrap
+	$(CARGO) bench --locked
+
+load: build
+	./benches/load/sipp_load.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,167 @@
+//! End-to-end calls from baresip, a real softphone, playing WAV files.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A baresip caller playing `wav`, with a UDP console for sending DTMF.
+struct Caller {
+    child: Child,
+    console: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Caller {
+    fn dial(gw: &Gateway, wav: &Path, seconds: u32) -> Caller {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let silence = dir.path().join("silence.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&silence, spec).expect("wav");
+        for _ in 0..8000 {
+            w.write_sample(0i16).expect("sample");
+        }
+        w.finalize().expect("finalize");
+        let console = free_port();
+        let rtp = rtp_base(100);
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{}\naudio_player aubridge,nil\n\
+             audio_source aufile,{}\naudio_alert aufile,{}\nmodule_path /usr/lib/baresip/modules\n\
+             module cons.so\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\n\
+             module account.so\nmodule_app menu.so\nrtp_ports {}-{}\ncons_listen 127.0.0.1:{console}\n",
+            free_port(),
+            wav.display(),
+            silence.display(),
+            rtp,
+            rtp + 99
+        );
+        std::fs::write(dir.path().join("config"), config).expect("config");
+        std::fs::write(
+            dir.path().join("accounts"),
+            "<sip:2001@127.0.0.1>;regint=0\n",
+        )
+        .expect("accounts");
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(format!("/dial sip:bot@127.0.0.1:{}", gw.sip_port))
+            .arg("-t")
+            .arg(seconds.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip (make test installs it)");
+        Caller {
+            child,
+            console,
+            _dir: dir,
+        }
+    }
+
+    fn send_digit(&self, digit: char) {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.send_to(
+            format!("/sndcode {digit}\n").as_bytes(),
+            ("127.0.0.1", self.console),
+        )
+        .expect("console");
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
+    let gw = Gateway::start(|_, _| {});
+    let wav = root().join("tests/calls/angry_words.wav");
+    let caller = Caller::dial(&gw, &wav, 30);
+    std::thread::sleep(Duration::from_secs(4));
+    caller.send_digit('5');
+    std::thread::sleep(Duration::from_secs(7));
+    caller.send_digit('#');
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(15));
+    drop(caller);
+    let all = events(&dirs[0]);
+    let digits: Vec<_> = all
+        .iter()
+        .filter(|e| e["kind"] == "dtmf")
+        .map(|e| {
+            (
+                e["digit"].as_str().unwrap_or("").to_string(),
+                e["source"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        digits,
+        vec![
+            ("5".to_string(), "rfc4733".to_string()),
+            ("#".to_string(), "rfc4733".to_string())
+        ]
+    );
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["by"], "gateway");
+
+    let (left, _) = stereo(&dirs[0]);
+    let spoken = wav_mono(&wav);
+    // The caller's first sentence (1.0 s – 3.6 s in the file).
+    let probe = &spoken[8000..8000 * 3];
+    let (lag, r) = best_correlation(&left, probe, 8000 * 6);
+    assert!(
+        r > 0.9,
+        "left channel must carry the caller's WAV (r = {r:.3}, lag {lag})"
+    );
+}
+
+#[test]
+fn inband_dtmf_is_detected_when_no_rfc4733_is_sent() {
+    let gw = Gateway::start(|_, _| {});
+    // Two seconds of speech, then a '#' tone in the audio itself.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wav = dir.path().join("speech_then_hash.wav");
+    let spoken = wav_mono(&root().join("tests/calls/calm_billing.wav"));
+    let mut samples: Vec<i16> = spoken[..8000 * 3].to_vec();
+    samples.extend(voicegate::media::dtmf::tone('#', 200));
+    samples.extend(vec![0i16; 8000 * 3]);
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
+    for s in &samples {
+        w.write_sample(*s).expect("sample");
+    }
+    w.finalize().expect("finalize");
+    let caller = Caller::dial(&gw, &wav, 20);
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(20));
+    drop(caller);
+    let all = events(&dirs[0]);
+    let dtmf: Vec<_> = all.iter().filter(|e| e["kind"] == "dtmf").collect();
+    assert_eq!(dtmf.len(), 1, "{all:?}");
+    assert_eq!(dtmf[0]["digit"], "#");
+    assert_eq!(dtmf[0]["source"], "inband");
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["reason"], "caller_pressed_hash");
+}
