@@ -232,6 +232,13 @@ pub(super) async fn run(
         tokio::select! {
             _ = ticker.tick() => {
                 let now = start.elapsed();
+                // Drain what arrived since the last tick: one wake-up per 20 ms
+                // per call instead of one per packet.
+                while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
+                    if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
+                        actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" }));
+                    }
+                }
                 let (caller, digit) = media.pull_frame();
                 if let Some(d) = digit {
                     actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" }));
@@ -248,7 +255,7 @@ pub(super) async fn run(
                 }
                 if !held {
                     let pkt = media.encode_frame(&out);
-                    let _ = socket.send_to(&pkt, media.destination()).await;
+                    let _ = socket.try_send_to(&pkt, media.destination());
                 }
                 if let Some(r) = log.recorder.as_deref_mut() {
                     if let Err(e) = r.write(&caller, &out) {
@@ -258,14 +265,6 @@ pub(super) async fn run(
                 if !held && media.idle_for(now) > gw.media.rtp_timeout {
                     warn!(idle_s = media.idle_for(now).as_secs(), "no RTP: ending the call");
                     hangup = Some("rtp_timeout");
-                }
-            }
-            received = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = received {
-                    let now = start.elapsed();
-                    if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
-                        actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" }));
-                    }
                 }
             }
             state = states.recv() => {

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Bounded load test on loopback: CALLS concurrent SIPp calls, each sending
+# G.711 audio for ~60 s, against a release voicegate with recording on.
+# Reports the gateway's CPU per call-second, resident memory per call and
+# packet loss. Stops by itself; touches only 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CALLS=${CALLS:-200}
+RATE=${RATE:-40}
+STEADY=${STEADY:-30}
+PORT=${PORT:-15060}
+BIN=./target/release/voicegate
+[ -x "$BIN" ] || cargo build --release --locked
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$work/config/prompts" "$work/sipp/pcap"
+cp sip-config/prompts/greeting.wav "$work/config/prompts/"
+cp sip-config/trunks.toml "$work/config/"
+sed -e "s/127.0.0.1:5060/127.0.0.1:$PORT/g" -e 's/rtp_port_min = 20000/rtp_port_min = 40000/' \
+    -e 's/rtp_port_max = 29999/rtp_port_max = 44999/' -e "s#dir = \"recordings\"#dir = \"$work/rec\"#" \
+    sip-config/gateway.toml > "$work/config/gateway.toml"
+cp /usr/share/sip-tester/*.pcap "$work/sipp/pcap/"
+cp benches/load/uac_60s.xml "$work/sipp/"
+RUST_LOG=warn "$BIN" serve --config "$work/config" 2>"$work/gateway.log" &
+GW=$!
+sleep 1
+cpu() { awk '{print $14+$15}' /proc/$GW/stat; }
+split() { awk '{print "user", $14, "sys", $15}' /proc/$GW/stat; }
+rss_kib() { awk '/VmRSS/{print $2}' /proc/$GW/status; }
+tick=$(getconf CLK_TCK)
+rss0=$(rss_kib)
+(cd "$work/sipp" && sipp 127.0.0.1:$PORT -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
+   -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((PORT+1)) -nostdin -timeout 150s -timeout_error \
+   -trace_stat -fd 5 >"$work/sipp.out" 2>&1) &
+SIPP=$!
+sleep $(( CALLS / RATE + 3 ))
+c1=$(cpu); t1=$(date +%s.%N)
+peak=0
+for _ in $(seq "$STEADY"); do
+  r=$(rss_kib); [ "$r" -gt "$peak" ] && peak=$r
+  sleep 1
+done
+c2=$(cpu); t2=$(date +%s.%N)
+active=$(ls -d "$work"/rec/*/* 2>/dev/null | wc -l)
+wait $SIPP || echo "sipp reported failed calls (see below)"
+sleep 2
+kill -TERM $GW; wait $GW || true
+python3 - "$work/rec" "$c1" "$c2" "$t1" "$t2" "$tick" "$CALLS" "$rss0" "$peak" "$active" <<'PY'
+import json, sys, glob
+rec, c1, c2, t1, t2, tick, calls, rss0, peak, active = sys.argv[1:]
+c1, c2, t1, t2, tick, calls = float(c1), float(c2), float(t1), float(t2), float(tick), int(calls)
+lost = recv = ended = 0
+for f in glob.glob(rec + "/*/*/events.jsonl"):
+    for line in open(f):
+        e = json.loads(line)
+        if e.get("kind") == "call.ended":
+            ended += 1
+            j = e.get("media", {}).get("jitter", {})
+            lost += j.get("lost", 0); recv += j.get("received", 0)
+cpu_s = (c2 - c1) / tick
+wall = t2 - t1
+pct = 100.0 * cpu_s / (wall * calls)
+rss = (int(peak) - int(rss0)) / calls
+loss = 100.0 * lost / max(1, lost + recv)
+print(f"calls: {calls} concurrent ({active} recorded, {ended} ended cleanly), steady window {wall:.1f} s")
+print(f"CPU: {cpu_s:.2f} CPU-s over {wall:.1f} s = {pct:.4f} % of a core per call")
+print(f"memory: {rss:.1f} KiB resident per call (peak {int(peak)/1024:.1f} MiB, idle {int(rss0)/1024:.1f} MiB)")
+print(f"packet loss: {loss:.4f} % ({lost} of {lost+recv})")
+PY
+tail -5 "$work/sipp.out" | grep -iE 'fail|success' || true
