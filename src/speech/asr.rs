@@ -1,0 +1,160 @@
+//! Whisper recognition through whisper-rs: one shared model, one decoding
+//! state per worker, decoding sized to the utterance.
+
+use std::path::Path;
+use std::sync::Arc;
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+
+/// Why recognition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AsrError {
+    /// The model file is missing or unusable.
+    #[error("cannot load Whisper model {path}: {reason}")]
+    Load {
+        /// The file.
+        path: String,
+        /// What whisper.cpp said.
+        reason: String,
+    },
+    /// Decoding failed.
+    #[error("Whisper decoding failed: {0}")]
+    Decode(String),
+}
+
+/// A loaded Whisper model, shared by every worker.
+#[derive(Clone)]
+pub struct WhisperModel {
+    ctx: Arc<WhisperContext>,
+}
+
+impl std::fmt::Debug for WhisperModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WhisperModel")
+    }
+}
+
+impl WhisperModel {
+    /// Load a ggml Whisper model.
+    pub fn load(path: &Path) -> Result<Self, AsrError> {
+        whisper_rs::install_logging_hooks();
+        let load_err = |reason: String| AsrError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(load_err(
+                "file not found (run `voicegate models install`, which `make run` does)".into(),
+            ));
+        }
+        let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
+            .map_err(|e| load_err(e.to_string()))?;
+        Ok(Self { ctx: Arc::new(ctx) })
+    }
+
+    /// Whether the model knows languages other than English.
+    pub fn is_multilingual(&self) -> bool {
+        self.ctx.is_multilingual()
+    }
+}
+
+/// One recognised stretch of speech.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Recognition {
+    /// The text, trimmed.
+    pub text: String,
+    /// Segments with times relative to the audio given (seconds).
+    pub segments: Vec<Segment>,
+    /// Detected or configured language.
+    pub language: String,
+}
+
+/// A timed piece of text.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Segment {
+    /// Start (s).
+    pub start_s: f64,
+    /// End (s).
+    pub end_s: f64,
+    /// Text.
+    pub text: String,
+}
+
+/// A decoding state bound to a model; one per worker thread.
+pub struct Recognizer {
+    state: WhisperState,
+    threads: i32,
+    language: Option<String>,
+}
+
+impl Recognizer {
+    /// A recogniser for `model` using `threads` CPU threads; `language` `None`
+    /// means auto-detect (multilingual models only).
+    pub fn new(model: &WhisperModel, threads: usize, language: Option<&str>) -> Result<Self, AsrError> {
+        let state = model
+            .ctx
+            .create_state()
+            .map_err(|e| AsrError::Decode(e.to_string()))?;
+        let language = if model.is_multilingual() {
+            language.map(str::to_string)
+        } else {
+            Some("en".to_string())
+        };
+        Ok(Self {
+            state,
+            threads: threads.max(1) as i32,
+            language,
+        })
+    }
+
+    /// Recognise 16 kHz mono samples in [-1, 1] (greedy, temperature 0, no
+    /// context carried over between calls).
+    pub fn recognize(&mut self, samples: &[f32]) -> Result<Recognition, AsrError> {
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(self.threads);
+        params.set_translate(false);
+        params.set_no_context(true);
+        params.set_single_segment(false);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_suppress_blank(true);
+        params.set_temperature(0.0);
+        params.set_temperature_inc(0.0);
+        params.set_language(self.language.as_deref());
+        params.set_detect_language(false);
+        // Decode only as much encoder context as the audio needs (50 frames/s),
+        // with headroom; whisper.cpp pads the rest.
+        let secs = samples.len() as f64 / 16000.0;
+        let ctx = ((secs * 50.0).ceil() as i32 + 128).clamp(384, 1500);
+        params.set_audio_ctx(ctx);
+        // Whisper needs at least one second of audio to decode reliably.
+        let mut padded;
+        let audio = if samples.len() < 16000 {
+            padded = samples.to_vec();
+            padded.resize(16000 + 1600, 0.0);
+            &padded[..]
+        } else {
+            samples
+        };
+        self.state
+            .full(params, audio)
+            .map_err(|e| AsrError::Decode(e.to_string()))?;
+        let mut text = String::new();
+        let mut segments = Vec::new();
+        for seg in self.state.as_iter() {
+            let t = seg.to_str_lossy().map(|c| c.to_string()).unwrap_or_default();
+            text.push_str(&t);
+            segments.push(Segment {
+                start_s: seg.start_timestamp() as f64 / 100.0,
+                end_s: seg.end_timestamp() as f64 / 100.0,
+                text: t.trim().to_string(),
+            });
+        }
+        Ok(Recognition {
+            text: text.trim().to_string(),
+            segments,
+            language: self.language.clone().unwrap_or_else(|| "auto".into()),
+        })
+    }
+}

@@ -1,0 +1,6 @@
+//! Local speech: the Whisper model (converted from a registry package by our
+//! own code), voice activity detection, the ASR worker pool, speech rate.
+
+pub mod asr;
+pub mod convert;
+pub mod models;

