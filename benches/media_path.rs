@@ -24,7 +24,10 @@ fn sip_parse(c: &mut Criterion) {
     });
     g.bench_function("negotiate_sdp", |b| {
         let body = &INVITE[INVITE.find("v=0").unwrap_or(0)..];
-        b.iter(|| voicegate::sip::sdp::negotiate(black_box(body.as_bytes()), &[Codec::Pcmu, Codec::Pcma]).is_ok())
+        b.iter(|| {
+            voicegate::sip::sdp::negotiate(black_box(body.as_bytes()), &[Codec::Pcmu, Codec::Pcma])
+                .is_ok()
+        })
     });
     g.finish();
 }
@@ -35,13 +38,17 @@ fn rtp_to_16k(c: &mut Criterion) {
         dtmf_payload_type: Some(101),
         remote: "127.0.0.1:6000".parse().unwrap_or_else(|_| unreachable!()),
     };
-    let mut sender = MediaSession::new(params.clone(), Duration::from_millis(20), 1, Duration::ZERO);
-    let tone: Vec<i16> = (0..160).map(|n| ((n as f32 * 0.3).sin() * 8000.0) as i16).collect();
+    let mut sender =
+        MediaSession::new(params.clone(), Duration::from_millis(20), 1, Duration::ZERO);
+    let tone: Vec<i16> = (0..160)
+        .map(|n| ((n as f32 * 0.3).sin() * 8000.0) as i16)
+        .collect();
     let packets: Vec<_> = (0..64).map(|_| sender.encode_frame(&tone)).collect();
     let mut g = c.benchmark_group("media");
     g.throughput(Throughput::Elements(1));
     g.bench_function("rtp_packet_to_16k_frame", |b| {
-        let mut rx = MediaSession::new(params.clone(), Duration::from_millis(20), 2, Duration::ZERO);
+        let mut rx =
+            MediaSession::new(params.clone(), Duration::from_millis(20), 2, Duration::ZERO);
         let mut up = Upsampler::new().unwrap_or_else(|_| unreachable!());
         let from = params.remote;
         let mut out = Vec::with_capacity(320);
@@ -56,7 +63,8 @@ fn rtp_to_16k(c: &mut Criterion) {
         })
     });
     g.bench_function("encode_outgoing_frame", |b| {
-        let mut tx = MediaSession::new(params.clone(), Duration::from_millis(20), 3, Duration::ZERO);
+        let mut tx =
+            MediaSession::new(params.clone(), Duration::from_millis(20), 3, Duration::ZERO);
         b.iter(|| black_box(tx.encode_frame(black_box(&tone)).len()))
     });
     g.finish();
@@ -64,7 +72,8 @@ fn rtp_to_16k(c: &mut Criterion) {
 
 fn recording(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
-    let mut rec = CallRecorder::create(dir.path(), "bench", "call", 8000).unwrap_or_else(|_| unreachable!());
+    let mut rec =
+        CallRecorder::create(dir.path(), "bench", "call", 8000).unwrap_or_else(|_| unreachable!());
     let left = [100i16; 160];
     let right = [-100i16; 160];
     let mut g = c.benchmark_group("record");

@@ -26,6 +26,23 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Transcribe a WAV file with the live pipeline (VAD → Whisper).
+    Transcribe {
+        /// The WAV file (stereo recordings: the caller's left channel).
+        file: PathBuf,
+        /// Print one JSON object instead of text lines.
+        #[arg(long)]
+        json: bool,
+        /// ggml Whisper model.
+        #[arg(long, default_value = "models/ggml-tiny.en.bin")]
+        model: PathBuf,
+        /// Language for multilingual models (e.g. en, zh); default: auto-detect.
+        #[arg(long)]
+        language: Option<String>,
+        /// CPU threads for Whisper.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Whisper models.
     Models {
         #[command(subcommand)]
@@ -112,6 +129,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Transcribe {
+            file,
+            json,
+            model,
+            language,
+            threads,
+        } => transcribe(&file, json, &model, language.as_deref(), threads),
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {
@@ -143,6 +167,70 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn transcribe(
+    file: &std::path::Path,
+    json: bool,
+    model: &std::path::Path,
+    language: Option<&str>,
+    threads: usize,
+) -> ExitCode {
+    use voicegate::speech::{asr, pipeline, vad};
+    let track = match pipeline::load_caller_track(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("voicegate transcribe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let model = match asr::WhisperModel::load(model) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("voicegate transcribe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut recognizer = match asr::Recognizer::new(&model, threads, language) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("voicegate transcribe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let utterances = match pipeline::transcribe_track(
+        &track.samples,
+        vad::VadConfig::default(),
+        &mut recognizer,
+    ) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("voicegate transcribe: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let duration = track.duration.as_secs_f64();
+    if json {
+        let out = serde_json::json!({
+            "file": file.display().to_string(),
+            "duration_s": duration,
+            "utterances": utterances,
+            "text": utterances.iter().map(|u| u.text.as_str()).collect::<Vec<_>>().join(" "),
+            "processing_s": elapsed,
+            "real_time_factor": elapsed / duration.max(1e-9),
+        });
+        println!("{out}");
+    } else {
+        for u in &utterances {
+            println!(
+                "[{:7.2} - {:7.2}] {}  ({:.2} words/s, {:.1} dBFS)",
+                u.start_s, u.end_s, u.text, u.words_per_s, u.loudness_dbfs
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
 
 /// Why recognition failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +91,11 @@ pub struct Recognizer {
 impl Recognizer {
     /// A recogniser for `model` using `threads` CPU threads; `language` `None`
     /// means auto-detect (multilingual models only).
-    pub fn new(model: &WhisperModel, threads: usize, language: Option<&str>) -> Result<Self, AsrError> {
+    pub fn new(
+        model: &WhisperModel,
+        threads: usize,
+        language: Option<&str>,
+    ) -> Result<Self, AsrError> {
         let state = model
             .ctx
             .create_state()
@@ -143,7 +149,10 @@ impl Recognizer {
         let mut text = String::new();
         let mut segments = Vec::new();
         for seg in self.state.as_iter() {
-            let t = seg.to_str_lossy().map(|c| c.to_string()).unwrap_or_default();
+            let t = seg
+                .to_str_lossy()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
             text.push_str(&t);
             segments.push(Segment {
                 start_s: seg.start_timestamp() as f64 / 100.0,

@@ -90,7 +90,9 @@ impl Variable {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect()),
-            other => Err(ConvertError::Format(format!("expected floats, found {other:?}"))),
+            other => Err(ConvertError::Format(format!(
+                "expected floats, found {other:?}"
+            ))),
         }
     }
 
@@ -120,9 +122,14 @@ impl Variable {
     }
 
     fn rows(&self, start: usize, end: usize) -> Result<Variable, ConvertError> {
-        let rows = *self.shape.first().ok_or_else(|| ConvertError::Format("scalar split".into()))?;
+        let rows = *self
+            .shape
+            .first()
+            .ok_or_else(|| ConvertError::Format("scalar split".into()))?;
         if end > rows || start >= end {
-            return Err(ConvertError::Format(format!("row split {start}..{end} of {rows}")));
+            return Err(ConvertError::Format(format!(
+                "row split {start}..{end} of {rows}"
+            )));
         }
         let row_bytes = self.data.len() / rows;
         let mut shape = self.shape.clone();
@@ -185,7 +192,9 @@ impl Ct2Model {
         let mut r = Reader { bytes, pos: 0 };
         let version = r.u32()?;
         if !(5..=6).contains(&version) {
-            return Err(ConvertError::Format(format!("unsupported version {version}")));
+            return Err(ConvertError::Format(format!(
+                "unsupported version {version}"
+            )));
         }
         let spec = r.string()?;
         let _revision = r.u32()?;
@@ -296,7 +305,10 @@ pub fn decode_vocabulary(text: &str) -> Result<Vec<Vec<u8>>, ConvertError> {
             .map(|c| map.get(&c).copied())
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(|| {
-                ConvertError::Vocabulary(format!("token {} {token:?} is not byte-level BPE", out.len()))
+                ConvertError::Vocabulary(format!(
+                    "token {} {token:?} is not byte-level BPE",
+                    out.len()
+                ))
             })?;
         out.push(bytes);
     }
@@ -331,7 +343,9 @@ pub fn mel_filters(n_mels: usize) -> Vec<f32> {
     let mel_f: Vec<f64> = (0..n_mels + 2)
         .map(|i| mel_to_hz(max_mel * i as f64 / (n_mels + 1) as f64))
         .collect();
-    let fft_freqs: Vec<f64> = (0..bins).map(|i| SR / 2.0 * i as f64 / (bins - 1) as f64).collect();
+    let fft_freqs: Vec<f64> = (0..bins)
+        .map(|i| SR / 2.0 * i as f64 / (bins - 1) as f64)
+        .collect();
     let mut weights = vec![0f32; n_mels * bins];
     for m in 0..n_mels {
         let enorm = 2.0 / (mel_f[m + 2] - mel_f[m]);
@@ -353,7 +367,12 @@ struct Tensor {
     data: Vec<u8>,
 }
 
-fn float_tensor(name: &str, v: &Variable, shape: Vec<usize>, as_f16: bool) -> Result<Tensor, ConvertError> {
+fn float_tensor(
+    name: &str,
+    v: &Variable,
+    shape: Vec<usize>,
+    as_f16: bool,
+) -> Result<Tensor, ConvertError> {
     let data = if as_f16 {
         v.to_f16_bytes()?
     } else {
@@ -379,9 +398,16 @@ pub struct Converted {
 }
 
 /// Convert a parsed CT2 Whisper model and its vocabulary into ggml, written to `out`.
-pub fn convert(model: &Ct2Model, vocabulary: &str, out: &mut impl Write) -> Result<Converted, ConvertError> {
+pub fn convert(
+    model: &Ct2Model,
+    vocabulary: &str,
+    out: &mut impl Write,
+) -> Result<Converted, ConvertError> {
     if !model.spec.starts_with("WhisperSpec") {
-        return Err(ConvertError::Format(format!("not a Whisper model (spec {})", model.spec)));
+        return Err(ConvertError::Format(format!(
+            "not a Whisper model (spec {})",
+            model.spec
+        )));
     }
     let emb = model.get("decoder/embeddings/weight")?;
     let enc_pos = model.get("encoder/position_encodings/encodings")?;
@@ -408,55 +434,126 @@ pub fn convert(model: &Ct2Model, vocabulary: &str, out: &mut impl Write) -> Resu
         n_mels: dim(conv1, 1),
     };
     if hp.n_audio_layer == 0 || hp.n_text_layer == 0 || hp.n_audio_state != hp.n_text_state {
-        return Err(ConvertError::Format(format!("inconsistent dimensions {hp:?}")));
+        return Err(ConvertError::Format(format!(
+            "inconsistent dimensions {hp:?}"
+        )));
     }
     let d = hp.n_audio_state as usize;
     let tokens = decode_vocabulary(vocabulary)?;
 
     let mut tensors: Vec<Tensor> = Vec::new();
-    let push = |tensors: &mut Vec<Tensor>, name: String, v: &Variable, f16: bool| -> Result<(), ConvertError> {
+    let push = |tensors: &mut Vec<Tensor>,
+                name: String,
+                v: &Variable,
+                f16: bool|
+     -> Result<(), ConvertError> {
         tensors.push(float_tensor(&name, v, v.shape.clone(), f16)?);
         Ok(())
     };
     // Encoder.
-    push(&mut tensors, "encoder.positional_embedding".into(), enc_pos, false)?;
+    push(
+        &mut tensors,
+        "encoder.positional_embedding".into(),
+        enc_pos,
+        false,
+    )?;
     push(&mut tensors, "encoder.conv1.weight".into(), conv1, true)?;
-    push(&mut tensors, "encoder.conv2.weight".into(), model.get("encoder/conv2/weight")?, true)?;
+    push(
+        &mut tensors,
+        "encoder.conv2.weight".into(),
+        model.get("encoder/conv2/weight")?,
+        true,
+    )?;
     for (i, conv) in ["conv1", "conv2"].iter().enumerate() {
         let b = model.get(&format!("encoder/{conv}/bias"))?;
-        let mut t = float_tensor(&format!("encoder.conv{}.bias", i + 1), b, vec![b.shape[0], 1], false)?;
+        let mut t = float_tensor(
+            &format!("encoder.conv{}.bias", i + 1),
+            b,
+            vec![b.shape[0], 1],
+            false,
+        )?;
         t.shape = vec![b.shape[0], 1];
         tensors.push(t);
     }
     let ln = |prefix: &str| -> Result<(&Variable, &Variable), ConvertError> {
-        Ok((model.get(&format!("{prefix}/gamma"))?, model.get(&format!("{prefix}/beta"))?))
+        Ok((
+            model.get(&format!("{prefix}/gamma"))?,
+            model.get(&format!("{prefix}/beta"))?,
+        ))
     };
     let add_ln = |tensors: &mut Vec<Tensor>, ct2: &str, ggml: &str| -> Result<(), ConvertError> {
         let (g, b) = ln(ct2)?;
-        tensors.push(float_tensor(&format!("{ggml}.weight"), g, g.shape.clone(), false)?);
-        tensors.push(float_tensor(&format!("{ggml}.bias"), b, b.shape.clone(), false)?);
+        tensors.push(float_tensor(
+            &format!("{ggml}.weight"),
+            g,
+            g.shape.clone(),
+            false,
+        )?);
+        tensors.push(float_tensor(
+            &format!("{ggml}.bias"),
+            b,
+            b.shape.clone(),
+            false,
+        )?);
         Ok(())
     };
-    let linear = |tensors: &mut Vec<Tensor>, w: &Variable, b: Option<&Variable>, ggml: &str| -> Result<(), ConvertError> {
-        tensors.push(float_tensor(&format!("{ggml}.weight"), w, w.shape.clone(), true)?);
+    let linear = |tensors: &mut Vec<Tensor>,
+                  w: &Variable,
+                  b: Option<&Variable>,
+                  ggml: &str|
+     -> Result<(), ConvertError> {
+        tensors.push(float_tensor(
+            &format!("{ggml}.weight"),
+            w,
+            w.shape.clone(),
+            true,
+        )?);
         if let Some(b) = b {
-            tensors.push(float_tensor(&format!("{ggml}.bias"), b, b.shape.clone(), false)?);
+            tensors.push(float_tensor(
+                &format!("{ggml}.bias"),
+                b,
+                b.shape.clone(),
+                false,
+            )?);
         }
         Ok(())
     };
     add_ln(&mut tensors, "encoder/layer_norm", "encoder.ln_post")?;
     for side in ["encoder", "decoder"] {
-        let layers = if side == "encoder" { hp.n_audio_layer } else { hp.n_text_layer };
+        let layers = if side == "encoder" {
+            hp.n_audio_layer
+        } else {
+            hp.n_text_layer
+        };
         for i in 0..layers {
             let ct = format!("{side}/layer_{i}");
             let gg = format!("{side}.blocks.{i}");
             // Self-attention: fused QKV.
-            add_ln(&mut tensors, &format!("{ct}/self_attention/layer_norm"), &format!("{gg}.attn_ln"))?;
+            add_ln(
+                &mut tensors,
+                &format!("{ct}/self_attention/layer_norm"),
+                &format!("{gg}.attn_ln"),
+            )?;
             let qkv_w = model.get(&format!("{ct}/self_attention/linear_0/weight"))?;
             let qkv_b = model.get(&format!("{ct}/self_attention/linear_0/bias"))?;
-            linear(&mut tensors, &qkv_w.rows(0, d)?, Some(&qkv_b.rows(0, d)?), &format!("{gg}.attn.query"))?;
-            linear(&mut tensors, &qkv_w.rows(d, 2 * d)?, None, &format!("{gg}.attn.key"))?;
-            linear(&mut tensors, &qkv_w.rows(2 * d, 3 * d)?, Some(&qkv_b.rows(2 * d, 3 * d)?), &format!("{gg}.attn.value"))?;
+            linear(
+                &mut tensors,
+                &qkv_w.rows(0, d)?,
+                Some(&qkv_b.rows(0, d)?),
+                &format!("{gg}.attn.query"),
+            )?;
+            linear(
+                &mut tensors,
+                &qkv_w.rows(d, 2 * d)?,
+                None,
+                &format!("{gg}.attn.key"),
+            )?;
+            linear(
+                &mut tensors,
+                &qkv_w.rows(2 * d, 3 * d)?,
+                Some(&qkv_b.rows(2 * d, 3 * d)?),
+                &format!("{gg}.attn.value"),
+            )?;
             linear(
                 &mut tensors,
                 model.get(&format!("{ct}/self_attention/linear_1/weight"))?,
@@ -465,7 +562,11 @@ pub fn convert(model: &Ct2Model, vocabulary: &str, out: &mut impl Write) -> Resu
             )?;
             if side == "decoder" {
                 // Cross-attention: Q alone, fused KV, out.
-                add_ln(&mut tensors, &format!("{ct}/attention/layer_norm"), &format!("{gg}.cross_attn_ln"))?;
+                add_ln(
+                    &mut tensors,
+                    &format!("{ct}/attention/layer_norm"),
+                    &format!("{gg}.cross_attn_ln"),
+                )?;
                 linear(
                     &mut tensors,
                     model.get(&format!("{ct}/attention/linear_0/weight"))?,
@@ -474,8 +575,18 @@ pub fn convert(model: &Ct2Model, vocabulary: &str, out: &mut impl Write) -> Resu
                 )?;
                 let kv_w = model.get(&format!("{ct}/attention/linear_1/weight"))?;
                 let kv_b = model.get(&format!("{ct}/attention/linear_1/bias"))?;
-                linear(&mut tensors, &kv_w.rows(0, d)?, None, &format!("{gg}.cross_attn.key"))?;
-                linear(&mut tensors, &kv_w.rows(d, 2 * d)?, Some(&kv_b.rows(d, 2 * d)?), &format!("{gg}.cross_attn.value"))?;
+                linear(
+                    &mut tensors,
+                    &kv_w.rows(0, d)?,
+                    None,
+                    &format!("{gg}.cross_attn.key"),
+                )?;
+                linear(
+                    &mut tensors,
+                    &kv_w.rows(d, 2 * d)?,
+                    Some(&kv_b.rows(d, 2 * d)?),
+                    &format!("{gg}.cross_attn.value"),
+                )?;
                 linear(
                     &mut tensors,
                     model.get(&format!("{ct}/attention/linear_2/weight"))?,
@@ -483,7 +594,11 @@ pub fn convert(model: &Ct2Model, vocabulary: &str, out: &mut impl Write) -> Resu
                     &format!("{gg}.cross_attn.out"),
                 )?;
             }
-            add_ln(&mut tensors, &format!("{ct}/ffn/layer_norm"), &format!("{gg}.mlp_ln"))?;
+            add_ln(
+                &mut tensors,
+                &format!("{ct}/ffn/layer_norm"),
+                &format!("{gg}.mlp_ln"),
+            )?;
             linear(
                 &mut tensors,
                 model.get(&format!("{ct}/ffn/linear_0/weight"))?,
@@ -498,8 +613,18 @@ pub fn convert(model: &Ct2Model, vocabulary: &str, out: &mut impl Write) -> Resu
             )?;
         }
     }
-    push(&mut tensors, "decoder.positional_embedding".into(), dec_pos, false)?;
-    push(&mut tensors, "decoder.token_embedding.weight".into(), emb, true)?;
+    push(
+        &mut tensors,
+        "decoder.positional_embedding".into(),
+        dec_pos,
+        false,
+    )?;
+    push(
+        &mut tensors,
+        "decoder.token_embedding.weight".into(),
+        emb,
+        true,
+    )?;
     add_ln(&mut tensors, "decoder/layer_norm", "decoder.ln")?;
 
     // Header.
@@ -556,7 +681,15 @@ mod tests {
     fn byte_level_tokens_decode() {
         let v = "!\nĠthe\nĊ\nÃ©\n<|endoftext|>\n<|startoftranscript|>\n";
         let t = decode_vocabulary(v).unwrap();
-        assert_eq!(t, vec![b"!".to_vec(), b" the".to_vec(), b"\n".to_vec(), "é".as_bytes().to_vec()]);
+        assert_eq!(
+            t,
+            vec![
+                b"!".to_vec(),
+                b" the".to_vec(),
+                b"\n".to_vec(),
+                "é".as_bytes().to_vec()
+            ]
+        );
         assert!(decode_vocabulary("a\nb\n").is_err());
     }
 
@@ -581,7 +714,11 @@ mod tests {
             (40 * 201 + 30, 0.0),
         ];
         for (i, want) in reference {
-            assert!((f[i] - want).abs() < 2e-7, "mel[{i}] = {} want {want}", f[i]);
+            assert!(
+                (f[i] - want).abs() < 2e-7,
+                "mel[{i}] = {} want {want}",
+                f[i]
+            );
         }
         if let Ok(bytes) = std::fs::read("/tmp/mel80.f32") {
             let max = bytes

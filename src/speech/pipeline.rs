@@ -1,0 +1,188 @@
+//! The speech pipeline shared by live calls, `voicegate transcribe` and replay:
+//! 8 kHz call audio → 16 kHz → VAD utterances → Whisper → per-utterance
+//! features (text, times, speech rate, loudness).
+
+use super::asr::{AsrError, Recognizer};
+use super::vad::{Segmenter, Utterance, VadConfig, VadEvent};
+use crate::media::resample::Upsampler;
+use std::path::Path;
+use std::time::Duration;
+
+/// One recognised utterance with the signals the emotion layer uses.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UtteranceResult {
+    /// Start (s from the start of the stream).
+    pub start_s: f64,
+    /// End (s).
+    pub end_s: f64,
+    /// Recognised text.
+    pub text: String,
+    /// Words per second over voiced time (characters per second for CJK text).
+    pub words_per_s: f64,
+    /// RMS level of the voiced audio, dBFS.
+    pub loudness_dbfs: f32,
+    /// Voiced time inside the utterance (s).
+    pub voiced_s: f64,
+    /// Whether the maximum utterance length forced a cut.
+    pub forced_cut: bool,
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(u32::from(c), 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x3040..=0x30FF | 0xAC00..=0xD7AF)
+}
+
+/// Words in `text` (CJK characters count one each).
+pub fn word_count(text: &str) -> usize {
+    let cjk = text.chars().filter(|c| is_cjk(*c)).count();
+    let words = text
+        .split(|c: char| c.is_whitespace() || is_cjk(c))
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .count();
+    cjk + words
+}
+
+/// Speech rate: words (or CJK characters) per voiced second.
+pub fn speech_rate(text: &str, voiced: Duration) -> f64 {
+    let secs = voiced.as_secs_f64().max(0.2);
+    word_count(text) as f64 / secs
+}
+
+/// Build the result for a recognised utterance.
+pub fn result_for(u: &Utterance, text: String) -> UtteranceResult {
+    UtteranceResult {
+        start_s: u.start.as_secs_f64(),
+        end_s: u.end.as_secs_f64(),
+        words_per_s: (speech_rate(&text, u.voiced) * 100.0).round() / 100.0,
+        text,
+        loudness_dbfs: (u.loudness_dbfs * 10.0).round() / 10.0,
+        voiced_s: u.voiced.as_secs_f64(),
+        forced_cut: u.forced_cut,
+    }
+}
+
+/// Why an audio file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    /// Not readable / not WAV / unsupported encoding.
+    #[error("{path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A caller track at 16 kHz, converted exactly as a live call converts it.
+#[derive(Debug, Clone)]
+pub struct Track {
+    /// 16 kHz samples in [-1, 1].
+    pub samples: Vec<f32>,
+    /// The file's duration.
+    pub duration: Duration,
+    /// Channels in the file (2 = a gateway recording; the caller is left).
+    pub channels: u16,
+    /// The file's sample rate.
+    pub rate: u32,
+}
+
+/// Load the caller track of a WAV: the left channel of a stereo recording,
+/// else the mono signal; 8 kHz audio goes through the live path's streaming
+/// upsampler frame by frame so replay hears what the live call heard.
+pub fn load_caller_track(path: &Path) -> Result<Track, AudioError> {
+    let err = |reason: String| AudioError::Unreadable {
+        path: path.display().to_string(),
+        reason,
+    };
+    let reader =
+        hound::WavReader::open(path).map_err(|e| err(format!("not a readable WAV file ({e})")))?;
+    let spec = reader.spec();
+    if spec.channels == 0 || spec.sample_rate < 4000 {
+        return Err(err(format!(
+            "unsupported format: {} channels at {} Hz",
+            spec.channels, spec.sample_rate
+        )));
+    }
+    let channels = usize::from(spec.channels);
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .into_samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(format!("truncated or corrupt audio ({e})")))?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(format!("truncated or corrupt audio ({e})")))?
+        }
+    };
+    let caller: Vec<f32> = interleaved.chunks(channels).map(|c| c[0]).collect();
+    let duration = Duration::from_secs_f64(caller.len() as f64 / f64::from(spec.sample_rate));
+    let samples = if spec.sample_rate == 8000 {
+        let mut up = Upsampler::new().map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::with_capacity(caller.len() * 2);
+        let mut frame = [0i16; 160];
+        for chunk in caller.chunks(160) {
+            for (d, s) in frame
+                .iter_mut()
+                .zip(chunk.iter().chain(std::iter::repeat(&0.0)))
+            {
+                *d = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
+            }
+            up.process(&frame[..], &mut out);
+        }
+        out
+    } else {
+        crate::media::resample::resample(&caller, spec.sample_rate, 16000)
+            .map_err(|e| err(e.to_string()))?
+    };
+    Ok(Track {
+        samples,
+        duration,
+        channels: spec.channels,
+        rate: spec.sample_rate,
+    })
+}
+
+/// Segment a whole 16 kHz track (in 20 ms chunks, like a live call) and
+/// recognise each utterance.
+pub fn transcribe_track(
+    samples: &[f32],
+    vad: VadConfig,
+    recognizer: &mut Recognizer,
+) -> Result<Vec<UtteranceResult>, AsrError> {
+    let mut seg = Segmenter::new(vad);
+    let mut utterances = Vec::new();
+    for chunk in samples.chunks(320) {
+        for ev in seg.push(chunk) {
+            if let VadEvent::Utterance(u) = ev {
+                utterances.push(u);
+            }
+        }
+    }
+    utterances.extend(seg.finish());
+    utterances
+        .iter()
+        .map(|u| {
+            recognizer
+                .recognize(&u.samples)
+                .map(|r| result_for(u, r.text))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_cjk_characters_count() {
+        assert_eq!(word_count("This is ridiculous."), 3);
+        assert_eq!(word_count("  hello , world  "), 2);
+        assert_eq!(word_count("我要投诉"), 4);
+        assert_eq!(word_count("I want 退款 now"), 5);
+        assert!((speech_rate("one two three", Duration::from_secs(2)) - 1.5).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,312 @@
+//! Voice activity detection and utterance segmentation on 16 kHz audio, as a
+//! sans-IO state machine: samples in, utterances out, time derived from the
+//! sample count (so a replay segments exactly as the live call did).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// earshot's frame: 256 samples = 16 ms at 16 kHz.
+const FRAME: usize = 256;
+const FRAME_MS: u64 = 16;
+/// Frames added after the last voiced frame when reporting an utterance's end.
+const END_TAIL_FRAMES: u64 = 6;
+/// Sample rate the segmenter works at.
+pub const RATE: u32 = 16_000;
+
+/// Segmentation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VadConfig {
+    /// Voice probability above which a frame is speech.
+    pub threshold: f32,
+    /// Silence that ends an utterance.
+    pub hangover: Duration,
+    /// Speech needed before an utterance starts.
+    pub min_speech: Duration,
+    /// Longest utterance before a forced cut.
+    pub max_utterance: Duration,
+    /// Audio kept before the detected start.
+    pub pre_roll: Duration,
+    /// Audio kept after the last voiced frame.
+    pub post_roll: Duration,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            hangover: Duration::from_millis(600),
+            min_speech: Duration::from_millis(96),
+            max_utterance: Duration::from_secs(15),
+            pre_roll: Duration::from_millis(208),
+            post_roll: Duration::from_millis(208),
+        }
+    }
+}
+
+/// A finished stretch of speech.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Utterance {
+    /// Start of the utterance: the first voiced frame less the pre-roll (the
+    /// attack the detector needs a few frames to hear), from the start of the stream.
+    pub start: Duration,
+    /// End: the last voiced frame plus about 100 ms for the decay the detector
+    /// smooths over (the audio sent to ASR keeps the full post-roll).
+    pub end: Duration,
+    /// Time the VAD judged voiced inside the utterance.
+    pub voiced: Duration,
+    /// RMS level of the voiced frames, dBFS.
+    pub loudness_dbfs: f32,
+    /// Whether `max_utterance` forced the cut.
+    pub forced_cut: bool,
+    /// Audio with pre- and post-roll, 16 kHz.
+    pub samples: Vec<f32>,
+    /// Stream time of `samples[0]`.
+    pub samples_start: Duration,
+}
+
+/// What a push produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VadEvent {
+    /// Speech began (the caller started talking).
+    SpeechStarted {
+        /// When.
+        at: Duration,
+    },
+    /// An utterance ended.
+    Utterance(Utterance),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Silence,
+    Candidate { voiced: u64, gap: u64 },
+    Speech,
+}
+
+/// Streaming segmenter for one caller.
+pub struct Segmenter {
+    detector: Box<earshot::Detector>,
+    config: VadConfig,
+    pending: Vec<f32>,
+    /// Frames consumed so far.
+    frames: u64,
+    state: State,
+    history: VecDeque<f32>,
+    utterance: Vec<f32>,
+    utterance_samples_start: u64,
+    start_frame: u64,
+    last_voiced_end_frame: u64,
+    voiced_frames: u64,
+    voiced_energy: f64,
+    silence_run: u64,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+fn frames_of(d: Duration) -> u64 {
+    (d.as_millis() as u64).div_ceil(FRAME_MS)
+}
+
+fn frame_time(frame: u64) -> Duration {
+    Duration::from_millis(frame * FRAME_MS)
+}
+
+impl Segmenter {
+    /// A segmenter with `config`.
+    pub fn new(config: VadConfig) -> Self {
+        Self {
+            detector: earshot::Detector::default_boxed(),
+            config,
+            pending: Vec::with_capacity(FRAME * 2),
+            frames: 0,
+            state: State::Silence,
+            history: VecDeque::with_capacity(FRAME * 16),
+            utterance: Vec::new(),
+            utterance_samples_start: 0,
+            start_frame: 0,
+            last_voiced_end_frame: 0,
+            voiced_frames: 0,
+            voiced_energy: 0.0,
+            silence_run: 0,
+        }
+    }
+
+    /// Stream time consumed so far.
+    pub fn now(&self) -> Duration {
+        frame_time(self.frames)
+    }
+
+    /// Whether an utterance is in progress, with its start and audio so far.
+    pub fn in_progress(&self) -> Option<(Duration, &[f32])> {
+        (self.state == State::Speech).then(|| (frame_time(self.start_frame), &self.utterance[..]))
+    }
+
+    /// Feed 16 kHz samples in [-1, 1].
+    pub fn push(&mut self, samples: &[f32]) -> Vec<VadEvent> {
+        let mut events = Vec::new();
+        self.pending.extend_from_slice(samples);
+        let mut offset = 0;
+        while self.pending.len() - offset >= FRAME {
+            let frame: [f32; FRAME] = match self.pending[offset..offset + FRAME].try_into() {
+                Ok(f) => f,
+                Err(_) => break,
+            };
+            offset += FRAME;
+            self.step(&frame, &mut events);
+        }
+        self.pending.drain(..offset);
+        events
+    }
+
+    /// End of stream: close an utterance in progress.
+    pub fn finish(&mut self) -> Option<Utterance> {
+        if self.state == State::Speech {
+            Some(self.close(false))
+        } else {
+            None
+        }
+    }
+
+    fn step(&mut self, frame: &[f32; FRAME], events: &mut Vec<VadEvent>) {
+        let score = self.detector.predict_f32(frame);
+        let voiced = score >= self.config.threshold;
+        let index = self.frames;
+        self.frames += 1;
+        let keep_frames = frames_of(self.config.pre_roll) as usize + 8;
+        match self.state {
+            State::Silence | State::Candidate { .. } => {
+                self.history.extend(frame.iter());
+                while self.history.len() > keep_frames * FRAME {
+                    self.history.pop_front();
+                }
+            }
+            State::Speech => self.utterance.extend_from_slice(frame),
+        }
+        let energy: f64 = frame.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+        match self.state {
+            State::Silence => {
+                if voiced {
+                    self.state = State::Candidate { voiced: 1, gap: 0 };
+                    self.start_frame = index;
+                    self.voiced_frames = 1;
+                    self.voiced_energy = energy;
+                    self.last_voiced_end_frame = index + 1;
+                }
+            }
+            State::Candidate { voiced: n, gap } => {
+                if voiced {
+                    let n = n + 1;
+                    self.voiced_frames += 1;
+                    self.voiced_energy += energy;
+                    self.last_voiced_end_frame = index + 1;
+                    if n >= frames_of(self.config.min_speech) {
+                        self.begin_speech(events);
+                    } else {
+                        self.state = State::Candidate { voiced: n, gap: 0 };
+                    }
+                } else if gap >= 2 {
+                    self.state = State::Silence;
+                } else {
+                    self.state = State::Candidate {
+                        voiced: n,
+                        gap: gap + 1,
+                    };
+                }
+            }
+            State::Speech => {
+                if voiced {
+                    self.voiced_frames += 1;
+                    self.voiced_energy += energy;
+                    self.last_voiced_end_frame = index + 1;
+                    self.silence_run = 0;
+                } else {
+                    self.silence_run += 1;
+                }
+                let length = frame_time(self.frames - self.start_frame);
+                if self.silence_run >= frames_of(self.config.hangover) {
+                    events.push(VadEvent::Utterance(self.close(false)));
+                } else if length >= self.config.max_utterance {
+                    events.push(VadEvent::Utterance(self.close(true)));
+                    if voiced {
+                        // Still talking: the next utterance starts here.
+                        self.start_frame = self.frames;
+                        self.utterance_samples_start = self.frames * FRAME as u64;
+                        self.voiced_frames = 0;
+                        self.voiced_energy = 0.0;
+                        self.silence_run = 0;
+                        self.state = State::Speech;
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_speech(&mut self, events: &mut Vec<VadEvent>) {
+        let pre = frames_of(self.config.pre_roll);
+        let from_frame = self.start_frame.saturating_sub(pre);
+        let history_start_frame = self.frames - (self.history.len() / FRAME) as u64;
+        let skip = (from_frame.saturating_sub(history_start_frame) as usize) * FRAME;
+        self.utterance = self.history.iter().skip(skip).copied().collect();
+        self.utterance_samples_start = from_frame.max(history_start_frame) * FRAME as u64;
+        self.history.clear();
+        self.silence_run = 0;
+        self.state = State::Speech;
+        events.push(VadEvent::SpeechStarted {
+            at: frame_time(self.start_frame),
+        });
+    }
+
+    fn close(&mut self, forced: bool) -> Utterance {
+        let post = if forced {
+            0
+        } else {
+            frames_of(self.config.post_roll)
+        };
+        let end_frame = self.last_voiced_end_frame.max(self.start_frame + 1);
+        let keep_until = if forced {
+            self.frames
+        } else {
+            (end_frame + post).min(self.frames)
+        };
+        let keep_samples =
+            (keep_until * FRAME as u64).saturating_sub(self.utterance_samples_start) as usize;
+        let mut samples = std::mem::take(&mut self.utterance);
+        samples.truncate(keep_samples);
+        let voiced_n = self.voiced_frames.max(1);
+        let mean_sq = self.voiced_energy / (voiced_n * FRAME as u64) as f64;
+        let loudness = if mean_sq > 0.0 {
+            10.0 * mean_sq.log10()
+        } else {
+            -120.0
+        };
+        let u = Utterance {
+            start: Duration::from_micros(
+                self.utterance_samples_start * 1_000_000 / u64::from(RATE),
+            ),
+            end: frame_time(if forced {
+                self.frames
+            } else {
+                (end_frame + END_TAIL_FRAMES).min(keep_until)
+            }),
+            voiced: frame_time(self.voiced_frames),
+            loudness_dbfs: loudness as f32,
+            forced_cut: forced,
+            samples,
+            samples_start: Duration::from_micros(
+                self.utterance_samples_start * 1_000_000 / u64::from(RATE),
+            ),
+        };
+        self.state = State::Silence;
+        self.history.clear();
+        self.voiced_frames = 0;
+        self.voiced_energy = 0.0;
+        self.silence_run = 0;
+        u
+    }
+}
