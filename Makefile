@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= sip-config
 
-.PHONY: run test bootstrap build lint bench load clean
+.PHONY: run test bootstrap build models lint bench load clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -12,12 +12,14 @@ bootstrap:
 build: bootstrap
 	$(CARGO) build --release --locked
 
-run: build
+models: build
+	./target/release/voicegate models install
+
+run: models
 	./target/release/voicegate config check $(CONFIG)
 	./target/release/voicegate serve --config $(CONFIG)
 
-test: bootstrap
-	$(CARGO) build --release --locked
+test: models
 	$(CARGO) test --release --locked -- --test-threads=4
 
 lint:

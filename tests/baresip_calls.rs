@@ -119,6 +119,20 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
         .expect("hangup");
     assert_eq!(hangup["by"], "gateway");
 
+    // The caller's words were recognised live and logged.
+    let said: Vec<String> = all
+        .iter()
+        .filter(|e| e["kind"] == "utterance")
+        .map(|e| e["text"].as_str().unwrap_or("").to_lowercase())
+        .collect();
+    assert_eq!(said.len(), 2, "two utterances: {said:?}");
+    assert!(said[0].contains("order"), "{said:?}");
+    assert!(said[1].contains("ridiculous") && said[1].contains("angry"), "{said:?}");
+    let second = all.iter().filter(|e| e["kind"] == "utterance").nth(1).expect("second");
+    assert!(second["words_per_s"].as_f64().unwrap_or(0.0) > 2.0);
+    assert!(second["latency_ms"].as_u64().is_some());
+    assert!(all.iter().any(|e| e["kind"] == "transcript.partial"), "partial results of long utterances");
+
     let (left, _) = stereo(&dirs[0]);
     let spoken = wav_mono(&wav);
     // The caller's first sentence (1.0 s – 3.6 s in the file).

@@ -15,6 +15,72 @@ struct File {
     #[serde(default)]
     recording: RecordingSection,
     prompts: PromptsSection,
+    #[serde(default)]
+    speech: SpeechSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpeechSection {
+    #[serde(default = "default_model")]
+    model: Spanned<String>,
+    #[serde(default = "default_language")]
+    language: String,
+    #[serde(default)]
+    workers: usize,
+    #[serde(default = "default_one")]
+    threads_per_worker: usize,
+    #[serde(default = "default_queue")]
+    queue: usize,
+    #[serde(default = "default_max_latency")]
+    max_latency_ms: u64,
+    #[serde(default = "default_hangover")]
+    vad_hangover_ms: Spanned<u64>,
+    #[serde(default = "default_max_utt")]
+    max_utterance_s: u64,
+    #[serde(default = "default_partial")]
+    partial_interval_ms: u64,
+}
+
+impl Default for SpeechSection {
+    fn default() -> Self {
+        Self {
+            model: default_model(),
+            language: default_language(),
+            workers: 0,
+            threads_per_worker: 1,
+            queue: default_queue(),
+            max_latency_ms: default_max_latency(),
+            vad_hangover_ms: default_hangover(),
+            max_utterance_s: default_max_utt(),
+            partial_interval_ms: default_partial(),
+        }
+    }
+}
+
+fn default_model() -> Spanned<String> {
+    Spanned::new(0..0, "models/ggml-tiny.en.bin".into())
+}
+fn default_language() -> String {
+    "en".into()
+}
+fn default_one() -> usize {
+    1
+}
+fn default_queue() -> usize {
+    8
+}
+fn default_max_latency() -> u64 {
+    3000
+}
+fn default_hangover() -> Spanned<u64> {
+    Spanned::new(0..0, 600)
+}
+fn default_max_utt() -> u64 {
+    15
+}
+fn default_partial() -> u64 {
+    1000
 }
 
 #[derive(Deserialize)]
@@ -119,6 +185,29 @@ pub struct RecordingConfig {
     pub flush_interval: Duration,
 }
 
+/// Speech recognition settings.
+#[derive(Debug, Clone)]
+pub struct SpeechConfig {
+    /// ggml Whisper model file (relative to the working directory).
+    pub model: PathBuf,
+    /// Language code, or `auto` (multilingual models only).
+    pub language: Option<String>,
+    /// ASR worker threads.
+    pub workers: usize,
+    /// whisper.cpp threads per worker.
+    pub threads_per_worker: usize,
+    /// Jobs that may wait.
+    pub queue: usize,
+    /// Longest acceptable wait before a job counts as overload.
+    pub max_latency: Duration,
+    /// Silence that ends an utterance.
+    pub vad_hangover: Duration,
+    /// Longest utterance before a forced cut.
+    pub max_utterance: Duration,
+    /// Interval between partial results of a long utterance.
+    pub partial_interval: Duration,
+}
+
 /// Validated `gateway.toml`.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -130,6 +219,8 @@ pub struct GatewayConfig {
     pub recording: RecordingConfig,
     /// The greeting prompt, resolved against the config directory.
     pub greeting: PathBuf,
+    /// Speech recognition.
+    pub speech: SpeechConfig,
 }
 
 pub(super) fn parse(
@@ -232,9 +323,40 @@ pub(super) fn parse(
             "point prompts.greeting at a readable WAV file (path relative to the config directory)",
         ));
     }
+    let sp = &file.speech;
+    let model = PathBuf::from(sp.model.get_ref());
+    if !model.is_file() {
+        problems.push(src.at(
+            Some(sp.model.span()),
+            format!("Whisper model {} not found", model.display()),
+            "run `voicegate models install` (make run does), or name an installed ggml model",
+        ));
+    }
+    let hangover = *sp.vad_hangover_ms.get_ref();
+    if !(200..=3000).contains(&hangover) {
+        problems.push(src.at(
+            Some(sp.vad_hangover_ms.span()),
+            format!("vad_hangover_ms {hangover} is out of range"),
+            "use 200 to 3000 ms (default 600)",
+        ));
+    }
     if problems.len() > before {
         return None;
     }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let speech = SpeechConfig {
+        model,
+        language: (sp.language != "auto").then(|| sp.language.clone()),
+        workers: if sp.workers == 0 { cores } else { sp.workers },
+        threads_per_worker: sp.threads_per_worker.max(1),
+        queue: sp.queue.max(1),
+        max_latency: Duration::from_millis(sp.max_latency_ms.max(100)),
+        vad_hangover: Duration::from_millis(hangover),
+        max_utterance: Duration::from_secs(sp.max_utterance_s.clamp(2, 30)),
+        partial_interval: Duration::from_millis(sp.partial_interval_ms.max(250)),
+    };
     Some(GatewayConfig {
         sip: SipListen {
             udp,
@@ -254,5 +376,6 @@ pub(super) fn parse(
             flush_interval: Duration::from_millis(file.recording.flush_interval_ms.max(100)),
         },
         greeting,
+        speech,
     })
 }

@@ -6,7 +6,7 @@ mod gateway;
 mod trunks;
 
 pub use diagnostic::{Diagnostic, SourceFile};
-pub use gateway::{GatewayConfig, MediaConfig, RecordingConfig, SipListen};
+pub use gateway::{GatewayConfig, MediaConfig, RecordingConfig, SipListen, SpeechConfig};
 pub use trunks::{Codec, RegisterConfig, TrunkAuth, TrunkConfig};
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@ use crate::media::prompt::PromptPlayer;
 use crate::media::session::{Inbound, MediaSession};
 use crate::record::CallRecorder;
 use crate::sip::sdp::{self, Direction, Negotiated};
+use crate::speech::pool::{AsrReply, JobKind};
+use crate::speech::vad::{Segmenter, VadConfig, VadEvent};
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::HeadersExt;
@@ -204,6 +206,9 @@ pub(super) async fn run(
     let mut flusher = tokio::time::interval(gw.recording.flush_interval);
     let mut buf = vec![0u8; 2048];
     let silence = [0i16; FRAME_8K];
+    let sp = &gw.speech;
+    let mut listener = Listener::new(sp);
+    let (asr_tx, mut asr_rx) = tokio::sync::mpsc::unbounded_channel::<AsrReply>();
     let ended_by: &str;
 
     loop {
@@ -243,6 +248,7 @@ pub(super) async fn run(
                 if let Some(d) = digit {
                     actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" }));
                 }
+                listener.hear(&caller, &shared, &asr_tx, &mut log);
                 let mut out = silence;
                 if let Some(p) = player.as_mut() {
                     match p.next_frame() {
@@ -279,6 +285,11 @@ pub(super) async fn run(
                     }
                 }
             }
+            reply = asr_rx.recv() => {
+                if let Some(reply) = reply {
+                    listener.on_reply(reply, &mut log);
+                }
+            }
             _ = flusher.tick() => {
                 if let Some(r) = log.recorder.as_deref_mut() {
                     if let Err(e) = r.flush() {
@@ -291,6 +302,9 @@ pub(super) async fn run(
             }
         }
     }
+    listener
+        .finish(&shared, &asr_tx, &mut asr_rx, &mut log)
+        .await;
     let stats = media.stats();
     log.event(
         "call.ended",
@@ -442,6 +456,178 @@ impl EventLog<'_> {
         if let Some(r) = self.recorder.as_deref_mut() {
             if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
                 tracing::error!(error = %e, "event log write failed");
+            }
+        }
+    }
+}
+
+/// The caller's side of speech: 8 kHz frames → 16 kHz → VAD → ASR jobs, and
+/// the results back into the event log. Times are the caller track's (20 ms per
+/// frame since answer), the same clock a replay of the recording uses.
+struct Listener {
+    upsampler: Option<crate::media::resample::Upsampler>,
+    segmenter: Segmenter,
+    wideband: Vec<f32>,
+    partial_interval: Duration,
+    last_partial: Duration,
+    /// Final jobs submitted and not yet answered.
+    pending: usize,
+}
+
+impl Listener {
+    fn new(sp: &crate::config::SpeechConfig) -> Self {
+        let upsampler = crate::media::resample::Upsampler::new()
+            .map_err(|e| tracing::error!(error = %e, "no resampler: speech recognition off for this call"))
+            .ok();
+        Self {
+            upsampler,
+            segmenter: Segmenter::new(VadConfig {
+                hangover: sp.vad_hangover,
+                max_utterance: sp.max_utterance,
+                ..VadConfig::default()
+            }),
+            wideband: Vec::with_capacity(320),
+            partial_interval: sp.partial_interval,
+            last_partial: Duration::ZERO,
+            pending: 0,
+        }
+    }
+
+    fn hear(
+        &mut self,
+        frame: &[i16],
+        shared: &Shared,
+        asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
+        log: &mut EventLog<'_>,
+    ) {
+        let Some(up) = self.upsampler.as_mut() else {
+            return;
+        };
+        self.wideband.clear();
+        up.process(frame, &mut self.wideband);
+        for ev in self.segmenter.push(&self.wideband) {
+            match ev {
+                VadEvent::SpeechStarted { at } => {
+                    self.last_partial = at;
+                    log.event("speech.started", json!({"at_s": at.as_secs_f64()}));
+                }
+                VadEvent::Utterance(u) => self.submit_final(u, shared, asr_tx, log),
+            }
+        }
+        let now = self.segmenter.now();
+        if let Some((start, audio)) = self.segmenter.in_progress() {
+            if now.saturating_sub(self.last_partial) >= self.partial_interval
+                && now.saturating_sub(start) >= self.partial_interval
+                && !shared.asr.saturated()
+            {
+                self.last_partial = now;
+                let partial = crate::speech::vad::Utterance {
+                    start,
+                    end: now,
+                    voiced: now.saturating_sub(start),
+                    loudness_dbfs: 0.0,
+                    forced_cut: false,
+                    samples: audio.to_vec(),
+                    samples_start: start,
+                };
+                let _ = shared.asr.submit(JobKind::Partial, partial, asr_tx.clone());
+            }
+        }
+    }
+
+    fn submit_final(
+        &mut self,
+        u: crate::speech::vad::Utterance,
+        shared: &Shared,
+        asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
+        log: &mut EventLog<'_>,
+    ) {
+        let (start_s, end_s) = (u.start.as_secs_f64(), u.end.as_secs_f64());
+        if shared.asr.submit(JobKind::Final, u, asr_tx.clone()).is_ok() {
+            self.pending += 1;
+        } else {
+            warn!(start_s, "ASR queue full");
+            log.event(
+                "asr_overloaded",
+                json!({"reason": "queue_full", "start_s": start_s, "end_s": end_s}),
+            );
+        }
+    }
+
+    /// The call ended: recognise what the caller was saying, and wait (bounded)
+    /// for every outstanding result so the event log loses nothing.
+    async fn finish(
+        &mut self,
+        shared: &Shared,
+        asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
+        asr_rx: &mut tokio::sync::mpsc::UnboundedReceiver<AsrReply>,
+        log: &mut EventLog<'_>,
+    ) {
+        if let Some(u) = self.segmenter.finish() {
+            self.submit_final(u, shared, asr_tx, log);
+        }
+        let deadline = tokio::time::Instant::now()
+            + shared.config.gateway.speech.max_latency
+            + Duration::from_secs(5);
+        while self.pending > 0 {
+            match tokio::time::timeout_at(deadline, asr_rx.recv()).await {
+                Ok(Some(reply)) => self.on_reply(reply, log),
+                _ => {
+                    warn!(
+                        pending = self.pending,
+                        "gave up waiting for ASR results at hang-up"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: AsrReply, log: &mut EventLog<'_>) {
+        if !matches!(
+            reply,
+            AsrReply::Done {
+                kind: JobKind::Partial,
+                ..
+            }
+        ) {
+            self.pending = self.pending.saturating_sub(1);
+        }
+        match reply {
+            AsrReply::Done {
+                kind: JobKind::Final,
+                result,
+                latency,
+                decode,
+            } => {
+                info!(text = %result.text, start_s = result.start_s, latency_ms = latency.as_millis() as u64, "utterance");
+                let mut fields = serde_json::to_value(&result).unwrap_or_else(|_| json!({}));
+                if let Some(obj) = fields.as_object_mut() {
+                    obj.insert("latency_ms".into(), json!(latency.as_millis() as u64));
+                    obj.insert("decode_ms".into(), json!(decode.as_millis() as u64));
+                }
+                log.event("utterance", fields);
+            }
+            AsrReply::Done {
+                kind: JobKind::Partial,
+                result,
+                ..
+            } => {
+                log.event(
+                    "transcript.partial",
+                    json!({"start_s": result.start_s, "text": result.text}),
+                );
+            }
+            AsrReply::Overloaded { reason, start_s } => {
+                warn!(reason, start_s, "ASR overloaded");
+                log.event(
+                    "asr_overloaded",
+                    json!({"reason": reason, "start_s": start_s}),
+                );
+            }
+            AsrReply::Failed { error } => {
+                warn!(%error, "ASR failed");
+                log.event("asr_failed", json!({"error": error}));
             }
         }
     }

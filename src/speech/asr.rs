@@ -81,6 +81,24 @@ pub struct Segment {
     pub text: String,
 }
 
+/// Remove Whisper's non-speech annotations (`[BLANK_AUDIO]`, `(music)`, `*sigh*`)
+/// and collapse whitespace.
+pub fn clean_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut depth = 0usize;
+    let mut star = false;
+    for c in raw.chars() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth = depth.saturating_sub(1),
+            '*' => star = !star,
+            _ if depth == 0 && !star => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// A decoding state bound to a model; one per worker thread.
 pub struct Recognizer {
     state: WhisperState,
@@ -134,15 +152,12 @@ impl Recognizer {
         let secs = samples.len() as f64 / 16000.0;
         let ctx = ((secs * 50.0).ceil() as i32 + 128).clamp(384, 1500);
         params.set_audio_ctx(ctx);
-        // Whisper needs at least one second of audio to decode reliably.
-        let mut padded;
-        let audio = if samples.len() < 16000 {
-            padded = samples.to_vec();
-            padded.resize(16000 + 1600, 0.0);
-            &padded[..]
-        } else {
-            samples
-        };
+        // At least a second of audio: Whisper decodes very short input poorly.
+        let mut padded = samples.to_vec();
+        if padded.len() < 17600 {
+            padded.resize(17600, 0.0);
+        }
+        let audio = &padded[..];
         self.state
             .full(params, audio)
             .map_err(|e| AsrError::Decode(e.to_string()))?;
@@ -161,9 +176,24 @@ impl Recognizer {
             });
         }
         Ok(Recognition {
-            text: text.trim().to_string(),
+            text: clean_text(&text),
             segments,
             language: self.language.clone().unwrap_or_else(|| "auto".into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_text;
+
+    #[test]
+    fn annotations_are_removed() {
+        assert_eq!(clean_text(" [BLANK_AUDIO]"), "");
+        assert_eq!(
+            clean_text(" (music) Hello  there *sigh* you"),
+            "Hello there you"
+        );
+        assert_eq!(clean_text("I want a refund."), "I want a refund.");
     }
 }

