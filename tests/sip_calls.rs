@@ -17,7 +17,7 @@ fn kinds(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn sipp_trunk_call_is_answered_greeted_recorded_and_hash_ends_it_with_bye() {
     let gw = Gateway::start(|_, _| {});
-    let out = sipp(&gw, "call_hash.xml", &[], &[]);
+    let out = sipp(&gw, "call_hash.xml", &[("PCAP", "pcap/g711a.pcap"), ("PAUSE", "8500")], &[]);
     assert!(
         out.status.success(),
         "call with # must end with the gateway's BYE"
@@ -323,4 +323,27 @@ fn crash_mid_call_leaves_a_recording_that_is_repaired_on_restart() {
         "repaired recording plays to the last flush: {secs:.2}s"
     );
     assert_eq!(left.len(), right.len());
+}
+
+#[test]
+fn sipp_caller_speech_is_transcribed_into_events() {
+    let gw = Gateway::start(|_, _| {});
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pcap = tmp.path().join("angry.pcap");
+    rtp_pcap_from_wav(&root().join("tests/calls/angry_words.wav"), &pcap);
+    let pcap = pcap.display().to_string();
+    let out = sipp(&gw, "call_hash.xml", &[("PCAP", &pcap), ("PAUSE", "16500")], &[]);
+    assert!(out.status.success());
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(15));
+    let all = events(&dirs[0]);
+    let text: Vec<String> = all
+        .iter()
+        .filter(|e| e["kind"] == "utterance")
+        .map(|e| e["text"].as_str().unwrap_or("").to_lowercase())
+        .collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(text[1].contains("ridiculous"), "{text:?}");
+    let u = all.iter().find(|e| e["kind"] == "utterance").expect("utterance");
+    let start = u["start_s"].as_f64().unwrap_or(-1.0);
+    assert!((0.6..1.4).contains(&start), "first utterance starts near 1.0 s: {start}");
 }

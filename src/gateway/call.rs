@@ -613,10 +613,12 @@ impl Listener {
                 result,
                 ..
             } => {
-                log.event(
-                    "transcript.partial",
-                    json!({"start_s": result.start_s, "text": result.text}),
-                );
+                if !result.text.is_empty() {
+                    log.event(
+                        "transcript.partial",
+                        json!({"start_s": result.start_s, "text": result.text}),
+                    );
+                }
             }
             AsrReply::Overloaded { reason, start_s } => {
                 warn!(reason, start_s, "ASR overloaded");

@@ -372,3 +372,43 @@ pub fn sipp(gw: &Gateway, scenario: &str, subst: &[(&str, &str)], extra: &[&str]
     }
     out
 }
+
+/// Write a pcap that SIPp's `play_pcap_audio` can play: `wav` (8 kHz mono)
+/// as G.711 A-law RTP, one packet per 20 ms.
+pub fn rtp_pcap_from_wav(wav: &Path, out: &Path) {
+    let samples = wav_mono(wav);
+    let mut f: Vec<u8> = Vec::new();
+    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&4u16.to_le_bytes());
+    f.extend_from_slice(&0i32.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&65535u32.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes()); // Ethernet
+    for (i, chunk) in samples.chunks(160).enumerate() {
+        let mut rtp = vec![0x80, 8];
+        rtp.extend_from_slice(&(i as u16).to_be_bytes());
+        rtp.extend_from_slice(&((i * 160) as u32).to_be_bytes());
+        rtp.extend_from_slice(&0x5eed_u32.to_be_bytes());
+        rtp.extend(chunk.iter().map(|s| voicegate::media::g711::linear_to_alaw(*s)));
+        rtp.resize(12 + 160, 0xd5);
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut pkt = vec![0u8; 12];
+        pkt.extend_from_slice(&[0x08, 0x00]);
+        pkt.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        pkt.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        pkt.extend_from_slice(&6000u16.to_be_bytes());
+        pkt.extend_from_slice(&6000u16.to_be_bytes());
+        pkt.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        pkt.extend_from_slice(&[0, 0]);
+        pkt.extend_from_slice(&rtp);
+        let usec = i as u64 * 20_000;
+        f.extend_from_slice(&((usec / 1_000_000) as u32).to_le_bytes());
+        f.extend_from_slice(&((usec % 1_000_000) as u32).to_le_bytes());
+        f.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        f.extend_from_slice(&pkt);
+    }
+    std::fs::write(out, f).expect("write pcap");
+}
