@@ -28,7 +28,7 @@ struct SpeechSection {
     language: String,
     #[serde(default)]
     workers: usize,
-    #[serde(default = "default_one")]
+    #[serde(default = "default_two")]
     threads_per_worker: usize,
     #[serde(default = "default_queue")]
     queue: usize,
@@ -48,7 +48,7 @@ impl Default for SpeechSection {
             model: default_model(),
             language: default_language(),
             workers: 0,
-            threads_per_worker: 1,
+            threads_per_worker: 2,
             queue: default_queue(),
             max_latency_ms: default_max_latency(),
             vad_hangover_ms: default_hangover(),
@@ -64,8 +64,8 @@ fn default_model() -> Spanned<String> {
 fn default_language() -> String {
     "en".into()
 }
-fn default_one() -> usize {
-    1
+fn default_two() -> usize {
+    2
 }
 fn default_queue() -> usize {
     8
@@ -349,7 +349,11 @@ pub(super) fn parse(
     let speech = SpeechConfig {
         model,
         language: (sp.language != "auto").then(|| sp.language.clone()),
-        workers: if sp.workers == 0 { cores } else { sp.workers },
+        workers: if sp.workers == 0 {
+            (cores / sp.threads_per_worker.max(1)).max(1)
+        } else {
+            sp.workers
+        },
         threads_per_worker: sp.threads_per_worker.max(1),
         queue: sp.queue.max(1),
         max_latency: Duration::from_millis(sp.max_latency_ms.max(100)),
