@@ -347,3 +347,39 @@ fn sipp_caller_speech_is_transcribed_into_events() {
     let start = u["start_s"].as_f64().unwrap_or(-1.0);
     assert!((0.6..1.4).contains(&start), "first utterance starts near 1.0 s: {start}");
 }
+
+#[test]
+fn outbound_register_answers_the_challenge_and_refreshes_before_expiry() {
+    let registrar_port = free_port();
+    let dir = sipp_dir();
+    std::fs::copy(root().join("tests/sipp/registrar.xml"), dir.path().join("registrar.xml")).expect("copy");
+    let mut registrar = std::process::Command::new("sipp")
+        .current_dir(dir.path())
+        .args(["-sf", "registrar.xml", "-m", "1", "-nostdin", "-i", "127.0.0.1"])
+        .args(["-p", &registrar_port.to_string(), "-timeout", "40s", "-timeout_error", "-trace_err"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp registrar");
+    std::thread::sleep(Duration::from_millis(500));
+    let gw = Gateway::start(|_, t| {
+        *t = t.replace(
+            "# [trunk.register]\n# registrar = \"sip:203.0.113.10:5060\"\n# user = \"15550100\"\n# password = \"secret\"\n# expiry_s = 3600\n# refresh_before_s = 60",
+            &format!("[trunk.register]\nregistrar = \"sip:127.0.0.1:{registrar_port}\"\nuser = \"voicegate\"\npassword = \"secret\"\nexpiry_s = 40\nrefresh_before_s = 30"),
+        );
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(s)) = registrar.try_wait() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = registrar.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = gw.log();
+    assert!(status.is_some_and(|s| s.success()), "registrar saw a valid digest and a refresh:\n{log}");
+    assert!(log.matches("registered").count() >= 2, "initial registration and refresh logged:\n{log}");
+}

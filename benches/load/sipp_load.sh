@@ -18,7 +18,7 @@ cp sip-config/prompts/greeting.wav "$work/config/prompts/"
 cp sip-config/trunks.toml "$work/config/"
 sed -e "s/127.0.0.1:5060/127.0.0.1:$PORT/g" -e 's/rtp_port_min = 20000/rtp_port_min = 40000/' \
     -e 's/rtp_port_max = 29999/rtp_port_max = 44999/' -e "s#dir = \"recordings\"#dir = \"$work/rec\"#" \
-    sip-config/gateway.toml > "$work/config/gateway.toml"
+    -e "s/^enabled = true/enabled = ${SPEECH:-false}/" sip-config/gateway.toml > "$work/config/gateway.toml"
 cp /usr/share/sip-tester/*.pcap "$work/sipp/pcap/"
 cp benches/load/uac_60s.xml "$work/sipp/"
 RUST_LOG=warn "$BIN" serve --config "$work/config" 2>"$work/gateway.log" &

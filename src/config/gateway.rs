@@ -22,6 +22,8 @@ struct File {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SpeechSection {
+    #[serde(default = "default_true")]
+    enabled: bool,
     #[serde(default = "default_model")]
     model: Spanned<String>,
     #[serde(default = "default_language")]
@@ -45,6 +47,7 @@ struct SpeechSection {
 impl Default for SpeechSection {
     fn default() -> Self {
         Self {
+            enabled: true,
             model: default_model(),
             language: default_language(),
             workers: 0,
@@ -58,6 +61,9 @@ impl Default for SpeechSection {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_model() -> Spanned<String> {
     Spanned::new(0..0, "models/ggml-tiny.en.bin".into())
 }
@@ -188,6 +194,8 @@ pub struct RecordingConfig {
 /// Speech recognition settings.
 #[derive(Debug, Clone)]
 pub struct SpeechConfig {
+    /// Whether callers are transcribed at all (off: telephony and recording only).
+    pub enabled: bool,
     /// ggml Whisper model file (relative to the working directory).
     pub model: PathBuf,
     /// Language code, or `auto` (multilingual models only).
@@ -325,7 +333,7 @@ pub(super) fn parse(
     }
     let sp = &file.speech;
     let model = PathBuf::from(sp.model.get_ref());
-    if !model.is_file() {
+    if sp.enabled && !model.is_file() {
         problems.push(src.at(
             Some(sp.model.span()),
             format!("Whisper model {} not found", model.display()),
@@ -347,6 +355,7 @@ pub(super) fn parse(
         .map(|n| n.get())
         .unwrap_or(2);
     let speech = SpeechConfig {
+        enabled: sp.enabled,
         model,
         language: (sp.language != "auto").then(|| sp.language.clone()),
         workers: if sp.workers == 0 {

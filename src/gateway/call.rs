@@ -20,7 +20,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
@@ -63,6 +63,9 @@ fn parties(tx: &Transaction) -> Parties {
     }
 }
 
+/// Bind the call's RTP socket. It is a plain non-blocking socket, not
+/// registered with the reactor: the 20 ms media clock drains it, so arriving
+/// packets never wake a thread on their own.
 async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, crate::media::ports::PortLease)> {
     let ip = shared.config.gateway.media.sdp_address;
     for _ in 0..32 {
@@ -76,11 +79,12 @@ async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, crate::media::ports::Po
             },
             lease.port(),
         );
-        if let Ok(s) = UdpSocket::bind(local).await {
-            return Some((s, lease));
-        }
-        if let Ok(s) = UdpSocket::bind(any).await {
-            return Some((s, lease));
+        for addr in [local, any] {
+            if let Ok(s) = UdpSocket::bind(addr) {
+                if s.set_nonblocking(true).is_ok() {
+                    return Some((s, lease));
+                }
+            }
         }
     }
     None
@@ -201,13 +205,13 @@ pub(super) async fn run(
     let mut player: Option<PromptPlayer> = None;
     let mut hangup: Option<&'static str> = None;
     let mut actions = flow.handle(Duration::ZERO, CallEvent::Answered);
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut ticker = tokio::time::interval_at(media_clock_next_tick(), Duration::from_millis(20));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut flusher = tokio::time::interval(gw.recording.flush_interval);
     let mut buf = vec![0u8; 2048];
     let silence = [0i16; FRAME_8K];
     let sp = &gw.speech;
-    let mut listener = Listener::new(sp);
+    let mut listener = shared.asr.clone().map(|pool| Listener::new(sp, pool));
     let (asr_tx, mut asr_rx) = tokio::sync::mpsc::unbounded_channel::<AsrReply>();
     let ended_by: &str;
 
@@ -239,7 +243,7 @@ pub(super) async fn run(
                 let now = start.elapsed();
                 // Drain what arrived since the last tick: one wake-up per 20 ms
                 // per call instead of one per packet.
-                while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
                     if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
                         actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" }));
                     }
@@ -248,7 +252,9 @@ pub(super) async fn run(
                 if let Some(d) = digit {
                     actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" }));
                 }
-                listener.hear(&caller, &shared, &asr_tx, &mut log);
+                if let Some(l) = listener.as_mut() {
+                    l.hear(&caller, &asr_tx, &mut log);
+                }
                 let mut out = silence;
                 if let Some(p) = player.as_mut() {
                     match p.next_frame() {
@@ -261,7 +267,7 @@ pub(super) async fn run(
                 }
                 if !held {
                     let pkt = media.encode_frame(&out);
-                    let _ = socket.try_send_to(&pkt, media.destination());
+                    let _ = socket.send_to(&pkt, media.destination());
                 }
                 if let Some(r) = log.recorder.as_deref_mut() {
                     if let Err(e) = r.write(&caller, &out) {
@@ -286,8 +292,8 @@ pub(super) async fn run(
                 }
             }
             reply = asr_rx.recv() => {
-                if let Some(reply) = reply {
-                    listener.on_reply(reply, &mut log);
+                if let (Some(reply), Some(l)) = (reply, listener.as_mut()) {
+                    l.on_reply(reply, &mut log);
                 }
             }
             _ = flusher.tick() => {
@@ -302,9 +308,9 @@ pub(super) async fn run(
             }
         }
     }
-    listener
-        .finish(&shared, &asr_tx, &mut asr_rx, &mut log)
-        .await;
+    if let Some(l) = listener.as_mut() {
+        l.finish(&asr_tx, &mut asr_rx, &mut log, sp.max_latency).await;
+    }
     let stats = media.stats();
     log.event(
         "call.ended",
@@ -465,6 +471,7 @@ impl EventLog<'_> {
 /// the results back into the event log. Times are the caller track's (20 ms per
 /// frame since answer), the same clock a replay of the recording uses.
 struct Listener {
+    pool: crate::speech::pool::AsrPool,
     upsampler: Option<crate::media::resample::Upsampler>,
     segmenter: Segmenter,
     wideband: Vec<f32>,
@@ -475,11 +482,12 @@ struct Listener {
 }
 
 impl Listener {
-    fn new(sp: &crate::config::SpeechConfig) -> Self {
+    fn new(sp: &crate::config::SpeechConfig, pool: crate::speech::pool::AsrPool) -> Self {
         let upsampler = crate::media::resample::Upsampler::new()
             .map_err(|e| tracing::error!(error = %e, "no resampler: speech recognition off for this call"))
             .ok();
         Self {
+            pool,
             upsampler,
             segmenter: Segmenter::new(VadConfig {
                 hangover: sp.vad_hangover,
@@ -496,7 +504,6 @@ impl Listener {
     fn hear(
         &mut self,
         frame: &[i16],
-        shared: &Shared,
         asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
         log: &mut EventLog<'_>,
     ) {
@@ -511,14 +518,14 @@ impl Listener {
                     self.last_partial = at;
                     log.event("speech.started", json!({"at_s": at.as_secs_f64()}));
                 }
-                VadEvent::Utterance(u) => self.submit_final(u, shared, asr_tx, log),
+                VadEvent::Utterance(u) => self.submit_final(u, asr_tx, log),
             }
         }
         let now = self.segmenter.now();
         if let Some((start, audio)) = self.segmenter.in_progress() {
             if now.saturating_sub(self.last_partial) >= self.partial_interval
                 && now.saturating_sub(start) >= self.partial_interval
-                && !shared.asr.saturated()
+                && !self.pool.saturated()
             {
                 self.last_partial = now;
                 let partial = crate::speech::vad::Utterance {
@@ -530,7 +537,7 @@ impl Listener {
                     samples: audio.to_vec(),
                     samples_start: start,
                 };
-                let _ = shared.asr.submit(JobKind::Partial, partial, asr_tx.clone());
+                let _ = self.pool.submit(JobKind::Partial, partial, asr_tx.clone());
             }
         }
     }
@@ -538,12 +545,11 @@ impl Listener {
     fn submit_final(
         &mut self,
         u: crate::speech::vad::Utterance,
-        shared: &Shared,
         asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
         log: &mut EventLog<'_>,
     ) {
         let (start_s, end_s) = (u.start.as_secs_f64(), u.end.as_secs_f64());
-        if shared.asr.submit(JobKind::Final, u, asr_tx.clone()).is_ok() {
+        if self.pool.submit(JobKind::Final, u, asr_tx.clone()).is_ok() {
             self.pending += 1;
         } else {
             warn!(start_s, "ASR queue full");
@@ -558,17 +564,15 @@ impl Listener {
     /// for every outstanding result so the event log loses nothing.
     async fn finish(
         &mut self,
-        shared: &Shared,
         asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
         asr_rx: &mut tokio::sync::mpsc::UnboundedReceiver<AsrReply>,
         log: &mut EventLog<'_>,
+        max_latency: Duration,
     ) {
         if let Some(u) = self.segmenter.finish() {
-            self.submit_final(u, shared, asr_tx, log);
+            self.submit_final(u, asr_tx, log);
         }
-        let deadline = tokio::time::Instant::now()
-            + shared.config.gateway.speech.max_latency
-            + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + max_latency + Duration::from_secs(5);
         while self.pending > 0 {
             match tokio::time::timeout_at(deadline, asr_rx.recv()).await {
                 Ok(Some(reply)) => self.on_reply(reply, log),
@@ -633,4 +637,16 @@ impl Listener {
             }
         }
     }
+}
+
+/// The next instant on the process-wide 20 ms media grid. Every call ticks on
+/// the same grid, so one timer-wheel turn wakes them all together instead of
+/// scattering 50 wake-ups per second per call across the 20 ms period.
+fn media_clock_next_tick() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let period = Duration::from_millis(20).as_nanos();
+    let elapsed = epoch.elapsed().as_nanos();
+    let next = (elapsed / period + 1) * period;
+    epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
 }

@@ -33,7 +33,8 @@ pub(crate) struct Shared {
     pub nonces: NonceIssuer,
     pub shutdown: CancellationToken,
     pub calls: tokio_util::task::TaskTracker,
-    pub asr: crate::speech::pool::AsrPool,
+    /// The ASR pool; `None` when `[speech] enabled = false`.
+    pub asr: Option<crate::speech::pool::AsrPool>,
 }
 
 /// Serve until `shutdown` is cancelled; calls in progress end with BYE and
@@ -48,18 +49,24 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     let greeting = Prompt::load(&config.gateway.greeting)?;
     let sp = &config.gateway.speech;
-    let model = crate::speech::asr::WhisperModel::load(&sp.model)?;
-    let asr = crate::speech::pool::AsrPool::start(
-        model,
-        sp.language.clone(),
-        crate::speech::pool::PoolConfig {
-            workers: sp.workers,
-            threads_per_worker: sp.threads_per_worker,
-            queue: sp.queue,
-            max_wait: sp.max_latency,
-        },
-    )?;
-    info!(model = %sp.model.display(), workers = sp.workers, "speech recognition ready");
+    let asr = if sp.enabled {
+        let model = crate::speech::asr::WhisperModel::load(&sp.model)?;
+        let pool = crate::speech::pool::AsrPool::start(
+            model,
+            sp.language.clone(),
+            crate::speech::pool::PoolConfig {
+                workers: sp.workers,
+                threads_per_worker: sp.threads_per_worker,
+                queue: sp.queue,
+                max_wait: sp.max_latency,
+            },
+        )?;
+        info!(model = %sp.model.display(), workers = sp.workers, "speech recognition ready");
+        Some(pool)
+    } else {
+        warn!("speech recognition is disabled ([speech] enabled = false)");
+        None
+    };
 
     let transport = TransportLayer::new(shutdown.child_token());
     for addr in &config.gateway.sip.udp {
