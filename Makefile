@@ -20,6 +20,7 @@ run: models
 	./target/release/voicegate serve --config $(CONFIG)
 
 test: models
+	./target/release/voicegate models install --model base
 	$(CARGO) test --release --locked -- --test-threads=4
 
 lint:

@@ -19,13 +19,17 @@ fn rss_kib() -> u64 {
 
 fn utterances() -> Vec<vad::Utterance> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("tests/calls") else { return out };
+    let Ok(dir) = std::fs::read_dir("tests/calls") else {
+        return out;
+    };
     for e in dir.flatten() {
         let p = e.path();
         if p.extension().is_none_or(|x| x != "wav") {
             continue;
         }
-        let Ok(track) = pipeline::load_caller_track(&p) else { continue };
+        let Ok(track) = pipeline::load_caller_track(&p) else {
+            continue;
+        };
         let mut seg = vad::Segmenter::new(vad::VadConfig::default());
         for c in track.samples.chunks(320) {
             for ev in seg.push(c) {
@@ -47,7 +51,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("ASR_LOAD_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let seconds: u64 = std::env::var("ASR_LOAD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let callers: Vec<usize> = std::env::var("ASR_LOAD_CALLERS")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -61,14 +68,26 @@ fn main() {
         }
     };
     let utts = utterances();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let workers = env("ASR_LOAD_WORKERS", cores);
     let threads = env("ASR_LOAD_THREADS", 1);
     let p = match pool::AsrPool::start(
         model,
         None,
-        pool::PoolConfig { workers, threads_per_worker: threads, queue: 64, max_wait: Duration::from_secs(30) },
+        pool::PoolConfig {
+            workers,
+            threads_per_worker: threads,
+            queue: 64,
+            max_wait: Duration::from_secs(30),
+        },
     ) {
         Ok(p) => p,
         Err(e) => {
@@ -106,7 +125,9 @@ fn main() {
                     let lat = loop {
                         match reply_rx.try_recv() {
                             Ok(_) => break submitted.elapsed().as_secs_f64(),
-                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(2)),
+                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                                std::thread::sleep(Duration::from_millis(2))
+                            }
                             Err(_) => break f64::INFINITY,
                         }
                     };
@@ -132,7 +153,12 @@ fn main() {
         let p50 = percentile(&mut all, 0.5);
         let p95 = percentile(&mut all, 0.95);
         let p95s = percentile(&mut short, 0.95);
-        println!("| {n} | {count} | {:.0} ms | {:.0} ms | {:.0} ms |", p50 * 1000.0, p95 * 1000.0, p95s * 1000.0);
+        println!(
+            "| {n} | {count} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            p50 * 1000.0,
+            p95 * 1000.0,
+            p95s * 1000.0
+        );
     }
     // Per-caller memory on the media/speech path: upsampler + VAD + buffers.
     let before = rss_kib();
@@ -143,6 +169,9 @@ fn main() {
         per_call.push((voicegate::media::resample::Upsampler::new().ok(), seg));
     }
     let after = rss_kib();
-    println!("per-caller speech state (upsampler + VAD + buffers): {:.1} KiB", (after.saturating_sub(before)) as f64 / 200.0);
+    println!(
+        "per-caller speech state (upsampler + VAD + buffers): {:.1} KiB",
+        (after.saturating_sub(before)) as f64 / 200.0
+    );
     drop(per_call);
 }

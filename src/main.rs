@@ -36,7 +36,7 @@ enum Command {
         /// ggml Whisper model.
         #[arg(long, default_value = "models/ggml-tiny.en.bin")]
         model: PathBuf,
-        /// Language for multilingual models (e.g. en, zh); default: auto-detect.
+        /// Language for multilingual models (e.g. en, zh, auto); default: auto-detect.
         #[arg(long)]
         language: Option<String>,
         /// CPU threads for Whisper.
@@ -203,6 +203,7 @@ fn transcribe(
         &track.samples,
         vad::VadConfig::default(),
         &mut recognizer,
+        language,
     ) {
         Ok(u) => u,
         Err(e) => {

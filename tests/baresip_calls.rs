@@ -127,11 +127,21 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
         .collect();
     assert_eq!(said.len(), 2, "two utterances: {said:?}");
     assert!(said[0].contains("order"), "{said:?}");
-    assert!(said[1].contains("ridiculous") && said[1].contains("angry"), "{said:?}");
-    let second = all.iter().filter(|e| e["kind"] == "utterance").nth(1).expect("second");
+    assert!(
+        said[1].contains("ridiculous") && said[1].contains("angry"),
+        "{said:?}"
+    );
+    let second = all
+        .iter()
+        .filter(|e| e["kind"] == "utterance")
+        .nth(1)
+        .expect("second");
     assert!(second["words_per_s"].as_f64().unwrap_or(0.0) > 2.0);
     assert!(second["latency_ms"].as_u64().is_some());
-    assert!(all.iter().any(|e| e["kind"] == "transcript.partial"), "partial results of long utterances");
+    assert!(
+        all.iter().any(|e| e["kind"] == "transcript.partial"),
+        "partial results of long utterances"
+    );
 
     let (left, _) = stereo(&dirs[0]);
     let spoken = wav_mono(&wav);

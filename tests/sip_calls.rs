@@ -17,7 +17,12 @@ fn kinds(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn sipp_trunk_call_is_answered_greeted_recorded_and_hash_ends_it_with_bye() {
     let gw = Gateway::start(|_, _| {});
-    let out = sipp(&gw, "call_hash.xml", &[("PCAP", "pcap/g711a.pcap"), ("PAUSE", "8500")], &[]);
+    let out = sipp(
+        &gw,
+        "call_hash.xml",
+        &[("PCAP", "pcap/g711a.pcap"), ("PAUSE", "8500")],
+        &[],
+    );
     assert!(
         out.status.success(),
         "call with # must end with the gateway's BYE"
@@ -332,7 +337,12 @@ fn sipp_caller_speech_is_transcribed_into_events() {
     let pcap = tmp.path().join("angry.pcap");
     rtp_pcap_from_wav(&root().join("tests/calls/angry_words.wav"), &pcap);
     let pcap = pcap.display().to_string();
-    let out = sipp(&gw, "call_hash.xml", &[("PCAP", &pcap), ("PAUSE", "16500")], &[]);
+    let out = sipp(
+        &gw,
+        "call_hash.xml",
+        &[("PCAP", &pcap), ("PAUSE", "16500")],
+        &[],
+    );
     assert!(out.status.success());
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(15));
     let all = events(&dirs[0]);
@@ -343,20 +353,45 @@ fn sipp_caller_speech_is_transcribed_into_events() {
         .collect();
     assert_eq!(text.len(), 2, "{text:?}");
     assert!(text[1].contains("ridiculous"), "{text:?}");
-    let u = all.iter().find(|e| e["kind"] == "utterance").expect("utterance");
+    let u = all
+        .iter()
+        .find(|e| e["kind"] == "utterance")
+        .expect("utterance");
     let start = u["start_s"].as_f64().unwrap_or(-1.0);
-    assert!((0.6..1.4).contains(&start), "first utterance starts near 1.0 s: {start}");
+    assert!(
+        (0.6..1.4).contains(&start),
+        "first utterance starts near 1.0 s: {start}"
+    );
 }
 
 #[test]
 fn outbound_register_answers_the_challenge_and_refreshes_before_expiry() {
     let registrar_port = free_port();
     let dir = sipp_dir();
-    std::fs::copy(root().join("tests/sipp/registrar.xml"), dir.path().join("registrar.xml")).expect("copy");
+    std::fs::copy(
+        root().join("tests/sipp/registrar.xml"),
+        dir.path().join("registrar.xml"),
+    )
+    .expect("copy");
     let mut registrar = std::process::Command::new("sipp")
         .current_dir(dir.path())
-        .args(["-sf", "registrar.xml", "-m", "1", "-nostdin", "-i", "127.0.0.1"])
-        .args(["-p", &registrar_port.to_string(), "-timeout", "40s", "-timeout_error", "-trace_err"])
+        .args([
+            "-sf",
+            "registrar.xml",
+            "-m",
+            "1",
+            "-nostdin",
+            "-i",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &registrar_port.to_string(),
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-trace_err",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -380,6 +415,12 @@ fn outbound_register_answers_the_challenge_and_refreshes_before_expiry() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let log = gw.log();
-    assert!(status.is_some_and(|s| s.success()), "registrar saw a valid digest and a refresh:\n{log}");
-    assert!(log.matches("registered").count() >= 2, "initial registration and refresh logged:\n{log}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "registrar saw a valid digest and a refresh:\n{log}"
+    );
+    assert!(
+        log.matches("registered").count() >= 2,
+        "initial registration and refresh logged:\n{log}"
+    );
 }

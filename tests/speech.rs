@@ -185,8 +185,9 @@ fn public_calls_transcribe_under_15_percent_wer_with_vad_within_300ms() {
             toml::from_str(&std::fs::read_to_string(&path).expect("toml")).expect("parse");
         let wav = path.with_extension("wav");
         let track = pipeline::load_caller_track(&wav).expect("wav");
-        let utts = pipeline::transcribe_track(&track.samples, vad::VadConfig::default(), &mut rec)
-            .expect("asr");
+        let utts =
+            pipeline::transcribe_track(&track.samples, vad::VadConfig::default(), &mut rec, None)
+                .expect("asr");
         let speech = spec["speech"].as_array().expect("[[speech]]");
         let reference: String = speech
             .iter()
@@ -377,4 +378,44 @@ fn a_saturated_pool_reports_overload_instead_of_blocking() {
         overloaded >= 1,
         "jobs that waited past max_wait are reported as overload"
     );
+}
+
+#[test]
+fn multilingual_base_joins_two_wheels_and_detects_the_language() {
+    let path = root().join("models/ggml-base.bin");
+    assert_eq!(
+        voicegate::speech::models::sha256_file(&path)
+            .expect("models/ggml-base.bin (make test installs it)"),
+        voicegate::speech::models::BASE_SHA256
+    );
+    let model = asr::WhisperModel::load(&path).expect("base loads");
+    assert!(model.is_multilingual());
+    let mut rec = asr::Recognizer::new(&model, 2, None).expect("state");
+    let track =
+        pipeline::load_caller_track(&root().join("tests/calls/angry_words.wav")).expect("wav");
+    let utts = pipeline::transcribe_track(
+        &track.samples,
+        vad::VadConfig::default(),
+        &mut rec,
+        Some("auto"),
+    )
+    .expect("asr");
+    assert_eq!(utts.len(), 2);
+    assert!(utts.iter().all(|u| u.language == "en"), "{utts:?}");
+    assert!(
+        utts[1].text.to_lowercase().contains("ridiculous"),
+        "{utts:?}"
+    );
+    // An English-only model ignores a language request.
+    let tiny = model_path();
+    let tiny = asr::WhisperModel::load(&tiny).expect("tiny");
+    let mut rec = asr::Recognizer::new(&tiny, 2, Some("zh")).expect("state");
+    let u = pipeline::transcribe_track(
+        &track.samples,
+        vad::VadConfig::default(),
+        &mut rec,
+        Some("zh"),
+    )
+    .expect("asr");
+    assert!(u.iter().all(|u| u.language == "en"));
 }

@@ -30,6 +30,10 @@ struct TrunkEntry {
     register: Option<RegisterEntry>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    languages: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +158,11 @@ pub struct TrunkConfig {
     pub register: Option<RegisterConfig>,
     /// Dialled number (DID) → flow name; `*` matches any.
     pub routes: BTreeMap<String, String>,
+    /// Callers' language on this trunk (`en`, `zh`, `auto`); `None`: the
+    /// `[speech]` default.
+    pub language: Option<String>,
+    /// Dialled number (DID) → language, overriding `language`.
+    pub languages: BTreeMap<String, String>,
 }
 
 impl TrunkConfig {
@@ -164,6 +173,14 @@ impl TrunkConfig {
             v4 => v4,
         };
         self.allow.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The callers' language for a dialled number, if this trunk sets one.
+    pub fn language_for(&self, did: &str) -> Option<&str> {
+        self.languages
+            .get(did)
+            .map(String::as_str)
+            .or(self.language.as_deref())
     }
 
     /// The flow for a dialled number: exact match, else `*`, else `default`.
@@ -302,6 +319,8 @@ pub(super) fn parse(
             codecs,
             register,
             routes: t.routes,
+            language: t.language,
+            languages: t.languages,
         });
     }
     if problems.len() > before {

@@ -18,9 +18,9 @@ use rsipstack::sip::{Header, StatusCode};
 use rsipstack::transaction::transaction::Transaction;
 use serde_json::json;
 use std::net::SocketAddr;
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
-use std::net::UdpSocket;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
@@ -211,7 +211,11 @@ pub(super) async fn run(
     let mut buf = vec![0u8; 2048];
     let silence = [0i16; FRAME_8K];
     let sp = &gw.speech;
-    let mut listener = shared.asr.clone().map(|pool| Listener::new(sp, pool));
+    let language = trunk.language_for(&who.to_user).map(str::to_string);
+    let mut listener = shared
+        .asr
+        .clone()
+        .map(|pool| Listener::new(sp, pool, language));
     let (asr_tx, mut asr_rx) = tokio::sync::mpsc::unbounded_channel::<AsrReply>();
     let ended_by: &str;
 
@@ -309,7 +313,8 @@ pub(super) async fn run(
         }
     }
     if let Some(l) = listener.as_mut() {
-        l.finish(&asr_tx, &mut asr_rx, &mut log, sp.max_latency).await;
+        l.finish(&asr_tx, &mut asr_rx, &mut log, sp.max_latency)
+            .await;
     }
     let stats = media.stats();
     log.event(
@@ -472,6 +477,8 @@ impl EventLog<'_> {
 /// frame since answer), the same clock a replay of the recording uses.
 struct Listener {
     pool: crate::speech::pool::AsrPool,
+    /// The trunk's or number's language; `None`: the pool's default.
+    language: Option<String>,
     upsampler: Option<crate::media::resample::Upsampler>,
     segmenter: Segmenter,
     wideband: Vec<f32>,
@@ -482,12 +489,17 @@ struct Listener {
 }
 
 impl Listener {
-    fn new(sp: &crate::config::SpeechConfig, pool: crate::speech::pool::AsrPool) -> Self {
+    fn new(
+        sp: &crate::config::SpeechConfig,
+        pool: crate::speech::pool::AsrPool,
+        language: Option<String>,
+    ) -> Self {
         let upsampler = crate::media::resample::Upsampler::new()
             .map_err(|e| tracing::error!(error = %e, "no resampler: speech recognition off for this call"))
             .ok();
         Self {
             pool,
+            language,
             upsampler,
             segmenter: Segmenter::new(VadConfig {
                 hangover: sp.vad_hangover,
@@ -537,7 +549,12 @@ impl Listener {
                     samples: audio.to_vec(),
                     samples_start: start,
                 };
-                let _ = self.pool.submit(JobKind::Partial, partial, asr_tx.clone());
+                let _ = self.pool.submit_in(
+                    JobKind::Partial,
+                    partial,
+                    self.language.clone(),
+                    asr_tx.clone(),
+                );
             }
         }
     }
@@ -549,7 +566,11 @@ impl Listener {
         log: &mut EventLog<'_>,
     ) {
         let (start_s, end_s) = (u.start.as_secs_f64(), u.end.as_secs_f64());
-        if self.pool.submit(JobKind::Final, u, asr_tx.clone()).is_ok() {
+        if self
+            .pool
+            .submit_in(JobKind::Final, u, self.language.clone(), asr_tx.clone())
+            .is_ok()
+        {
             self.pending += 1;
         } else {
             warn!(start_s, "ASR queue full");

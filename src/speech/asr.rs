@@ -103,6 +103,7 @@ pub fn clean_text(raw: &str) -> String {
 pub struct Recognizer {
     state: WhisperState,
     threads: i32,
+    multilingual: bool,
     language: Option<String>,
 }
 
@@ -126,6 +127,7 @@ impl Recognizer {
         Ok(Self {
             state,
             threads: threads.max(1) as i32,
+            multilingual: model.is_multilingual(),
             language,
         })
     }
@@ -133,6 +135,23 @@ impl Recognizer {
     /// Recognise 16 kHz mono samples in [-1, 1] (greedy, temperature 0, no
     /// context carried over between calls).
     pub fn recognize(&mut self, samples: &[f32]) -> Result<Recognition, AsrError> {
+        self.recognize_in(samples, None)
+    }
+
+    /// As [`Recognizer::recognize`], in `language` (a code such as `zh`, or
+    /// `auto`) instead of the recogniser's default; English-only models
+    /// always decode English.
+    pub fn recognize_in(
+        &mut self,
+        samples: &[f32],
+        language: Option<&str>,
+    ) -> Result<Recognition, AsrError> {
+        let language: Option<String> = match (self.multilingual, language) {
+            (false, _) => Some("en".into()),
+            (true, Some("auto")) => None,
+            (true, Some(l)) => Some(l.to_string()),
+            (true, None) => self.language.clone(),
+        };
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.threads);
         params.set_translate(false);
@@ -144,8 +163,12 @@ impl Recognizer {
         params.set_print_timestamps(false);
         params.set_suppress_blank(true);
         params.set_temperature(0.0);
-        params.set_temperature_inc(0.0);
-        params.set_language(self.language.as_deref());
+        // Fall back to sampling only when greedy output looks degenerate
+        // (whisper.cpp's entropy check), and cap tokens to what a person can
+        // say in this much audio, so a repetition loop cannot run away.
+        params.set_temperature_inc(0.2);
+        params.set_max_tokens(((samples.len() as f64 / 16000.0) * 12.0) as i32 + 16);
+        params.set_language(language.as_deref());
         params.set_detect_language(false);
         // Decode only as much encoder context as the audio needs (50 frames/s),
         // with headroom; whisper.cpp pads the rest.
@@ -178,7 +201,11 @@ impl Recognizer {
         Ok(Recognition {
             text: clean_text(&text),
             segments,
-            language: self.language.clone().unwrap_or_else(|| "auto".into()),
+            language: language.unwrap_or_else(|| {
+                whisper_rs::get_lang_str(self.state.full_lang_id_from_state())
+                    .unwrap_or("auto")
+                    .to_string()
+            }),
         })
     }
 }

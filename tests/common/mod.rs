@@ -390,13 +390,30 @@ pub fn rtp_pcap_from_wav(wav: &Path, out: &Path) {
         rtp.extend_from_slice(&(i as u16).to_be_bytes());
         rtp.extend_from_slice(&((i * 160) as u32).to_be_bytes());
         rtp.extend_from_slice(&0x5eed_u32.to_be_bytes());
-        rtp.extend(chunk.iter().map(|s| voicegate::media::g711::linear_to_alaw(*s)));
+        rtp.extend(
+            chunk
+                .iter()
+                .map(|s| voicegate::media::g711::linear_to_alaw(*s)),
+        );
         rtp.resize(12 + 160, 0xd5);
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
         let mut pkt = vec![0u8; 12];
         pkt.extend_from_slice(&[0x08, 0x00]);
-        pkt.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        pkt.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         pkt.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
         pkt.extend_from_slice(&6000u16.to_be_bytes());
         pkt.extend_from_slice(&6000u16.to_be_bytes());
