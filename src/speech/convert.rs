@@ -518,6 +518,16 @@ pub fn convert(
         }
         Ok(())
     };
+    // A CT2 linear layer (`…/weight`, `…/bias`) copied whole under a ggml name.
+    let copy_linear =
+        |tensors: &mut Vec<Tensor>, ct2: &str, ggml: &str| -> Result<(), ConvertError> {
+            linear(
+                tensors,
+                model.get(&format!("{ct2}/weight"))?,
+                Some(model.get(&format!("{ct2}/bias"))?),
+                ggml,
+            )
+        };
     add_ln(&mut tensors, "encoder/layer_norm", "encoder.ln_post")?;
     for side in ["encoder", "decoder"] {
         let layers = if side == "encoder" {
@@ -554,10 +564,9 @@ pub fn convert(
                 Some(&qkv_b.rows(2 * d, 3 * d)?),
                 &format!("{gg}.attn.value"),
             )?;
-            linear(
+            copy_linear(
                 &mut tensors,
-                model.get(&format!("{ct}/self_attention/linear_1/weight"))?,
-                Some(model.get(&format!("{ct}/self_attention/linear_1/bias"))?),
+                &format!("{ct}/self_attention/linear_1"),
                 &format!("{gg}.attn.out"),
             )?;
             if side == "decoder" {
@@ -567,10 +576,9 @@ pub fn convert(
                     &format!("{ct}/attention/layer_norm"),
                     &format!("{gg}.cross_attn_ln"),
                 )?;
-                linear(
+                copy_linear(
                     &mut tensors,
-                    model.get(&format!("{ct}/attention/linear_0/weight"))?,
-                    Some(model.get(&format!("{ct}/attention/linear_0/bias"))?),
+                    &format!("{ct}/attention/linear_0"),
                     &format!("{gg}.cross_attn.query"),
                 )?;
                 let kv_w = model.get(&format!("{ct}/attention/linear_1/weight"))?;
@@ -587,10 +595,9 @@ pub fn convert(
                     Some(&kv_b.rows(d, 2 * d)?),
                     &format!("{gg}.cross_attn.value"),
                 )?;
-                linear(
+                copy_linear(
                     &mut tensors,
-                    model.get(&format!("{ct}/attention/linear_2/weight"))?,
-                    Some(model.get(&format!("{ct}/attention/linear_2/bias"))?),
+                    &format!("{ct}/attention/linear_2"),
                     &format!("{gg}.cross_attn.out"),
                 )?;
             }
@@ -599,16 +606,14 @@ pub fn convert(
                 &format!("{ct}/ffn/layer_norm"),
                 &format!("{gg}.mlp_ln"),
             )?;
-            linear(
+            copy_linear(
                 &mut tensors,
-                model.get(&format!("{ct}/ffn/linear_0/weight"))?,
-                Some(model.get(&format!("{ct}/ffn/linear_0/bias"))?),
+                &format!("{ct}/ffn/linear_0"),
                 &format!("{gg}.mlp.0"),
             )?;
-            linear(
+            copy_linear(
                 &mut tensors,
-                model.get(&format!("{ct}/ffn/linear_1/weight"))?,
-                Some(model.get(&format!("{ct}/ffn/linear_1/bias"))?),
+                &format!("{ct}/ffn/linear_1"),
                 &format!("{gg}.mlp.2"),
             )?;
         }
