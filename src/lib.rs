@@ -6,6 +6,7 @@
 
 pub mod call;
 pub mod config;
+pub mod emotion;
 pub mod gateway;
 pub mod media;
 pub mod record;
