@@ -3,5 +3,6 @@
 //! live gateway and offline replay drive the same code.
 
 pub mod greeting;
+pub mod intents;
 
 pub use greeting::{CallAction, CallEvent, GreetingFlow};
