@@ -4,5 +4,6 @@
 
 pub mod greeting;
 pub mod intents;
+pub mod policy;
 
 pub use greeting::{CallAction, CallEvent, GreetingFlow};

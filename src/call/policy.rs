@@ -1,0 +1,193 @@
+//! What the administrator decides in `sip-config/`: the bot (`flow.toml`),
+//! the escalation rules (`rules.toml`), lexicons and customers.
+
+use super::intents::Intent;
+use crate::emotion::Lexicon;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `flow.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    /// First words to the caller.
+    pub greeting: String,
+    /// After a served answer.
+    pub anything_else: String,
+    /// Before hanging up.
+    pub goodbye: String,
+    /// When nothing matched.
+    pub not_understood: String,
+    /// Minimum intent score.
+    pub match_threshold: f64,
+    /// Key → intent name.
+    #[serde(default)]
+    pub dtmf: BTreeMap<String, String>,
+    /// The intents.
+    #[serde(default)]
+    pub intent: Vec<Intent>,
+}
+
+fn on() -> bool {
+    true
+}
+
+/// A rule that can only be switched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Switch {
+    /// Whether the rule applies.
+    #[serde(default = "on")]
+    pub enabled: bool,
+}
+
+/// `[negative_words]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NegativeRule {
+    /// Whether the rule applies.
+    #[serde(default = "on")]
+    pub enabled: bool,
+    /// Lexicon weight in the call that triggers it.
+    pub hits: f64,
+}
+
+/// `[frustration]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrustrationRule {
+    /// Whether the rule applies.
+    #[serde(default = "on")]
+    pub enabled: bool,
+    /// Score that triggers it.
+    pub threshold: f64,
+    /// Rate ratio counted as agitation.
+    pub rate_rise: f64,
+    /// Loudness rise counted as agitation.
+    pub loudness_rise_db: f64,
+}
+
+/// `[unrecognized]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnrecognizedRule {
+    /// Whether the rule applies.
+    #[serde(default = "on")]
+    pub enabled: bool,
+    /// Consecutive utterances with no intent.
+    pub consecutive: u32,
+}
+
+/// `[wait_timeout]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRule {
+    /// Whether the rule applies.
+    #[serde(default = "on")]
+    pub enabled: bool,
+    /// Seconds of unserved waiting.
+    pub seconds: f64,
+}
+
+/// `rules.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// Negative words.
+    pub negative_words: NegativeRule,
+    /// Combined frustration score.
+    pub frustration: FrustrationRule,
+    /// Unrecognised requests.
+    pub unrecognized: UnrecognizedRule,
+    /// Waiting too long.
+    pub wait_timeout: WaitRule,
+    /// VIP callers.
+    pub vip: Switch,
+    /// The caller asked for a person.
+    pub requested: Switch,
+    /// Urgent intents.
+    pub urgent_intent: Switch,
+    /// Speech recognition unavailable.
+    pub asr_unavailable: Switch,
+}
+
+/// A known caller.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    /// Caller ID.
+    pub number: String,
+    /// Name for the agent.
+    pub name: String,
+    /// `vip` or `standard`.
+    pub tier: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Customers {
+    #[serde(default)]
+    customer: Vec<Customer>,
+}
+
+/// Everything the decision core needs, loaded once and shared by calls.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The bot.
+    pub flow: Flow,
+    /// Escalation rules.
+    pub rules: Rules,
+    /// Lexicons by language code.
+    pub lexicons: BTreeMap<String, Lexicon>,
+    /// Known callers.
+    pub customers: Vec<Customer>,
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}:1: cannot read: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| crate::config::SourceFile::new(path, &text).from_toml_error(&e).to_string())
+}
+
+impl Policy {
+    /// Load `flow.toml`, `rules.toml`, `customers.toml` and `lexicons/*.toml` from `dir`.
+    pub fn load(dir: &Path) -> Result<Policy, Vec<String>> {
+        let mut errors = Vec::new();
+        let flow = read::<Flow>(&dir.join("flow.toml")).map_err(|e| errors.push(e)).ok();
+        let rules = read::<Rules>(&dir.join("rules.toml")).map_err(|e| errors.push(e)).ok();
+        let customers = read::<Customers>(&dir.join("customers.toml")).map_err(|e| errors.push(e)).ok();
+        let mut lexicons = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(dir.join("lexicons")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    let lang = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                    match Lexicon::load(&p) {
+                        Ok(l) => {
+                            lexicons.insert(lang, l);
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+        }
+        match (flow, rules, customers) {
+            (Some(flow), Some(rules), Some(c)) if errors.is_empty() => Ok(Policy {
+                flow,
+                rules,
+                lexicons,
+                customers: c.customer,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The lexicon for a language (falls back to English).
+    pub fn lexicon(&self, language: &str) -> Lexicon {
+        self.lexicons
+            .get(language)
+            .or_else(|| self.lexicons.get("en"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
