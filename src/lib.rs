@@ -10,5 +10,6 @@ pub mod emotion;
 pub mod gateway;
 pub mod media;
 pub mod record;
+pub mod replay;
 pub mod sip;
 pub mod speech;

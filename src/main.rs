@@ -43,6 +43,20 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Replay a recorded or synthetic call offline through the decision core.
+    Replay {
+        /// The WAV file (stereo recordings: the caller's left channel).
+        file: PathBuf,
+        /// Caller ID to present.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Configuration directory (flow, rules, lexicons, customers, model).
+        #[arg(long, default_value = "sip-config")]
+        config: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Whisper models.
     Models {
         #[command(subcommand)]
@@ -136,6 +150,12 @@ fn main() -> ExitCode {
             language,
             threads,
         } => transcribe(&file, json, &model, language.as_deref(), threads),
+        Command::Replay {
+            file,
+            caller,
+            config,
+            json,
+        } => replay(&file, caller, &config, json),
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {
@@ -232,6 +252,56 @@ fn transcribe(
         }
     }
     ExitCode::SUCCESS
+}
+
+fn replay(
+    file: &std::path::Path,
+    caller: Option<String>,
+    config: &std::path::Path,
+    json: bool,
+) -> ExitCode {
+    use voicegate::speech::{asr, pipeline};
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let policy = match voicegate::call::policy::Policy::load(config) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let track = match pipeline::load_caller_track(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("voicegate replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sp = &cfg.gateway.speech;
+    let result = asr::WhisperModel::load(&sp.model)
+        .and_then(|m| asr::Recognizer::new(&m, 2, sp.language.as_deref()))
+        .and_then(|mut r| {
+            voicegate::replay::replay(&track, caller, policy, &mut r, sp.language.as_deref())
+        });
+    match result {
+        Ok(report) => {
+            let v = report.to_json(&file.display().to_string());
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("voicegate replay: {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -67,19 +67,27 @@ fn similarity(a: &str, b: &str) -> f64 {
         d[0] = i;
         for j in 1..=b.len() {
             let cur = d[j];
-            d[j] = (d[j] + 1).min(d[j - 1] + 1).min(prev + usize::from(a[i - 1] != b[j - 1]));
+            d[j] = (d[j] + 1)
+                .min(d[j - 1] + 1)
+                .min(prev + usize::from(a[i - 1] != b[j - 1]));
             prev = cur;
         }
     }
     1.0 - d[b.len()] as f64 / a.len().max(b.len()) as f64
 }
 
-const STOP: &[&str] = &["i", "a", "the", "to", "my", "is", "me", "you", "it", "of", "and", "on", "in", "for", "please", "want", "would", "like", "can", "need", "what", "do", "be", "this", "that", "with", "an", "at"];
+const STOP: &[&str] = &[
+    "i", "a", "the", "to", "my", "is", "me", "you", "it", "of", "and", "on", "in", "for", "please",
+    "want", "would", "like", "can", "need", "what", "do", "be", "this", "that", "with", "an", "at",
+];
 
 /// Score every intent against `text`; the best one at or above `threshold`.
 pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<IntentMatch> {
     let words = stems(text);
-    let content: Vec<&String> = words.iter().filter(|w| !STOP.contains(&w.as_str())).collect();
+    let content: Vec<&String> = words
+        .iter()
+        .filter(|w| !STOP.contains(&w.as_str()))
+        .collect();
     let mut best: Option<IntentMatch> = None;
     for intent in intents {
         let mut score: f64 = 0.0;
@@ -91,27 +99,47 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
             }
             let s = if phrase.len() > 1 {
                 let hit = words.windows(phrase.len()).any(|w| w == &phrase[..]);
-                if hit { 1.0 } else { 0.0 }
+                if hit {
+                    1.0
+                } else {
+                    0.0
+                }
             } else {
                 content
                     .iter()
                     .map(|w| {
                         let sim = similarity(w, &phrase[0]);
-                        if sim >= 0.8 && w.chars().count() >= 4 { sim } else if **w == phrase[0] { 1.0 } else { 0.0 }
+                        if sim >= 0.85 && w.chars().count() >= 5 {
+                            sim
+                        } else if **w == phrase[0] {
+                            1.0
+                        } else {
+                            0.0
+                        }
                     })
                     .fold(0.0, f64::max)
             };
             if s > 0.0 {
                 evidence.push(kw.clone());
-                score = if score == 0.0 { s } else { (score.max(s) + 0.1).min(1.0) };
+                score = if score == 0.0 {
+                    s
+                } else {
+                    (score.max(s) + 0.1).min(1.0)
+                };
             }
         }
         for ex in &intent.examples {
-            let ex: Vec<String> = stems(ex).into_iter().filter(|w| !STOP.contains(&w.as_str())).collect();
+            let ex: Vec<String> = stems(ex)
+                .into_iter()
+                .filter(|w| !STOP.contains(&w.as_str()))
+                .collect();
             if ex.is_empty() || content.is_empty() {
                 continue;
             }
-            let shared = ex.iter().filter(|w| content.iter().any(|c| *c == *w)).count();
+            let shared = ex
+                .iter()
+                .filter(|w| content.contains(w))
+                .count();
             let overlap = shared as f64 / ex.len().max(content.len()) as f64;
             if overlap * 0.9 > score {
                 score = overlap * 0.9;
@@ -119,9 +147,22 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
             }
         }
         // Urgent and hand-over intents win ties: a caller who says both is served by a person.
-        let rank = score + if intent.urgent || intent.handover { 0.05 } else { 0.0 };
+        let rank = score
+            + if intent.urgent || intent.handover {
+                0.05
+            } else {
+                0.0
+            };
         let better = best.as_ref().is_none_or(|b| {
-            let b_rank = b.score + if intents.iter().any(|i| i.name == b.name && (i.urgent || i.handover)) { 0.05 } else { 0.0 };
+            let b_rank = b.score
+                + if intents
+                    .iter()
+                    .any(|i| i.name == b.name && (i.urgent || i.handover))
+                {
+                    0.05
+                } else {
+                    0.0
+                };
             rank > b_rank
         });
         if score >= threshold && better {
@@ -148,16 +189,39 @@ mod tests {
     fn generalises_beyond_the_examples() {
         let i = intents();
         let m = |t: &str| best_intent(&i, t, 0.5).map(|m| m.name);
-        assert_eq!(m("Hi, I would like to check my bill, please.").as_deref(), Some("billing"));
+        assert_eq!(
+            m("Hi, I would like to check my bill, please.").as_deref(),
+            Some("billing")
+        );
         assert_eq!(m("how much is on my invoice").as_deref(), Some("billing"));
-        assert_eq!(m("Where is my packet? I want to track my order.").as_deref(), Some("tracking"));
+        assert_eq!(
+            m("Where is my packet? I want to track my order.").as_deref(),
+            Some("tracking")
+        );
         assert_eq!(m("my parcels never arrived").as_deref(), Some("tracking"));
-        assert_eq!(m("I need to change the address on my account").as_deref(), Some("address_change"));
-        assert_eq!(m("My payment failed and my card was declined.").as_deref(), Some("payment_failure"));
-        assert_eq!(m("Can I speak to a real person, please?").as_deref(), Some("human"));
+        assert_eq!(
+            m("I need to change the address on my account").as_deref(),
+            Some("address_change")
+        );
+        assert_eq!(
+            m("I need to change the rest on my account please").as_deref(),
+            Some("address_change"),
+            "close to an example even when ASR garbles the keyword; change is not charge"
+        );
+        assert_eq!(
+            m("My payment failed and my card was declined.").as_deref(),
+            Some("payment_failure")
+        );
+        assert_eq!(
+            m("Can I speak to a real person, please?").as_deref(),
+            Some("human")
+        );
         assert_eq!(m("let me talk to an operator").as_deref(), Some("human"));
         assert_eq!(m("Blue elephants dance on Tuesday.").as_deref(), None);
-        assert_eq!(m("The weather in the mountains is lovely.").as_deref(), None);
+        assert_eq!(
+            m("The weather in the mountains is lovely.").as_deref(),
+            None
+        );
         assert_eq!(m("My cat likes to sleep on the piano.").as_deref(), None);
         assert_eq!(m("Hello?").as_deref(), None);
     }

@@ -145,23 +145,37 @@ pub struct Policy {
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}:1: cannot read: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| crate::config::SourceFile::new(path, &text).from_toml_error(&e).to_string())
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}:1: cannot read: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        crate::config::SourceFile::new(path, &text)
+            .from_toml_error(&e)
+            .to_string()
+    })
 }
 
 impl Policy {
     /// Load `flow.toml`, `rules.toml`, `customers.toml` and `lexicons/*.toml` from `dir`.
     pub fn load(dir: &Path) -> Result<Policy, Vec<String>> {
         let mut errors = Vec::new();
-        let flow = read::<Flow>(&dir.join("flow.toml")).map_err(|e| errors.push(e)).ok();
-        let rules = read::<Rules>(&dir.join("rules.toml")).map_err(|e| errors.push(e)).ok();
-        let customers = read::<Customers>(&dir.join("customers.toml")).map_err(|e| errors.push(e)).ok();
+        let flow = read::<Flow>(&dir.join("flow.toml"))
+            .map_err(|e| errors.push(e))
+            .ok();
+        let rules = read::<Rules>(&dir.join("rules.toml"))
+            .map_err(|e| errors.push(e))
+            .ok();
+        let customers = read::<Customers>(&dir.join("customers.toml"))
+            .map_err(|e| errors.push(e))
+            .ok();
         let mut lexicons = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(dir.join("lexicons")) {
             for e in entries.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "toml") {
-                    let lang = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                    let lang = p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or_default();
                     match Lexicon::load(&p) {
                         Ok(l) => {
                             lexicons.insert(lang, l);

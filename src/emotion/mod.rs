@@ -17,7 +17,10 @@ pub fn tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
-const NEGATIONS: &[&str] = &["not", "never", "no", "isn't", "wasn't", "don't", "didn't", "aren't", "not_", "hardly", "不", "没"];
+const NEGATIONS: &[&str] = &[
+    "not", "never", "no", "isn't", "wasn't", "don't", "didn't", "aren't", "not_", "hardly", "不",
+    "没",
+];
 
 /// A negative-word lexicon for one language.
 #[derive(Debug, Clone, Default)]
@@ -47,7 +50,11 @@ impl Lexicon {
     /// Load `lexicons/<lang>.toml` files from a directory.
     pub fn load(path: &Path) -> Result<Lexicon, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Lexicon::parse(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+        Lexicon::parse(&text).map_err(|e| {
+            crate::config::SourceFile::new(path, &text)
+                .from_toml_error(&e)
+                .to_string()
+        })
     }
 
     /// Negative phrases found in `text` (negated ones excluded), with weights.
@@ -70,7 +77,9 @@ impl Lexicon {
                 continue;
             }
             for start in 0..toks.len() {
-                if toks.len() - start < phrase.len() || toks[start..start + phrase.len()] != phrase[..] {
+                if toks.len() - start < phrase.len()
+                    || toks[start..start + phrase.len()] != phrase[..]
+                {
                     continue;
                 }
                 let negated = toks[start.saturating_sub(2)..start]
@@ -118,7 +127,8 @@ pub struct EmotionTracker {
     pub negative_words: Vec<String>,
     /// Summed negative weight so far.
     pub negative_weight: f64,
-    agitated_rate: bool,
+    /// Highest rate ratio seen after the baseline.
+    peak_rate_ratio: f64,
     agitated_loudness: bool,
     repeated: bool,
     /// Last score.
@@ -162,15 +172,15 @@ impl EmotionTracker {
         }
         self.negative_words.extend(s.negative.iter().cloned());
         self.negative_weight += weight;
-        self.agitated_rate |= s.rate_ratio >= cfg.rate_rise;
+        self.peak_rate_ratio = self.peak_rate_ratio.max(s.rate_ratio);
         self.agitated_loudness |= s.loudness_rise_db >= cfg.loudness_rise_db;
         self.repeated |= repeated_request;
         self.rate_ratio = s.rate_ratio;
-        self.rescore();
+        self.rescore(cfg);
         s
     }
 
-    fn rescore(&mut self) {
+    fn rescore(&mut self, cfg: &EmotionConfig) {
         let mut score = 0.0;
         let mut reasons = Vec::new();
         if self.negative_weight > 0.0 {
@@ -178,13 +188,23 @@ impl EmotionTracker {
             reasons.push(format!(
                 "{} negative word{}: {}",
                 self.negative_words.len(),
-                if self.negative_words.len() == 1 { "" } else { "s" },
+                if self.negative_words.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
                 self.negative_words.join(", ")
             ));
         }
-        if self.agitated_rate {
-            score += 0.35;
-            reasons.push(format!("speaking {:.1}x faster than at the start", self.rate_ratio.max(1.0)));
+        // Speech rate counts in proportion: full weight at `rate_rise` times
+        // the caller's own baseline, nothing at or below it.
+        let rise = ((self.peak_rate_ratio - 1.0) / (cfg.rate_rise - 1.0).max(0.01)).clamp(0.0, 1.0);
+        if rise > 0.0 && self.peak_rate_ratio >= 1.1 {
+            score += 0.35 * rise;
+            reasons.push(format!(
+                "speaking {:.1}x faster than at the start",
+                self.peak_rate_ratio
+            ));
         }
         if self.agitated_loudness {
             score += 0.2;
@@ -204,7 +224,8 @@ mod tests {
     use super::*;
 
     fn en() -> Lexicon {
-        Lexicon::parse("[words]\nridiculous = 1.0\nangry = 1.0\nbad = 0.5\n\"fed up\" = 1.0\n").unwrap()
+        Lexicon::parse("[words]\nridiculous = 1.0\nangry = 1.0\nbad = 0.5\n\"fed up\" = 1.0\n")
+            .unwrap()
     }
 
     #[test]
@@ -220,7 +241,10 @@ mod tests {
 
     #[test]
     fn fast_from_the_start_is_not_agitation_but_a_rise_is() {
-        let cfg = EmotionConfig { rate_rise: 1.35, loudness_rise_db: 6.0 };
+        let cfg = EmotionConfig {
+            rate_rise: 1.35,
+            loudness_rise_db: 6.0,
+        };
         let l = en();
         let mut calm_fast = EmotionTracker::default();
         calm_fast.observe(&cfg, &l, "hello there", 4.5, -20.0, false);
@@ -230,6 +254,10 @@ mod tests {
         rising.observe(&cfg, &l, "hello", 3.0, -25.0, false);
         rising.observe(&cfg, &l, "this is ridiculous", 4.2, -25.0, false);
         assert!(rising.score >= 0.7, "{}", rising.score);
-        assert!(rising.reasons.iter().any(|r| r.contains("faster")), "{:?}", rising.reasons);
+        assert!(
+            rising.reasons.iter().any(|r| r.contains("faster")),
+            "{:?}",
+            rising.reasons
+        );
     }
 }
