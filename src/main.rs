@@ -265,15 +265,7 @@ fn replay(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let policy = match voicegate::call::policy::Policy::load(config) {
-        Ok(p) => std::sync::Arc::new(p),
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(2);
-        }
-    };
+    let policy = cfg.policy.clone();
     let track = match pipeline::load_caller_track(file) {
         Ok(t) => t,
         Err(e) => {

@@ -143,6 +143,24 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
         "partial results of long utterances"
     );
 
+    // The live decision core handed the angry caller over, when replay would.
+    let handover = all
+        .iter()
+        .find(|e| e["kind"] == "decision" && e["decision"] == "handover")
+        .unwrap_or_else(|| panic!("no hand-over decision: {all:?}"));
+    assert_eq!(handover["reason"], "negative_words");
+    let at = handover["at_s"].as_f64().unwrap_or(-1.0);
+    assert!((9.6..=11.6).contains(&at), "hand-over decided at {at} s");
+    let ho = all
+        .iter()
+        .find(|e| e["kind"] == "handover")
+        .expect("handover event");
+    let summary = ho["summary"]["text"].as_str().unwrap_or("");
+    assert!(
+        summary.contains("negative words") && summary.contains("2001"),
+        "{summary}"
+    );
+
     let (left, _) = stereo(&dirs[0]);
     let spoken = wav_mono(&wav);
     // The caller's first sentence (1.0 s – 3.6 s in the file).

@@ -136,10 +136,7 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
             if ex.is_empty() || content.is_empty() {
                 continue;
             }
-            let shared = ex
-                .iter()
-                .filter(|w| content.contains(w))
-                .count();
+            let shared = ex.iter().filter(|w| content.contains(w)).count();
             let overlap = shared as f64 / ex.len().max(content.len()) as f64;
             if overlap * 0.9 > score {
                 score = overlap * 0.9;

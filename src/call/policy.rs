@@ -2,6 +2,7 @@
 //! the escalation rules (`rules.toml`), lexicons and customers.
 
 use super::intents::Intent;
+use crate::config::Diagnostic;
 use crate::emotion::Lexicon;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -144,19 +145,20 @@ pub struct Policy {
     pub customers: Vec<Customer>,
 }
 
-fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}:1: cannot read: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        crate::config::SourceFile::new(path, &text)
-            .from_toml_error(&e)
-            .to_string()
-    })
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Diagnostic> {
+    let text = std::fs::read_to_string(path).map_err(|e| Diagnostic {
+        file: path.to_path_buf(),
+        line: 1,
+        problem: format!("cannot read the file: {e}"),
+        fix: "create it (copy it from the shipped sip-config/)".into(),
+    })?;
+    toml::from_str(&text)
+        .map_err(|e| crate::config::SourceFile::new(path, &text).from_toml_error(&e))
 }
 
 impl Policy {
     /// Load `flow.toml`, `rules.toml`, `customers.toml` and `lexicons/*.toml` from `dir`.
-    pub fn load(dir: &Path) -> Result<Policy, Vec<String>> {
+    pub fn load(dir: &Path) -> Result<Policy, Vec<Diagnostic>> {
         let mut errors = Vec::new();
         let flow = read::<Flow>(&dir.join("flow.toml"))
             .map_err(|e| errors.push(e))
@@ -176,12 +178,27 @@ impl Policy {
                         .file_stem()
                         .map(|s| s.to_string_lossy().to_string())
                         .unwrap_or_default();
-                    match Lexicon::load(&p) {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    match Lexicon::parse(&text) {
                         Ok(l) => {
                             lexicons.insert(lang, l);
                         }
-                        Err(e) => errors.push(e),
+                        Err(e) => errors
+                            .push(crate::config::SourceFile::new(&p, &text).from_toml_error(&e)),
                     }
+                }
+            }
+        }
+        if let Some(flow) = &flow {
+            let path = dir.join("flow.toml");
+            for (key, name) in &flow.dtmf {
+                if !flow.intent.iter().any(|i| &i.name == name) {
+                    errors.push(Diagnostic {
+                        file: path.clone(),
+                        line: 1,
+                        problem: format!("[dtmf] key {key} names unknown intent {name:?}"),
+                        fix: "use the name of an [[intent]] in this file".into(),
+                    });
                 }
             }
         }

@@ -20,6 +20,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `trunks.toml`.
     pub trunks: Vec<TrunkConfig>,
+    /// The bot, rules, lexicons and customers.
+    pub policy: std::sync::Arc<crate::call::policy::Policy>,
 }
 
 /// Loading failed: every problem found, each with its file and line.
@@ -45,12 +47,16 @@ impl Config {
             .and_then(|(path, text)| gateway::parse(dir, &path, &text, &mut problems));
         let trunks = read_file(dir, "trunks.toml", &mut problems)
             .and_then(|(path, text)| trunks::parse(&path, &text, &mut problems));
-        if let (Some(gateway), Some(trunks)) = (gateway, trunks) {
+        let policy = crate::call::policy::Policy::load(dir)
+            .map_err(|e| problems.extend(e))
+            .ok();
+        if let (Some(gateway), Some(trunks), Some(policy)) = (gateway, trunks, policy) {
             if problems.is_empty() {
                 return Ok(Config {
                     dir: dir.to_path_buf(),
                     gateway,
                     trunks,
+                    policy: std::sync::Arc::new(policy),
                 });
             }
         }

@@ -2,6 +2,7 @@
 //! decision core driven by what happens on the line.
 
 use super::Shared;
+use crate::call::core::{CallCore, CoreAction, CoreEvent};
 use crate::call::{CallAction, CallEvent, GreetingFlow};
 use crate::config::TrunkConfig;
 use crate::media::jitter::FRAME_8K;
@@ -202,6 +203,22 @@ pub(super) async fn run(
     );
     let mut held = negotiated.direction.is_hold();
     let mut flow = GreetingFlow::default();
+    let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
+    let mut decider = Decider {
+        core: CallCore::new(
+            shared.config.policy.clone(),
+            trunk
+                .language_for(&who.to_user)
+                .or(gw.speech.language.as_deref())
+                .unwrap_or("en"),
+        ),
+        logged: 0,
+    };
+    decider.feed(
+        Duration::ZERO,
+        CoreEvent::Answered { caller: caller_id },
+        &mut log,
+    );
     let mut player: Option<PromptPlayer> = None;
     let mut hangup: Option<&'static str> = None;
     let mut actions = flow.handle(Duration::ZERO, CallEvent::Answered);
@@ -250,15 +267,21 @@ pub(super) async fn run(
                 while let Ok((n, from)) = socket.recv_from(&mut buf) {
                     if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
                         actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" }));
+                        decider.feed(now, CoreEvent::Dtmf(d), &mut log);
                     }
                 }
                 let (caller, digit) = media.pull_frame();
                 if let Some(d) = digit {
                     actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" }));
+                    decider.feed(now, CoreEvent::Dtmf(d), &mut log);
                 }
                 if let Some(l) = listener.as_mut() {
                     l.hear(&caller, &asr_tx, &mut log);
+                    if std::mem::take(&mut l.overloaded) {
+                        decider.feed(now, CoreEvent::AsrUnavailable, &mut log);
+                    }
                 }
+                decider.feed(now, CoreEvent::Tick, &mut log);
                 let mut out = silence;
                 if let Some(p) = player.as_mut() {
                     match p.next_frame() {
@@ -287,7 +310,10 @@ pub(super) async fn run(
                 let Some(state) = state else { ended_by = "dialog_gone"; break };
                 match on_dialog_state(state, &dialog, &mut media, &mut held, &mut sdp_version, session_id, &shared, lease.port(), &trunk, &mut log).await {
                     DialogOutcome::Continue => {}
-                    DialogOutcome::Digit(d) => actions.extend(flow.handle(start.elapsed(), CallEvent::Digit { digit: d, source: "sip_info" })),
+                    DialogOutcome::Digit(d) => {
+                        actions.extend(flow.handle(start.elapsed(), CallEvent::Digit { digit: d, source: "sip_info" }));
+                        decider.feed(start.elapsed(), CoreEvent::Dtmf(d), &mut log);
+                    }
                     DialogOutcome::Ended(reason) => {
                         log.event("call.hangup", json!({"reason": reason, "by": "caller"}));
                         ended_by = reason;
@@ -297,7 +323,15 @@ pub(super) async fn run(
             }
             reply = asr_rx.recv() => {
                 if let (Some(reply), Some(l)) = (reply, listener.as_mut()) {
-                    l.on_reply(reply, &mut log);
+                    if let Some(event) = l.on_reply(reply, &mut log) {
+                        // Utterances are decided at the moment the VAD closed
+                        // them — the time a replay of this call uses too.
+                        let at = match &event {
+                            CoreEvent::Utterance(u) => Duration::from_secs_f64(u.closed_at_s),
+                            _ => start.elapsed(),
+                        };
+                        decider.feed(at, event, &mut log);
+                    }
                 }
             }
             _ = flusher.tick() => {
@@ -486,6 +520,8 @@ struct Listener {
     last_partial: Duration,
     /// Final jobs submitted and not yet answered.
     pending: usize,
+    /// The queue refused an utterance since the last look.
+    overloaded: bool,
 }
 
 impl Listener {
@@ -510,6 +546,7 @@ impl Listener {
             partial_interval: sp.partial_interval,
             last_partial: Duration::ZERO,
             pending: 0,
+            overloaded: false,
         }
     }
 
@@ -548,6 +585,7 @@ impl Listener {
                     forced_cut: false,
                     samples: audio.to_vec(),
                     samples_start: start,
+                    closed_at: now,
                 };
                 let _ = self.pool.submit_in(
                     JobKind::Partial,
@@ -574,6 +612,7 @@ impl Listener {
             self.pending += 1;
         } else {
             warn!(start_s, "ASR queue full");
+            self.overloaded = true;
             log.event(
                 "asr_overloaded",
                 json!({"reason": "queue_full", "start_s": start_s, "end_s": end_s}),
@@ -596,7 +635,9 @@ impl Listener {
         let deadline = tokio::time::Instant::now() + max_latency + Duration::from_secs(5);
         while self.pending > 0 {
             match tokio::time::timeout_at(deadline, asr_rx.recv()).await {
-                Ok(Some(reply)) => self.on_reply(reply, log),
+                Ok(Some(reply)) => {
+                    self.on_reply(reply, log);
+                }
                 _ => {
                     warn!(
                         pending = self.pending,
@@ -608,7 +649,8 @@ impl Listener {
         }
     }
 
-    fn on_reply(&mut self, reply: AsrReply, log: &mut EventLog<'_>) {
+    /// Log an ASR reply; the event for the decision core, if it has one.
+    fn on_reply(&mut self, reply: AsrReply, log: &mut EventLog<'_>) -> Option<CoreEvent> {
         if !matches!(
             reply,
             AsrReply::Done {
@@ -632,6 +674,7 @@ impl Listener {
                     obj.insert("decode_ms".into(), json!(decode.as_millis() as u64));
                 }
                 log.event("utterance", fields);
+                Some(CoreEvent::Utterance(result))
             }
             AsrReply::Done {
                 kind: JobKind::Partial,
@@ -644,6 +687,7 @@ impl Listener {
                         json!({"start_s": result.start_s, "text": result.text}),
                     );
                 }
+                None
             }
             AsrReply::Overloaded { reason, start_s } => {
                 warn!(reason, start_s, "ASR overloaded");
@@ -651,10 +695,41 @@ impl Listener {
                     "asr_overloaded",
                     json!({"reason": reason, "start_s": start_s}),
                 );
+                Some(CoreEvent::AsrUnavailable)
             }
             AsrReply::Failed { error } => {
                 warn!(%error, "ASR failed");
                 log.event("asr_failed", json!({"error": error}));
+                Some(CoreEvent::AsrUnavailable)
+            }
+        }
+    }
+}
+
+/// The decision core on a live call: events in, decisions and actions into
+/// the event log (speaking and transferring come with TTS and issue 5).
+struct Decider {
+    core: CallCore,
+    logged: usize,
+}
+
+impl Decider {
+    fn feed(&mut self, now: Duration, event: CoreEvent, log: &mut EventLog<'_>) {
+        let actions = self.core.handle(now, event);
+        for d in &self.core.decisions[self.logged..] {
+            log.event(
+                "decision",
+                json!({"decision": d.kind, "at_s": d.t_s, "reason": d.reason, "score": d.score, "evidence": d.evidence}),
+            );
+        }
+        self.logged = self.core.decisions.len();
+        for a in actions {
+            match a {
+                CoreAction::Say(text) => log.event("bot.say", json!({"text": text})),
+                CoreAction::Transfer { reason, summary } => {
+                    info!(%reason, summary = %summary["text"], "hand-over decided");
+                    log.event("handover", json!({"reason": reason, "summary": summary}));
+                }
             }
         }
     }

@@ -129,10 +129,11 @@ impl CallRecorder {
             "ts".into(),
             Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         );
-        obj.insert("kind".into(), Value::from(kind));
         if let Value::Object(extra) = fields {
             obj.extend(extra);
         }
+        // The event's own kind always wins over a field of the same name.
+        obj.insert("kind".into(), Value::from(kind));
         serde_json::to_writer(&mut self.events, &Value::Object(obj))?;
         self.events.write_all(b"\n")
     }

@@ -27,6 +27,8 @@ pub struct UtteranceResult {
     pub forced_cut: bool,
     /// Language the text is in (configured, or detected by a multilingual model).
     pub language: String,
+    /// When the VAD closed the utterance (s): the moment a call can act on it.
+    pub closed_at_s: f64,
 }
 
 fn is_cjk(c: char) -> bool {
@@ -60,6 +62,7 @@ pub fn result_for(u: &Utterance, text: String, language: String) -> UtteranceRes
         voiced_s: u.voiced.as_secs_f64(),
         forced_cut: u.forced_cut,
         language,
+        closed_at_s: u.closed_at.as_secs_f64(),
     }
 }
 

@@ -67,6 +67,9 @@ pub struct Utterance {
     pub samples: Vec<f32>,
     /// Stream time of `samples[0]`.
     pub samples_start: Duration,
+    /// Stream time at which the segmenter closed the utterance (its end plus
+    /// the hangover): when a live call can first act on it.
+    pub closed_at: Duration,
 }
 
 /// What a push produced.
@@ -308,6 +311,7 @@ impl Segmenter {
             samples_start: Duration::from_micros(
                 self.utterance_samples_start * 1_000_000 / u64::from(RATE),
             ),
+            closed_at: frame_time(self.frames),
         };
         self.state = State::Silence;
         self.history.clear();

@@ -50,12 +50,7 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let sip_port = free_port();
         let cfg = dir.path().join("config");
-        std::fs::create_dir_all(cfg.join("prompts")).expect("mkdir");
-        std::fs::copy(
-            root().join("sip-config/prompts/greeting.wav"),
-            cfg.join("prompts/greeting.wav"),
-        )
-        .expect("copy greeting");
+        copy_dir(&root().join("sip-config"), &cfg);
         let base = rtp_base(200);
         let mut gateway = std::fs::read_to_string(root().join("sip-config/gateway.toml"))
             .expect("gateway.toml")
@@ -428,4 +423,17 @@ pub fn rtp_pcap_from_wav(wav: &Path, out: &Path) {
         f.extend_from_slice(&pkt);
     }
     std::fs::write(out, f).expect("write pcap");
+}
+
+/// Copy a directory tree (the shipped configuration into a test's own).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
 }
