@@ -376,3 +376,244 @@ impl CallCore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::speech::pipeline::UtteranceResult;
+
+    fn policy() -> Arc<Policy> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");
+        Arc::new(Policy::load(&dir).expect("shipped policy"))
+    }
+
+    fn s(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    fn said(text: &str, wps: f64) -> CoreEvent {
+        CoreEvent::Utterance(UtteranceResult {
+            start_s: 0.0,
+            end_s: 0.0,
+            text: text.into(),
+            words_per_s: wps,
+            loudness_dbfs: -25.0,
+            voiced_s: 2.0,
+            forced_cut: false,
+            language: "en".into(),
+            closed_at_s: 0.0,
+        })
+    }
+
+    fn transfer_reason(actions: &[CoreAction]) -> Option<String> {
+        actions.iter().find_map(|a| match a {
+            CoreAction::Transfer { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    fn call(caller: Option<&str>) -> CallCore {
+        let mut c = CallCore::new(policy(), "en");
+        c.handle(
+            Duration::ZERO,
+            CoreEvent::Answered {
+                caller: caller.map(String::from),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn a_caller_who_only_says_hello_is_handed_over_at_15_s() {
+        let mut c = call(None);
+        assert!(c
+            .handle(s(2.0), said("Hello?", 2.0))
+            .iter()
+            .all(|a| matches!(a, CoreAction::Say(_))));
+        assert_eq!(transfer_reason(&c.handle(s(14.98), CoreEvent::Tick)), None);
+        assert_eq!(
+            transfer_reason(&c.handle(s(15.0), CoreEvent::Tick)).as_deref(),
+            Some("wait_timeout")
+        );
+        assert_eq!(c.handover().map(|h| h.0), Some(s(15.0)));
+        assert!(
+            c.handle(s(16.0), said("please help", 2.0)).is_empty(),
+            "nothing after hand-over"
+        );
+    }
+
+    #[test]
+    fn the_wait_clock_stops_while_served_and_restarts_with_the_next_request() {
+        let mut c = call(None);
+        c.handle(s(4.0), said("I would like to check my bill", 3.0));
+        assert_eq!(
+            transfer_reason(&c.handle(s(30.0), CoreEvent::Tick)),
+            None,
+            "served: no wait"
+        );
+        c.handle(s(31.0), said("blue elephants dance on tuesday", 3.0));
+        assert_eq!(transfer_reason(&c.handle(s(45.9), CoreEvent::Tick)), None);
+        assert_eq!(
+            transfer_reason(&c.handle(s(46.0), CoreEvent::Tick)).as_deref(),
+            Some("wait_timeout")
+        );
+    }
+
+    #[test]
+    fn vip_requested_urgent_and_asr_unavailable_go_straight_to_a_human() {
+        let mut c = CallCore::new(policy(), "en");
+        let a = c.handle(
+            Duration::ZERO,
+            CoreEvent::Answered {
+                caller: Some("+15550199".into()),
+            },
+        );
+        assert_eq!(transfer_reason(&a).as_deref(), Some("vip"));
+        let mut c = call(Some("+15550123"));
+        assert_eq!(
+            transfer_reason(&c.handle(s(1.0), CoreEvent::Dtmf('0'))).as_deref(),
+            Some("requested")
+        );
+        let mut c = call(None);
+        assert_eq!(
+            transfer_reason(&c.handle(s(3.0), said("can I talk to an agent", 3.0))).as_deref(),
+            Some("requested")
+        );
+        let mut c = call(None);
+        assert_eq!(
+            transfer_reason(&c.handle(s(3.0), said("my card was declined", 3.0))).as_deref(),
+            Some("urgent_intent")
+        );
+        let mut c = call(None);
+        assert_eq!(
+            transfer_reason(&c.handle(s(3.0), CoreEvent::AsrUnavailable)).as_deref(),
+            Some("asr_unavailable")
+        );
+    }
+
+    #[test]
+    fn two_negative_words_across_the_call_but_not_negated_ones() {
+        let mut c = call(None);
+        assert_eq!(
+            transfer_reason(
+                &c.handle(s(3.0), said("where is my package, this is ridiculous", 3.0))
+            ),
+            None
+        );
+        assert_eq!(
+            transfer_reason(&c.handle(s(6.0), said("it is not bad, thanks for that", 3.0))),
+            None,
+            "negated"
+        );
+        assert_eq!(
+            transfer_reason(&c.handle(s(9.0), said("I am so angry", 3.0))).as_deref(),
+            Some("negative_words")
+        );
+    }
+
+    #[test]
+    fn three_unrecognised_in_a_row_and_an_intent_resets_the_count() {
+        let mut c = call(None);
+        c.handle(s(2.0), said("blue elephants dance", 3.0));
+        c.handle(s(4.0), said("the weather is lovely", 3.0));
+        c.handle(s(6.0), said("check my bill please", 3.0));
+        c.handle(s(8.0), said("my cat likes the piano", 3.0));
+        assert_eq!(
+            transfer_reason(&c.handle(s(10.0), said("purple monkey", 3.0))),
+            None
+        );
+        assert_eq!(
+            transfer_reason(&c.handle(s(12.0), said("green ideas sleep", 3.0))).as_deref(),
+            Some("unrecognized")
+        );
+    }
+
+    #[test]
+    fn frustration_combines_signals_but_a_fast_talker_is_not_frustrated() {
+        let mut c = call(None);
+        c.handle(s(3.0), said("I need to change my address", 3.0));
+        let a = c.handle(
+            s(8.0),
+            said("change my address today, this is terrible", 4.1),
+        );
+        assert_eq!(transfer_reason(&a).as_deref(), Some("frustration"));
+        let mut fast = call(None);
+        fast.handle(s(3.0), said("I need to change my address", 5.0));
+        let a = fast.handle(s(8.0), said("the new address is twelve oak street", 5.2));
+        assert_eq!(transfer_reason(&a), None);
+    }
+
+    #[test]
+    fn the_summary_is_short_and_says_who_why_and_how_long() {
+        let mut c = call(Some("+15550123"));
+        c.handle(s(3.0), said("where is my parcel", 3.0));
+        let a = c.handle(s(9.0), said("this is ridiculous and I am angry", 3.0));
+        let summary = a.iter().find_map(|a| match a {
+            CoreAction::Transfer { summary, .. } => Some(summary.clone()),
+            _ => None,
+        });
+        let summary = summary.expect("transfer");
+        let text = summary["text"].as_str().unwrap_or("");
+        assert!(text.split_whitespace().count() <= 26, "{text}");
+        assert!(
+            text.contains("Sam Carter") && text.contains("negative words") && text.contains("9s"),
+            "{text}"
+        );
+        assert_eq!(summary["intents"][0], "tracking");
+        assert_eq!(summary["customer"]["tier"], "standard");
+    }
+
+    #[test]
+    fn random_event_sequences_respect_the_invariants() {
+        let texts = [
+            "hello",
+            "check my bill",
+            "this is terrible",
+            "where is my package",
+            "blue sky",
+            "I am angry",
+            "talk to a person",
+            "ok",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..300 {
+            let mut c = call(None);
+            let mut t = 0.0;
+            let mut transfers = 0;
+            for _ in 0..20 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t += (x % 4000) as f64 / 1000.0;
+                let ev = match x % 5 {
+                    0 => CoreEvent::Tick,
+                    1 => CoreEvent::Dtmf(char::from(b'0' + (x % 10) as u8)),
+                    _ => said(
+                        texts[(x as usize / 7) % texts.len()],
+                        2.0 + (x % 30) as f64 / 10.0,
+                    ),
+                };
+                let was_handed_over = c.handover().is_some();
+                let actions = c.handle(s(t), ev);
+                if was_handed_over {
+                    assert!(actions.is_empty(), "nothing happens after a hand-over");
+                }
+                transfers += actions
+                    .iter()
+                    .filter(|a| matches!(a, CoreAction::Transfer { .. }))
+                    .count();
+            }
+            assert!(transfers <= 1, "at most one hand-over per call");
+            assert!(
+                c.decisions.windows(2).all(|w| w[0].t_s <= w[1].t_s),
+                "decisions in time order"
+            );
+            let score_ok = c
+                .decisions
+                .iter()
+                .filter_map(|d| d.score)
+                .all(|s| (0.0..=1.0).contains(&s));
+            assert!(score_ok, "scores in [0, 1]");
+        }
+    }
+}
