@@ -161,7 +161,36 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
         "{summary}"
     );
 
-    let (left, _) = stereo(&dirs[0]);
+    // The bot answered the first request out loud (espeak-ng) on the right
+    // channel, and stopped when the caller talked over it.
+    let (left, right) = stereo(&dirs[0]);
+    let said_at = all
+        .iter()
+        .find(|e| e["kind"] == "bot.say" && e["text"].as_str().unwrap_or("").contains("order"))
+        .and_then(|e| e["t_s"].as_f64())
+        .expect("bot reply logged");
+    let from = (said_at * 8000.0) as usize;
+    let bot: Vec<f32> = right[from..(from + 8000 * 3).min(right.len())]
+        .iter()
+        .map(|s| f32::from(*s) / 32768.0)
+        .collect();
+    let bot16 = voicegate::media::resample::resample(&bot, 8000, 16000).expect("resample");
+    let model = voicegate::speech::asr::WhisperModel::load(&root().join("models/ggml-tiny.en.bin"))
+        .expect("model");
+    let mut rec = voicegate::speech::asr::Recognizer::new(&model, 2, None).expect("state");
+    let heard = rec.recognize(&bot16).expect("asr").text.to_lowercase();
+    assert!(
+        ["order", "shipped", "yesterday", "arrive"]
+            .iter()
+            .filter(|w| heard.contains(*w))
+            .count()
+            >= 2,
+        "bot said: {heard:?}"
+    );
+    assert!(
+        all.iter().any(|e| e["kind"] == "bot.interrupted"),
+        "barge-in"
+    );
     let spoken = wav_mono(&wav);
     // The caller's first sentence (1.0 s – 3.6 s in the file).
     let probe = &spoken[8000..8000 * 3];

@@ -213,7 +213,24 @@ pub(super) async fn run(
                 .unwrap_or("en"),
         ),
         logged: 0,
+        greeting: shared.config.policy.flow.greeting.clone(),
+        to_say: Vec::new(),
     };
+    let voice = match trunk
+        .language_for(&who.to_user)
+        .or(gw.speech.language.as_deref())
+        .unwrap_or("en")
+    {
+        "zh" => "cmn",
+        "en" | "auto" => "en-us",
+        other => other,
+    }
+    .to_string();
+    let (tts_tx, mut tts_rx) =
+        tokio::sync::mpsc::unbounded_channel::<crate::media::prompt::Prompt>();
+    let mut bot_queue: std::collections::VecDeque<crate::media::prompt::Prompt> =
+        std::collections::VecDeque::new();
+    let mut bot_player: Option<PromptPlayer> = None;
     decider.feed(
         Duration::ZERO,
         CoreEvent::Answered { caller: caller_id },
@@ -251,6 +268,17 @@ pub(super) async fn run(
                 CallAction::Log { kind, fields } => log.event(kind, fields),
             }
         }
+        for text in decider.to_say.drain(..) {
+            let tts = shared.tts.clone();
+            let tx = tts_tx.clone();
+            let voice = voice.clone();
+            tokio::task::spawn_blocking(move || match tts.synthesize(&text, &voice) {
+                Ok(p) => {
+                    let _ = tx.send(p);
+                }
+                Err(e) => warn!(error = %e, "text-to-speech failed"),
+            });
+        }
         if let Some(reason) = hangup {
             log.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
             if let Err(e) = dialog.bye().await {
@@ -276,7 +304,16 @@ pub(super) async fn run(
                     decider.feed(now, CoreEvent::Dtmf(d), &mut log);
                 }
                 if let Some(l) = listener.as_mut() {
-                    l.hear(&caller, &asr_tx, &mut log);
+                    if l.hear(&caller, &asr_tx, &mut log) {
+                        // Barge-in: the caller talks, the bot stops.
+                        if bot_player.as_ref().is_some_and(|p| !p.finished()) || !bot_queue.is_empty() {
+                            log.event("bot.interrupted", json!({}));
+                        }
+                        if let Some(p) = bot_player.as_mut() {
+                            p.stop();
+                        }
+                        bot_queue.clear();
+                    }
                     if std::mem::take(&mut l.overloaded) {
                         decider.feed(now, CoreEvent::AsrUnavailable, &mut log);
                     }
@@ -290,6 +327,13 @@ pub(super) async fn run(
                             player = None;
                             actions.extend(flow.handle(now, CallEvent::PromptFinished));
                         }
+                    }
+                } else {
+                    if bot_player.as_ref().is_none_or(|p| p.finished()) {
+                        bot_player = bot_queue.pop_front().map(PromptPlayer::new);
+                    }
+                    if let Some(f) = bot_player.as_mut().and_then(|p| p.next_frame()) {
+                        out = f;
                     }
                 }
                 if !held {
@@ -319,6 +363,11 @@ pub(super) async fn run(
                         ended_by = reason;
                         break;
                     }
+                }
+            }
+            prompt = tts_rx.recv() => {
+                if let Some(p) = prompt {
+                    bot_queue.push_back(p);
                 }
             }
             reply = asr_rx.recv() => {
@@ -550,20 +599,23 @@ impl Listener {
         }
     }
 
+    /// Hear one caller frame; true when the caller starts talking.
     fn hear(
         &mut self,
         frame: &[i16],
         asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
         log: &mut EventLog<'_>,
-    ) {
+    ) -> bool {
+        let mut started = false;
         let Some(up) = self.upsampler.as_mut() else {
-            return;
+            return false;
         };
         self.wideband.clear();
         up.process(frame, &mut self.wideband);
         for ev in self.segmenter.push(&self.wideband) {
             match ev {
                 VadEvent::SpeechStarted { at } => {
+                    started = true;
                     self.last_partial = at;
                     log.event("speech.started", json!({"at_s": at.as_secs_f64()}));
                 }
@@ -595,6 +647,7 @@ impl Listener {
                 );
             }
         }
+        started
     }
 
     fn submit_final(
@@ -711,6 +764,10 @@ impl Listener {
 struct Decider {
     core: CallCore,
     logged: usize,
+    /// The greeting is the prompt file; the core's greeting text is not spoken twice.
+    greeting: String,
+    /// Texts waiting to be synthesised and played.
+    to_say: Vec<String>,
 }
 
 impl Decider {
@@ -725,7 +782,12 @@ impl Decider {
         self.logged = self.core.decisions.len();
         for a in actions {
             match a {
-                CoreAction::Say(text) => log.event("bot.say", json!({"text": text})),
+                CoreAction::Say(text) => {
+                    log.event("bot.say", json!({"text": text}));
+                    if text != self.greeting {
+                        self.to_say.push(text);
+                    }
+                }
                 CoreAction::Transfer { reason, summary } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");
                     log.event("handover", json!({"reason": reason, "summary": summary}));

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub nonces: NonceIssuer,
     pub shutdown: CancellationToken,
     pub calls: tokio_util::task::TaskTracker,
+    /// The bot's voice.
+    pub tts: Arc<dyn crate::speech::tts::Synthesizer>,
     /// The ASR pool; `None` when `[speech] enabled = false`.
     pub asr: Option<crate::speech::pool::AsrPool>,
 }
@@ -114,6 +116,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         nonces: NonceIssuer::new(),
         shutdown: shutdown.clone(),
         calls: tokio_util::task::TaskTracker::new(),
+        tts: Arc::new(crate::speech::tts::CachedSynthesizer::new(
+            crate::speech::tts::Espeak,
+            256,
+        )),
         asr,
         config,
     });

@@ -6,4 +6,5 @@ pub mod convert;
 pub mod models;
 pub mod pipeline;
 pub mod pool;
+pub mod tts;
 pub mod vad;
