@@ -231,6 +231,27 @@ pub(super) async fn run(
     let mut bot_queue: std::collections::VecDeque<crate::media::prompt::Prompt> =
         std::collections::VecDeque::new();
     let mut bot_player: Option<PromptPlayer> = None;
+    // One synthesiser task per call: replies are rendered off the media path,
+    // strictly in the order the bot says them.
+    let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    {
+        let tts = shared.tts.clone();
+        let voice = voice.clone();
+        tokio::spawn(async move {
+            while let Some(text) = say_rx.recv().await {
+                let (tts, voice) = (tts.clone(), voice.clone());
+                match tokio::task::spawn_blocking(move || tts.synthesize(&text, &voice)).await {
+                    Ok(Ok(p)) => {
+                        if tts_tx.send(p).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "text-to-speech failed"),
+                    Err(e) => warn!(error = %e, "text-to-speech task failed"),
+                }
+            }
+        });
+    }
     decider.feed(
         Duration::ZERO,
         CoreEvent::Answered { caller: caller_id },
@@ -269,15 +290,7 @@ pub(super) async fn run(
             }
         }
         for text in decider.to_say.drain(..) {
-            let tts = shared.tts.clone();
-            let tx = tts_tx.clone();
-            let voice = voice.clone();
-            tokio::task::spawn_blocking(move || match tts.synthesize(&text, &voice) {
-                Ok(p) => {
-                    let _ = tx.send(p);
-                }
-                Err(e) => warn!(error = %e, "text-to-speech failed"),
-            });
+            let _ = say_tx.send(text);
         }
         if let Some(reason) = hangup {
             log.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
