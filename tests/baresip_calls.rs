@@ -236,3 +236,53 @@ fn inband_dtmf_is_detected_when_no_rfc4733_is_sent() {
         .expect("hangup");
     assert_eq!(hangup["reason"], "caller_pressed_hash");
 }
+
+#[test]
+fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
+    let gw = Gateway::start(|_, _| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wav = dir.path().join("billing_then_silence.wav");
+    let mut samples = wav_mono(&root().join("tests/calls/calm_billing.wav"));
+    samples.extend(vec![0i16; 8000 * 12]);
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
+    for s in &samples {
+        w.write_sample(*s).expect("sample");
+    }
+    w.finalize().expect("finalize");
+    let caller = Caller::dial(&gw, &wav, 40);
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(35));
+    drop(caller);
+    let all = events(&dirs[0]);
+    let intent = all
+        .iter()
+        .find(|e| e["kind"] == "decision" && e["decision"] == "intent")
+        .expect("intent");
+    assert_eq!(intent["reason"], "billing");
+    let bye = all
+        .iter()
+        .find(|e| e["kind"] == "bot.goodbye")
+        .expect("goodbye");
+    assert_eq!(bye["reason"], "caller_silent");
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["by"], "gateway");
+    assert_eq!(hangup["reason"], "caller_silent");
+    let t = hangup["t_s"].as_f64().unwrap_or(0.0);
+    let served = intent["at_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        t >= served + 8.0 && t < served + 14.0,
+        "hung up at {t} s, served at {served} s"
+    );
+    assert!(
+        !all.iter().any(|e| e["kind"] == "handover"),
+        "a served caller is not handed over"
+    );
+}

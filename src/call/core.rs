@@ -33,6 +33,11 @@ pub enum CoreEvent {
 pub enum CoreAction {
     /// Speak (TTS) to the caller.
     Say(String),
+    /// Say goodbye (already queued as `Say`) and end the call once it is heard.
+    HangUp {
+        /// Why: `caller_done` (said goodbye) or `caller_silent`.
+        reason: String,
+    },
     /// Hand the caller to a human.
     Transfer {
         /// Reason code.
@@ -70,6 +75,9 @@ pub struct CallCore {
     intents: Vec<String>,
     last_words: String,
     handed_over: Option<(Duration, String)>,
+    /// Since when the bot has been waiting for "anything else?".
+    served_at: Option<Duration>,
+    ended: bool,
     /// Every decision so far.
     pub decisions: Vec<Decision>,
 }
@@ -89,6 +97,8 @@ impl CallCore {
             intents: Vec::new(),
             last_words: String::new(),
             handed_over: None,
+            served_at: None,
+            ended: false,
             decisions: Vec::new(),
         }
     }
@@ -105,7 +115,7 @@ impl CallCore {
 
     /// Feed one event at `now` (since answer).
     pub fn handle(&mut self, now: Duration, event: CoreEvent) -> Vec<CoreAction> {
-        if self.handed_over.is_some() {
+        if self.handed_over.is_some() || self.ended {
             return Vec::new();
         }
         match event {
@@ -132,6 +142,12 @@ impl CallCore {
                 vec![CoreAction::Say(self.policy.flow.greeting.clone())]
             }
             CoreEvent::Tick => {
+                if let Some(since) = self.served_at {
+                    if now.saturating_sub(since).as_secs_f64() >= self.policy.flow.silence_goodbye_s
+                    {
+                        return self.end(now, "caller_silent");
+                    }
+                }
                 let rule = &self.policy.rules.wait_timeout;
                 match self.wait_since {
                     Some(since)
@@ -177,6 +193,7 @@ impl CallCore {
             return Vec::new();
         }
         self.last_words = u.text.clone();
+        self.served_at = None;
         if self.wait_since.is_none() {
             self.wait_since = Some(now);
         }
@@ -296,12 +313,39 @@ impl CallCore {
         if intent.urgent && self.policy.rules.urgent_intent.enabled {
             return self.hand_over(now, "urgent_intent", Some(m.score), m.evidence);
         }
+        if intent.name == "goodbye" {
+            return self.end(now, "caller_done");
+        }
         // Served: the wait clock stops until the caller's next request.
         self.wait_since = None;
+        self.served_at = Some(now);
         vec![
             CoreAction::Say(intent.reply.clone()),
             CoreAction::Say(self.policy.flow.anything_else.clone()),
         ]
+    }
+
+    /// The caller is done: goodbye, then hang up.
+    fn end(&mut self, now: Duration, reason: &str) -> Vec<CoreAction> {
+        self.ended = true;
+        self.decisions.push(Decision {
+            t_s: now.as_secs_f64(),
+            kind: "goodbye".into(),
+            reason: Some(reason.into()),
+            score: None,
+            evidence: vec![],
+        });
+        vec![
+            CoreAction::Say(self.policy.flow.goodbye.clone()),
+            CoreAction::HangUp {
+                reason: reason.into(),
+            },
+        ]
+    }
+
+    /// Whether the bot ended the call (goodbye).
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     fn hand_over(
@@ -447,14 +491,14 @@ mod tests {
         let mut c = call(None);
         c.handle(s(4.0), said("I would like to check my bill", 3.0));
         assert_eq!(
-            transfer_reason(&c.handle(s(30.0), CoreEvent::Tick)),
+            transfer_reason(&c.handle(s(11.9), CoreEvent::Tick)),
             None,
             "served: no wait"
         );
-        c.handle(s(31.0), said("blue elephants dance on tuesday", 3.0));
-        assert_eq!(transfer_reason(&c.handle(s(45.9), CoreEvent::Tick)), None);
+        c.handle(s(11.95), said("blue elephants dance on tuesday", 3.0));
+        assert_eq!(transfer_reason(&c.handle(s(26.9), CoreEvent::Tick)), None);
         assert_eq!(
-            transfer_reason(&c.handle(s(46.0), CoreEvent::Tick)).as_deref(),
+            transfer_reason(&c.handle(s(26.95), CoreEvent::Tick)).as_deref(),
             Some("wait_timeout")
         );
     }
@@ -561,6 +605,35 @@ mod tests {
         );
         assert_eq!(summary["intents"][0], "tracking");
         assert_eq!(summary["customer"]["tier"], "standard");
+    }
+
+    #[test]
+    fn goodbye_after_an_answer_when_the_caller_is_silent_or_done() {
+        let mut c = call(None);
+        c.handle(s(3.0), said("check my bill please", 3.0));
+        assert!(c.handle(s(10.9), CoreEvent::Tick).is_empty());
+        let a = c.handle(s(11.0), CoreEvent::Tick);
+        assert!(
+            a.contains(&CoreAction::HangUp {
+                reason: "caller_silent".into()
+            }),
+            "{a:?}"
+        );
+        assert!(c.handle(s(12.0), said("wait", 3.0)).is_empty(), "ended");
+        let mut c = call(None);
+        c.handle(s(3.0), said("where is my parcel", 3.0));
+        c.handle(s(6.0), said("ok", 3.0));
+        assert!(
+            c.handle(s(13.5), CoreEvent::Tick).is_empty(),
+            "the caller spoke: no silent goodbye yet"
+        );
+        let a = c.handle(s(14.0), said("no thanks, goodbye", 3.0));
+        assert!(
+            a.contains(&CoreAction::HangUp {
+                reason: "caller_done".into()
+            }),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -22,12 +22,20 @@ pub struct Flow {
     pub not_understood: String,
     /// Minimum intent score.
     pub match_threshold: f64,
+    /// After a served answer, this much silence means the caller is done:
+    /// goodbye and hang up.
+    #[serde(default = "default_silence_goodbye")]
+    pub silence_goodbye_s: f64,
     /// Key → intent name.
     #[serde(default)]
     pub dtmf: BTreeMap<String, String>,
     /// The intents.
     #[serde(default)]
     pub intent: Vec<Intent>,
+}
+
+fn default_silence_goodbye() -> f64 {
+    8.0
 }
 
 fn on() -> bool {

@@ -215,6 +215,7 @@ pub(super) async fn run(
         logged: 0,
         greeting: shared.config.policy.flow.greeting.clone(),
         to_say: Vec::new(),
+        hang_up: None,
     };
     let voice = match trunk
         .language_for(&who.to_user)
@@ -231,6 +232,7 @@ pub(super) async fn run(
     let mut bot_queue: std::collections::VecDeque<crate::media::prompt::Prompt> =
         std::collections::VecDeque::new();
     let mut bot_player: Option<PromptPlayer> = None;
+    let mut goodbye_heard_after: Option<Duration> = None;
     // One synthesiser task per call: replies are rendered off the media path,
     // strictly in the order the bot says them.
     let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -332,6 +334,18 @@ pub(super) async fn run(
                     }
                 }
                 decider.feed(now, CoreEvent::Tick, &mut log);
+                if let Some(reason) = decider.hang_up {
+                    let speaking = bot_player.as_ref().is_some_and(|p| !p.finished())
+                        || !bot_queue.is_empty()
+                        || !decider.to_say.is_empty();
+                    if !speaking && goodbye_heard_after.is_some_and(|t| now >= t) && hangup.is_none() {
+                        hangup = Some(reason);
+                    }
+                    if goodbye_heard_after.is_none() {
+                        // Give the synthesiser a moment to deliver the goodbye.
+                        goodbye_heard_after = Some(now + Duration::from_millis(600));
+                    }
+                }
                 let mut out = silence;
                 if let Some(p) = player.as_mut() {
                     match p.next_frame() {
@@ -781,6 +795,8 @@ struct Decider {
     greeting: String,
     /// Texts waiting to be synthesised and played.
     to_say: Vec<String>,
+    /// The bot ended the call: hang up once its goodbye has been heard.
+    hang_up: Option<&'static str>,
 }
 
 impl Decider {
@@ -800,6 +816,14 @@ impl Decider {
                     if text != self.greeting {
                         self.to_say.push(text);
                     }
+                }
+                CoreAction::HangUp { reason } => {
+                    log.event("bot.goodbye", json!({"reason": reason}));
+                    self.hang_up = Some(if reason == "caller_done" {
+                        "caller_done"
+                    } else {
+                        "caller_silent"
+                    });
                 }
                 CoreAction::Transfer { reason, summary } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");

@@ -88,7 +88,7 @@ pub fn replay(
         &mut summary,
     );
     let mut chunks = track.samples.chunks(320).peekable();
-    while core.handover().is_none() {
+    while core.handover().is_none() && !core.ended() {
         let events = match chunks.next() {
             Some(c) => seg.push(c),
             None => {
