@@ -7,6 +7,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// One call at a time: each test runs a gateway with Whisper, and on a 2-core
+/// machine parallel calls starve each other's recognition.
+static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CALL_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A baresip caller playing `wav`, with a UDP console for sending DTMF.
 struct Caller {
     child: Child,
@@ -86,6 +94,7 @@ impl Drop for Caller {
 
 #[test]
 fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
+    let _serial = serial();
     let gw = Gateway::start(|_, _| {});
     let wav = root().join("tests/calls/angry_words.wav");
     let caller = Caller::dial(&gw, &wav, 30);
@@ -169,7 +178,16 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
         .find(|e| e["kind"] == "bot.say" && e["text"].as_str().unwrap_or("").contains("order"))
         .and_then(|e| e["t_s"].as_f64())
         .expect("bot reply logged");
-    let from = (said_at * 8000.0) as usize;
+    // Synthesis takes a moment (longer on a busy machine): start where the
+    // bot's audio does.
+    let mut from = (said_at * 8000.0) as usize;
+    while from + 160 < right.len()
+        && right[from..from + 160]
+            .iter()
+            .all(|s| s.unsigned_abs() < 300)
+    {
+        from += 160;
+    }
     let bot: Vec<f32> = right[from..(from + 8000 * 3).min(right.len())]
         .iter()
         .map(|s| f32::from(*s) / 32768.0)
@@ -203,6 +221,7 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
 
 #[test]
 fn inband_dtmf_is_detected_when_no_rfc4733_is_sent() {
+    let _serial = serial();
     let gw = Gateway::start(|_, _| {});
     // Two seconds of speech, then a '#' tone in the audio itself.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -239,6 +258,7 @@ fn inband_dtmf_is_detected_when_no_rfc4733_is_sent() {
 
 #[test]
 fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
+    let _serial = serial();
     let gw = Gateway::start(|_, _| {});
     let dir = tempfile::tempdir().expect("tempdir");
     let wav = dir.path().join("billing_then_silence.wav");
@@ -277,8 +297,10 @@ fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
     assert_eq!(hangup["reason"], "caller_silent");
     let t = hangup["t_s"].as_f64().unwrap_or(0.0);
     let served = intent["at_s"].as_f64().unwrap_or(0.0);
+    // Goodbye comes after 8 s of silence and after the bot has finished
+    // speaking (reply, "anything else?", goodbye): allow for a busy machine.
     assert!(
-        t >= served + 8.0 && t < served + 14.0,
+        t >= served + 8.0 && t < served + 25.0,
         "hung up at {t} s, served at {served} s"
     );
     assert!(

@@ -7,6 +7,12 @@ use std::time::Duration;
 
 const PCMU_SDP: &str = "v=0\r\no=u 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio [auto_media_port] RTP/AVP 0\r\na=rtpmap:0 PCMU/8000";
 
+/// Telephony-only gateway: these tests do not need Whisper, and on a 2-core
+/// machine parallel recognisers would only slow everything down.
+fn no_speech(gateway_toml: &mut String) {
+    *gateway_toml = gateway_toml.replace("enabled = true", "enabled = false");
+}
+
 fn kinds(dir: &std::path::Path) -> Vec<String> {
     events(dir)
         .iter()
@@ -16,7 +22,7 @@ fn kinds(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn sipp_trunk_call_is_answered_greeted_recorded_and_hash_ends_it_with_bye() {
-    let gw = Gateway::start(|_, _| {});
+    let gw = Gateway::start(|g, _| no_speech(g));
     let out = sipp(
         &gw,
         "call_hash.xml",
@@ -81,7 +87,7 @@ fn sipp_trunk_call_is_answered_greeted_recorded_and_hash_ends_it_with_bye() {
 
 #[test]
 fn builtin_uac_pcap_over_tcp_and_udp_caller_bye() {
-    let gw = Gateway::start(|_, _| {});
+    let gw = Gateway::start(|g, _| no_speech(g));
     for transport in ["u1", "t1"] {
         let out = sipp(&gw, "options.xml", &[], &["-t", transport]);
         assert!(out.status.success(), "OPTIONS over {transport}");
@@ -138,6 +144,7 @@ fn builtin_uac_pcap_over_tcp_and_udp_caller_bye() {
 #[test]
 fn cancel_before_answer_gets_487() {
     let gw = Gateway::start(|g, _| {
+        no_speech(g);
         *g = g.replace("answer_delay_ms = 0", "answer_delay_ms = 3000");
     });
     let out = sipp(&gw, "cancel.xml", &[], &[]);
@@ -154,7 +161,7 @@ fn cancel_before_answer_gets_487() {
 
 #[test]
 fn hold_and_unhold_by_reinvite() {
-    let gw = Gateway::start(|_, _| {});
+    let gw = Gateway::start(|g, _| no_speech(g));
     let out = sipp(&gw, "hold.xml", &[], &[]);
     assert!(
         out.status.success(),
@@ -171,7 +178,8 @@ fn hold_and_unhold_by_reinvite() {
 
 #[test]
 fn source_outside_every_acl_gets_403() {
-    let gw = Gateway::start(|_, t| {
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
         *t = t.replace(
             "allow = [\"127.0.0.0/8\", \"::1/128\"]",
             "allow = [\"192.0.2.10\"]",
@@ -191,7 +199,8 @@ fn source_outside_every_acl_gets_403() {
 
 #[test]
 fn digest_wrong_password_is_401_then_403_and_right_one_is_answered() {
-    let gw = Gateway::start(|_, t| {
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
         *t = t.replace(
             "# [trunk.auth]\n# username = \"carrier\"\n# password = \"secret\"\n# realm = \"voicegate\"",
             "[trunk.auth]\nusername = \"carrier\"\npassword = \"secret\"\nrealm = \"voicegate\"",
@@ -218,7 +227,7 @@ fn digest_wrong_password_is_401_then_403_and_right_one_is_answered() {
 
 #[test]
 fn bad_sdp_is_400_no_common_codec_is_488_and_garbage_does_not_hurt() {
-    let gw = Gateway::start(|_, _| {});
+    let gw = Gateway::start(|g, _| no_speech(g));
     let out = sipp(
         &gw,
         "invite_expect.xml",
@@ -265,6 +274,7 @@ fn bad_sdp_is_400_no_common_codec_is_488_and_garbage_does_not_hurt() {
 #[test]
 fn a_call_without_rtp_is_ended_with_bye() {
     let gw = Gateway::start(|g, _| {
+        no_speech(g);
         *g = g.replace("rtp_timeout_s = 30", "rtp_timeout_s = 2");
     });
     let out = sipp(&gw, "silent.xml", &[], &[]);
@@ -286,6 +296,7 @@ fn a_call_without_rtp_is_ended_with_bye() {
 #[test]
 fn crash_mid_call_leaves_a_recording_that_is_repaired_on_restart() {
     let mut gw = Gateway::start(|g, _| {
+        no_speech(g);
         *g = g.replace("flush_interval_ms = 1000", "flush_interval_ms = 200");
     });
     let dir = sipp_dir();
@@ -397,7 +408,8 @@ fn outbound_register_answers_the_challenge_and_refreshes_before_expiry() {
         .spawn()
         .expect("sipp registrar");
     std::thread::sleep(Duration::from_millis(500));
-    let gw = Gateway::start(|_, t| {
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
         *t = t.replace(
             "# [trunk.register]\n# registrar = \"sip:203.0.113.10:5060\"\n# user = \"15550100\"\n# password = \"secret\"\n# expiry_s = 3600\n# refresh_before_s = 60",
             &format!("[trunk.register]\nregistrar = \"sip:127.0.0.1:{registrar_port}\"\nuser = \"voicegate\"\npassword = \"secret\"\nexpiry_s = 40\nrefresh_before_s = 30"),

@@ -342,8 +342,9 @@ pub(super) async fn run(
                         hangup = Some(reason);
                     }
                     if goodbye_heard_after.is_none() {
-                        // Give the synthesiser a moment to deliver the goodbye.
-                        goodbye_heard_after = Some(now + Duration::from_millis(600));
+                        // Give the synthesiser a moment to deliver the goodbye;
+                        // once it plays, `speaking` holds the hang-up back.
+                        goodbye_heard_after = Some(now + Duration::from_millis(1500));
                     }
                 }
                 let mut out = silence;
