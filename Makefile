@@ -3,6 +3,7 @@
 #   make test  — install what is missing, run every test against real peers
 CARGO ?= cargo
 CONFIG ?= sip-config
+SHELL := /bin/bash
 
 .PHONY: run test bootstrap build models lint bench load clean
 
@@ -21,7 +22,8 @@ run: models
 
 test: models
 	./target/release/voicegate models install --model base
-	$(CARGO) test --release --locked -- --test-threads=4
+	set -o pipefail; $(CARGO) test --release --locked -- --test-threads=4 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check
