@@ -26,17 +26,7 @@ impl Caller {
     fn dial(gw: &Gateway, wav: &Path, seconds: u32) -> Caller {
         let dir = tempfile::tempdir().expect("tempdir");
         let silence = dir.path().join("silence.wav");
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 8000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&silence, spec).expect("wav");
-        for _ in 0..8000 {
-            w.write_sample(0i16).expect("sample");
-        }
-        w.finalize().expect("finalize");
+        write_wav_8k(&silence, &[0i16; 8000]);
         let console = free_port();
         let rtp = rtp_base(100);
         let config = format!(
@@ -230,17 +220,7 @@ fn inband_dtmf_is_detected_when_no_rfc4733_is_sent() {
     let mut samples: Vec<i16> = spoken[..8000 * 3].to_vec();
     samples.extend(voicegate::media::dtmf::tone('#', 200));
     samples.extend(vec![0i16; 8000 * 3]);
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
-    for s in &samples {
-        w.write_sample(*s).expect("sample");
-    }
-    w.finalize().expect("finalize");
+    write_wav_8k(&wav, &samples);
     let caller = Caller::dial(&gw, &wav, 20);
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(20));
     drop(caller);
@@ -264,17 +244,7 @@ fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
     let wav = dir.path().join("billing_then_silence.wav");
     let mut samples = wav_mono(&root().join("tests/calls/calm_billing.wav"));
     samples.extend(vec![0i16; 8000 * 12]);
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
-    for s in &samples {
-        w.write_sample(*s).expect("sample");
-    }
-    w.finalize().expect("finalize");
+    write_wav_8k(&wav, &samples);
     let caller = Caller::dial(&gw, &wav, 40);
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(35));
     drop(caller);

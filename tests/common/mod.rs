@@ -440,3 +440,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Write 8 kHz mono 16-bit samples as a WAV file.
+pub fn write_wav_8k(path: &Path, samples: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("create wav");
+    for s in samples {
+        w.write_sample(*s).expect("sample");
+    }
+    w.finalize().expect("finalize wav");
+}
