@@ -4,7 +4,6 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Lowercase words of `text` (letters, digits, apostrophes); CJK characters
 /// stay together as one run so phrases can be found inside.
@@ -44,16 +43,6 @@ impl Lexicon {
                 .into_iter()
                 .map(|(phrase, w)| (tokens(&phrase), phrase, w))
                 .collect(),
-        })
-    }
-
-    /// Load `lexicons/<lang>.toml` files from a directory.
-    pub fn load(path: &Path) -> Result<Lexicon, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Lexicon::parse(&text).map_err(|e| {
-            crate::config::SourceFile::new(path, &text)
-                .from_toml_error(&e)
-                .to_string()
         })
     }
 
