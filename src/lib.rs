@@ -4,6 +4,7 @@
 //! [`media`] carries audio, [`call`] decides what happens, [`record`] keeps
 //! everything; [`config`] is what the administrator edits.
 
+pub mod api;
 pub mod call;
 pub mod config;
 pub mod emotion;

@@ -47,6 +47,11 @@ fn broken_files_get_file_line_messages_and_serve_refuses() {
     edit("trunks.toml", "\"127.0.0.0/8\"", "\"127.0.0.0/33\"");
     edit("rules.toml", "seconds = 15.0", "seconds = \"fifteen\"");
     edit("lexicons/en.toml", "angry = 1.0", "angry = = 1.0");
+    edit(
+        "flow.toml",
+        "name = \"tracking\"\n",
+        "name = \"tracking\"\nwebhook = { url = \"https://crm.example/track\" }\n",
+    );
     std::fs::remove_file(dir.join("prompts/greeting.wav")).expect("rm");
     let (code, _, err) = check(&dir);
     assert_eq!(code, 2, "{err}");
@@ -69,6 +74,13 @@ fn broken_files_get_file_line_messages_and_serve_refuses() {
     assert!(has("trunks.toml", "bad address or CIDR"), "{err}");
     assert!(has("rules.toml", "invalid type"), "{err}");
     assert!(has("en.toml", ""), "{err}");
+    assert!(
+        has(
+            "flow.toml",
+            "webhook url \"https://crm.example/track\" is not http://"
+        ),
+        "{err}"
+    );
     // The greeting check needs the rest of gateway.toml to parse: fix the key and look again.
     edit("gateway.toml", "\nrtp_prot_min = 3", "");
     let (_, _, err) = check(&dir);

@@ -113,3 +113,108 @@ fn every_public_call_is_decided_as_expected() {
     assert_eq!(checked, 10);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A real HTTP service on loopback answering every POST with `answer`;
+/// returns its address and the bodies it received.
+fn webhook_service(
+    answer: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/balance", l.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .ok();
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if req.len() >= h + 4 + len {
+                        log.lock().expect("log").push(text[h + 4..].to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn replay_with_billing_webhook(url: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("tmp");
+    common::copy_dir(&root().join("sip-config"), dir.path());
+    let flow = dir.path().join("flow.toml");
+    let text = std::fs::read_to_string(&flow).expect("flow");
+    let text = text.replacen(
+        "name = \"billing\"\n",
+        &format!("name = \"billing\"\nwebhook = {{ url = \"{url}\", timeout_ms = 1500 }}\n"),
+        1,
+    );
+    std::fs::write(&flow, text).expect("write flow");
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["replay", "--json", "--caller", "+15550100", "--config"])
+        .arg(dir.path())
+        .arg(root().join("tests/calls/calm_billing.wav"))
+        .output()
+        .expect("run replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn an_intent_webhook_answers_the_caller_and_its_failure_reaches_a_human() {
+    let (url, seen) = webhook_service(r#"{"say": "Your balance is seventeen dollars."}"#);
+    let got = replay_with_billing_webhook(&url);
+    assert_eq!(got["outcome"], "bot_resolved", "{got:#}");
+    assert!(
+        got["bot_said"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|s| s["text"] == "Your balance is seventeen dollars.")),
+        "{got:#}"
+    );
+    let bodies = seen.lock().expect("seen").clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let body: serde_json::Value = serde_json::from_str(&bodies[0]).expect("body json");
+    assert_eq!(body["intent"], "billing");
+    assert_eq!(body["caller"], "+15550100");
+    assert!(body["transcript"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase()
+        .contains("bill"));
+
+    // Nobody listens on the webhook's port: the caller goes to a human.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let got = replay_with_billing_webhook(&format!("http://127.0.0.1:{port}/balance"));
+    assert_eq!(got["outcome"], "transferred", "{got:#}");
+    assert_eq!(got["reason"], "webhook_failed", "{got:#}");
+}

@@ -3,7 +3,7 @@
 //! and why — the caller goes to a human. No I/O and no clock inside.
 
 use super::intents::{best_intent, IntentMatch};
-use super::policy::{Customer, Policy};
+use super::policy::{Customer, Phrases, Policy};
 use crate::emotion::{EmotionConfig, EmotionTracker, Lexicon};
 use crate::speech::pipeline::UtteranceResult;
 use serde_json::{json, Value};
@@ -24,6 +24,13 @@ pub enum CoreEvent {
     Dtmf(char),
     /// Speech recognition overloaded or failing.
     AsrUnavailable,
+    /// The answer of an intent's webhook: the text to say, or why there is none.
+    WebhookReply {
+        /// The intent it was asked for.
+        intent: String,
+        /// Text to say, or the failure.
+        reply: Result<String, String>,
+    },
     /// Time passes.
     Tick,
 }
@@ -37,6 +44,18 @@ pub enum CoreAction {
     HangUp {
         /// Why: `caller_done` (said goodbye) or `caller_silent`.
         reason: String,
+    },
+    /// Ask the intent's webhook what to say (`POST url` with `body`); answer
+    /// with [`CoreEvent::WebhookReply`]. The core enforces `timeout` itself.
+    CallWebhook {
+        /// The intent.
+        intent: String,
+        /// Where to POST.
+        url: String,
+        /// How long the caller may wait.
+        timeout: Duration,
+        /// `caller`, `intent`, `transcript`, `language`.
+        body: Value,
     },
     /// Hand the caller to a human.
     Transfer {
@@ -67,6 +86,10 @@ pub struct Decision {
 pub struct CallCore {
     policy: Arc<Policy>,
     lexicon: Lexicon,
+    language: String,
+    phrases: Phrases,
+    /// A webhook asked and not answered: intent and deadline.
+    webhook_pending: Option<(String, Duration)>,
     caller: Option<String>,
     customer: Option<Customer>,
     emotion: EmotionTracker,
@@ -86,9 +109,13 @@ impl CallCore {
     /// A core for one call under `policy`, for callers speaking `language`.
     pub fn new(policy: Arc<Policy>, language: &str) -> Self {
         let lexicon = policy.lexicon(language);
+        let phrases = policy.flow.phrases(language);
         Self {
             policy,
             lexicon,
+            language: language.to_string(),
+            phrases,
+            webhook_pending: None,
             caller: None,
             customer: None,
             emotion: EmotionTracker::default(),
@@ -139,9 +166,36 @@ impl CallCore {
                         .unwrap_or_default();
                     return self.hand_over(now, "vip", None, vec![format!("VIP customer {name}")]);
                 }
-                vec![CoreAction::Say(self.policy.flow.greeting.clone())]
+                vec![CoreAction::Say(self.phrases.greeting.clone())]
+            }
+            CoreEvent::WebhookReply { intent, reply } => {
+                match &self.webhook_pending {
+                    Some((pending, _)) if *pending == intent => {}
+                    _ => return Vec::new(), // late or superseded: already decided
+                }
+                self.webhook_pending = None;
+                match reply {
+                    Ok(text) => self.served(now, text),
+                    Err(e) => self.hand_over(
+                        now,
+                        "webhook_failed",
+                        None,
+                        vec![format!("the {intent} service failed: {e}")],
+                    ),
+                }
             }
             CoreEvent::Tick => {
+                if let Some((intent, deadline)) = self.webhook_pending.clone() {
+                    if now >= deadline {
+                        self.webhook_pending = None;
+                        return self.hand_over(
+                            now,
+                            "webhook_failed",
+                            None,
+                            vec![format!("the {intent} service did not answer in time")],
+                        );
+                    }
+                }
                 if let Some(since) = self.served_at {
                     if now.saturating_sub(since).as_secs_f64() >= self.policy.flow.silence_goodbye_s
                     {
@@ -282,7 +336,7 @@ impl CallCore {
                         vec![format!("{n} requests in a row not understood")],
                     );
                 }
-                vec![CoreAction::Say(self.policy.flow.not_understood.clone())]
+                vec![CoreAction::Say(self.phrases.not_understood.clone())]
             }
         }
     }
@@ -316,12 +370,33 @@ impl CallCore {
         if intent.name == "goodbye" {
             return self.end(now, "caller_done");
         }
-        // Served: the wait clock stops until the caller's next request.
+        if let Some(hook) = &intent.webhook {
+            // The caller is not served until the service answers: the wait
+            // clock runs on, and the deadline is the core's, not the shell's.
+            let timeout = Duration::from_millis(hook.timeout_ms);
+            self.webhook_pending = Some((intent.name.clone(), now + timeout));
+            return vec![CoreAction::CallWebhook {
+                intent: intent.name.clone(),
+                url: hook.url.clone(),
+                timeout,
+                body: json!({
+                    "caller": self.caller,
+                    "intent": intent.name,
+                    "transcript": self.last_words,
+                    "language": self.language,
+                }),
+            }];
+        }
+        self.served(now, intent.reply_in(&self.language).to_string())
+    }
+
+    /// The caller got their answer: the wait clock stops until their next request.
+    fn served(&mut self, now: Duration, reply: String) -> Vec<CoreAction> {
         self.wait_since = None;
         self.served_at = Some(now);
         vec![
-            CoreAction::Say(intent.reply.clone()),
-            CoreAction::Say(self.policy.flow.anything_else.clone()),
+            CoreAction::Say(reply),
+            CoreAction::Say(self.phrases.anything_else.clone()),
         ]
     }
 
@@ -336,7 +411,7 @@ impl CallCore {
             evidence: vec![],
         });
         vec![
-            CoreAction::Say(self.policy.flow.goodbye.clone()),
+            CoreAction::Say(self.phrases.goodbye.clone()),
             CoreAction::HangUp {
                 reason: reason.into(),
             },
@@ -465,6 +540,120 @@ mod tests {
             },
         );
         c
+    }
+
+    fn with_billing_webhook() -> CallCore {
+        let mut p = (*policy()).clone();
+        for i in &mut p.flow.intent {
+            if i.name == "billing" {
+                i.webhook = Some(crate::call::intents::Webhook {
+                    url: "http://127.0.0.1:9/balance".into(),
+                    timeout_ms: 1500,
+                });
+            }
+        }
+        let mut c = CallCore::new(Arc::new(p), "en");
+        c.handle(
+            Duration::ZERO,
+            CoreEvent::Answered {
+                caller: Some("+15550100".into()),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn a_webhook_answer_is_spoken_and_serves_the_caller() {
+        let mut c = with_billing_webhook();
+        let a = c.handle(s(3.0), said("what is my balance", 3.0));
+        let Some(CoreAction::CallWebhook {
+            intent,
+            timeout,
+            body,
+            ..
+        }) = a.first()
+        else {
+            panic!("expected a webhook call, got {a:?}");
+        };
+        assert_eq!(intent, "billing");
+        assert_eq!(*timeout, Duration::from_millis(1500));
+        assert_eq!(body["caller"], "+15550100");
+        assert_eq!(body["transcript"], "what is my balance");
+        assert!(
+            c.handle(s(4.0), CoreEvent::Tick).is_empty(),
+            "still waiting"
+        );
+        let a = c.handle(
+            s(4.2),
+            CoreEvent::WebhookReply {
+                intent: "billing".into(),
+                reply: Ok("You owe twelve dollars.".into()),
+            },
+        );
+        assert_eq!(
+            a.first(),
+            Some(&CoreAction::Say("You owe twelve dollars.".into()))
+        );
+        assert_eq!(transfer_reason(&c.handle(s(5.0), CoreEvent::Tick)), None);
+        assert_eq!(c.handover(), None);
+    }
+
+    #[test]
+    fn a_failed_or_silent_webhook_hands_the_caller_to_a_human() {
+        let mut c = with_billing_webhook();
+        c.handle(s(3.0), said("what is my balance", 3.0));
+        assert_eq!(transfer_reason(&c.handle(s(4.49), CoreEvent::Tick)), None);
+        assert_eq!(
+            transfer_reason(&c.handle(s(4.5), CoreEvent::Tick)).as_deref(),
+            Some("webhook_failed"),
+            "timeout is the core's deadline"
+        );
+        assert!(
+            c.handle(
+                s(4.6),
+                CoreEvent::WebhookReply {
+                    intent: "billing".into(),
+                    reply: Ok("late".into())
+                }
+            )
+            .is_empty(),
+            "a late answer changes nothing"
+        );
+        let mut c = with_billing_webhook();
+        c.handle(s(3.0), said("what is my balance", 3.0));
+        let a = c.handle(
+            s(3.2),
+            CoreEvent::WebhookReply {
+                intent: "billing".into(),
+                reply: Err("HTTP 500".into()),
+            },
+        );
+        assert_eq!(transfer_reason(&a).as_deref(), Some("webhook_failed"));
+        let CoreAction::Transfer { summary, .. } = &a[0] else {
+            panic!()
+        };
+        assert!(summary["evidence"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("HTTP 500"));
+    }
+
+    #[test]
+    fn chinese_callers_hear_chinese_phrases() {
+        let mut c = CallCore::new(policy(), "zh");
+        let a = c.handle(Duration::ZERO, CoreEvent::Answered { caller: None });
+        assert_eq!(
+            a,
+            vec![CoreAction::Say("您好，请问有什么可以帮您？".into())]
+        );
+        let a = c.handle(s(3.0), said("我想查一下我的账单", 3.0));
+        assert!(
+            matches!(&a[0], CoreAction::Say(t) if t.contains("余额")),
+            "{a:?}"
+        );
+        assert_eq!(c.intents(), ["billing"]);
+        let a = c.handle(s(8.0), said("这太离谱了，我很生气，我要投诉", 3.0));
+        assert_eq!(transfer_reason(&a).as_deref(), Some("negative_words"));
     }
 
     #[test]

@@ -26,6 +26,46 @@ pub struct Intent {
     /// The caller asks for a human (reason `requested`).
     #[serde(default)]
     pub handover: bool,
+    /// The reply in other languages, by language code (`zh = "…"`); `reply`
+    /// is used where a language has none.
+    #[serde(default)]
+    pub replies: std::collections::BTreeMap<String, String>,
+    /// Ask the operator's service what to say instead of `reply`.
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+}
+
+/// An intent's HTTP webhook: `POST url` with the caller, intent and
+/// transcript; the answer's `say` (or `text`) is spoken. No answer within
+/// `timeout_ms`, or any failure, hands the caller to a human.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// How long the caller may wait for the answer.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_timeout() -> u64 {
+    2000
+}
+
+impl Intent {
+    /// The reply in `language`, falling back to `reply`.
+    pub fn reply_in(&self, language: &str) -> &str {
+        self.replies
+            .get(language)
+            .map(String::as_str)
+            .unwrap_or(&self.reply)
+    }
+}
+
+/// Whether `text` holds CJK characters (matched as substrings, not words).
+fn is_cjk(text: &str) -> bool {
+    text.chars()
+        .any(|c| matches!(c as u32, 0x3040..=0x30ff | 0x3400..=0x9fff | 0xac00..=0xd7af | 0xf900..=0xfaff))
 }
 
 /// The best intent for an utterance.
@@ -88,6 +128,11 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
         .iter()
         .filter(|w| !STOP.contains(&w.as_str()))
         .collect();
+    let squashed: String = text
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     let mut best: Option<IntentMatch> = None;
     for intent in intents {
         let mut score: f64 = 0.0;
@@ -97,7 +142,14 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
             if phrase.is_empty() {
                 continue;
             }
-            let s = if phrase.len() > 1 {
+            let s = if is_cjk(kw) {
+                let kw: String = kw.chars().filter(|c| !c.is_whitespace()).collect();
+                if squashed.contains(&kw) {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else if phrase.len() > 1 {
                 let hit = words.windows(phrase.len()).any(|w| w == &phrase[..]);
                 if hit {
                     1.0
@@ -221,5 +273,23 @@ mod tests {
         );
         assert_eq!(m("My cat likes to sleep on the piano.").as_deref(), None);
         assert_eq!(m("Hello?").as_deref(), None);
+    }
+
+    #[test]
+    fn chinese_keywords_match_inside_unsegmented_text() {
+        let i = intents();
+        let m = |t: &str| best_intent(&i, t, 0.5).map(|m| m.name);
+        assert_eq!(m("你好，我想查一下我的账单。").as_deref(), Some("billing"));
+        assert_eq!(m("我的快递到哪里了？").as_deref(), Some("tracking"));
+        assert_eq!(
+            m("我的付款失败了，怎么办").as_deref(),
+            Some("payment_failure")
+        );
+        assert_eq!(m("我要转人工").as_deref(), Some("human"));
+        assert_eq!(m("我搬家了，要改地址").as_deref(), Some("address_change"));
+        assert_eq!(m("今天天气很好").as_deref(), None);
+        let billing = i.iter().find(|x| x.name == "billing").unwrap();
+        assert!(billing.reply_in("zh").contains("余额"));
+        assert_eq!(billing.reply_in("fr"), billing.reply);
     }
 }

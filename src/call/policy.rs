@@ -26,12 +26,60 @@ pub struct Flow {
     /// goodbye and hang up.
     #[serde(default = "default_silence_goodbye")]
     pub silence_goodbye_s: f64,
+    /// The phrases above in other languages (`[language.zh]`).
+    #[serde(default)]
+    pub language: BTreeMap<String, FlowTexts>,
     /// Key → intent name.
     #[serde(default)]
     pub dtmf: BTreeMap<String, String>,
     /// The intents.
     #[serde(default)]
     pub intent: Vec<Intent>,
+}
+
+/// The bot's own phrases in one more language; any left out fall back to
+/// the main ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTexts {
+    /// First words to the caller.
+    pub greeting: Option<String>,
+    /// After a served answer.
+    pub anything_else: Option<String>,
+    /// Before hanging up.
+    pub goodbye: Option<String>,
+    /// When nothing matched.
+    pub not_understood: Option<String>,
+}
+
+/// The bot's phrases in one language.
+#[derive(Debug, Clone)]
+pub struct Phrases {
+    /// First words to the caller.
+    pub greeting: String,
+    /// After a served answer.
+    pub anything_else: String,
+    /// Before hanging up.
+    pub goodbye: String,
+    /// When nothing matched.
+    pub not_understood: String,
+}
+
+impl Flow {
+    /// The bot's phrases in `language` (the main ones where it has none).
+    pub fn phrases(&self, language: &str) -> Phrases {
+        let t = self.language.get(language).cloned().unwrap_or_default();
+        Phrases {
+            greeting: t.greeting.unwrap_or_else(|| self.greeting.clone()),
+            anything_else: t
+                .anything_else
+                .unwrap_or_else(|| self.anything_else.clone()),
+            goodbye: t.goodbye.unwrap_or_else(|| self.goodbye.clone()),
+            not_understood: t
+                .not_understood
+                .unwrap_or_else(|| self.not_understood.clone()),
+        }
+    }
 }
 
 fn default_silence_goodbye() -> f64 {
@@ -206,6 +254,38 @@ impl Policy {
                         line: 1,
                         problem: format!("[dtmf] key {key} names unknown intent {name:?}"),
                         fix: "use the name of an [[intent]] in this file".into(),
+                    });
+                }
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for intent in &flow.intent {
+                let Some(hook) = &intent.webhook else {
+                    continue;
+                };
+                let line = text
+                    .find(&hook.url)
+                    .map(|at| crate::config::SourceFile::new(&path, &text).line_of(at))
+                    .unwrap_or(1);
+                if !hook.url.starts_with("http://") {
+                    errors.push(Diagnostic {
+                        file: path.clone(),
+                        line,
+                        problem: format!(
+                            "intent {:?}: webhook url {:?} is not http://",
+                            intent.name, hook.url
+                        ),
+                        fix: "give an http://host:port/path URL (put TLS in a local proxy)".into(),
+                    });
+                }
+                if hook.timeout_ms == 0 || hook.timeout_ms > 10_000 {
+                    errors.push(Diagnostic {
+                        file: path.clone(),
+                        line,
+                        problem: format!(
+                            "intent {:?}: webhook timeout_ms = {} leaves the caller in silence",
+                            intent.name, hook.timeout_ms
+                        ),
+                        fix: "use 1 to 10000 ms (default 2000)".into(),
                     });
                 }
             }

@@ -213,8 +213,19 @@ pub(super) async fn run(
                 .unwrap_or("en"),
         ),
         logged: 0,
-        greeting: shared.config.policy.flow.greeting.clone(),
+        greeting: shared
+            .config
+            .policy
+            .flow
+            .phrases(
+                trunk
+                    .language_for(&who.to_user)
+                    .or(gw.speech.language.as_deref())
+                    .unwrap_or("en"),
+            )
+            .greeting,
         to_say: Vec::new(),
+        to_ask: Vec::new(),
         hang_up: None,
     };
     let voice = match trunk
@@ -274,6 +285,8 @@ pub(super) async fn run(
         .clone()
         .map(|pool| Listener::new(sp, pool, language));
     let (asr_tx, mut asr_rx) = tokio::sync::mpsc::unbounded_channel::<AsrReply>();
+    type HookReply = (String, Result<String, String>);
+    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<HookReply>();
     let ended_by: &str;
 
     loop {
@@ -293,6 +306,13 @@ pub(super) async fn run(
         }
         for text in decider.to_say.drain(..) {
             let _ = say_tx.send(text);
+        }
+        for (intent, url, timeout, body) in decider.to_ask.drain(..) {
+            let hook_tx = hook_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let reply = crate::api::webhook::ask(&url, timeout, &body);
+                let _ = hook_tx.send((intent, reply));
+            });
         }
         if let Some(reason) = hangup {
             log.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
@@ -392,6 +412,10 @@ pub(super) async fn run(
                         break;
                     }
                 }
+            }
+            Some((intent, reply)) = hook_rx.recv() => {
+                log.event("webhook.reply", json!({"intent": intent, "ok": reply.is_ok(), "reply": match &reply { Ok(t) | Err(t) => t }}));
+                decider.feed(start.elapsed(), CoreEvent::WebhookReply { intent, reply }, &mut log);
             }
             prompt = tts_rx.recv() => {
                 if let Some(p) = prompt {
@@ -796,6 +820,8 @@ struct Decider {
     greeting: String,
     /// Texts waiting to be synthesised and played.
     to_say: Vec<String>,
+    /// Webhooks to ask: intent, URL, timeout, body.
+    to_ask: Vec<(String, String, Duration, serde_json::Value)>,
     /// The bot ended the call: hang up once its goodbye has been heard.
     hang_up: Option<&'static str>,
 }
@@ -825,6 +851,18 @@ impl Decider {
                     } else {
                         "caller_silent"
                     });
+                }
+                CoreAction::CallWebhook {
+                    intent,
+                    url,
+                    timeout,
+                    body,
+                } => {
+                    log.event(
+                        "webhook.ask",
+                        json!({"intent": intent, "url": url, "timeout_ms": timeout.as_millis() as u64}),
+                    );
+                    self.to_ask.push((intent, url, timeout, body));
                 }
                 CoreAction::Transfer { reason, summary } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");

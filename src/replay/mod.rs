@@ -40,6 +40,8 @@ pub struct ReplayReport {
     pub summary: Option<Value>,
     /// Intents served.
     pub intents: Vec<String>,
+    /// What the bot said, with the time.
+    pub bot_said: Vec<Value>,
 }
 
 impl ReplayReport {
@@ -55,6 +57,7 @@ impl ReplayReport {
             "reason": self.reason,
             "transfer_at_s": self.transfer_at_s,
             "summary": self.summary,
+            "bot_said": self.bot_said,
         })
     }
 }
@@ -71,22 +74,49 @@ pub fn replay(
     let mut seg = Segmenter::new(VadConfig::default());
     let mut utterances: Vec<ReplayUtterance> = Vec::new();
     let mut summary = None;
-    let apply = |actions: Vec<CoreAction>, summary: &mut Option<Value>| {
-        for a in actions {
-            if let CoreAction::Transfer { summary: s, .. } = a {
-                *summary = Some(s);
+    // Webhooks are asked for real, as on a live call; the answer arrives at the
+    // same virtual moment (or, past its timeout, the core's deadline decides).
+    let mut bot_said = Vec::new();
+    let mut apply = |core: &mut CallCore,
+                     now: Duration,
+                     actions: Vec<CoreAction>,
+                     summary: &mut Option<Value>| {
+        let mut queue = actions;
+        while !queue.is_empty() {
+            let mut next = Vec::new();
+            for a in queue {
+                match a {
+                    CoreAction::Transfer { summary: s, .. } => *summary = Some(s),
+                    CoreAction::Say(text) => bot_said.push(
+                        json!({"t_s": (now.as_secs_f64() * 1000.0).round() / 1000.0, "text": text}),
+                    ),
+                    CoreAction::CallWebhook {
+                        intent,
+                        url,
+                        timeout,
+                        body,
+                    } => {
+                        let asked = std::time::Instant::now();
+                        let reply = crate::api::webhook::ask(&url, timeout, &body);
+                        next.extend(if asked.elapsed() < timeout {
+                            core.handle(now, CoreEvent::WebhookReply { intent, reply })
+                        } else {
+                            core.handle(now + timeout, CoreEvent::Tick)
+                        });
+                    }
+                    _ => {}
+                }
             }
+            queue = next;
         }
     };
-    apply(
-        core.handle(
-            Duration::ZERO,
-            CoreEvent::Answered {
-                caller: caller.clone(),
-            },
-        ),
-        &mut summary,
+    let answered = core.handle(
+        Duration::ZERO,
+        CoreEvent::Answered {
+            caller: caller.clone(),
+        },
     );
+    apply(&mut core, Duration::ZERO, answered, &mut summary);
     let mut chunks = track.samples.chunks(320).peekable();
     while core.handover().is_none() && !core.ended() {
         let events = match chunks.next() {
@@ -106,16 +136,15 @@ pub fn replay(
                 let r = recognizer.recognize_in(&u.samples, language)?;
                 let result = result_for(&u, r.text, r.language);
                 let before = core.intents().len();
-                apply(
-                    core.handle(now, CoreEvent::Utterance(result.clone())),
-                    &mut summary,
-                );
+                let actions = core.handle(now, CoreEvent::Utterance(result.clone()));
+                apply(&mut core, now, actions, &mut summary);
                 let intent =
                     (core.intents().len() > before).then(|| core.intents()[before].clone());
                 utterances.push(ReplayUtterance { result, intent });
             }
         }
-        apply(core.handle(now, CoreEvent::Tick), &mut summary);
+        let actions = core.handle(now, CoreEvent::Tick);
+        apply(&mut core, now, actions, &mut summary);
         if chunks.peek().is_none() && seg.in_progress().is_none() {
             // Audio is over: the caller stays on the line (silent) until the
             // file's end; nothing more can happen.
@@ -140,5 +169,6 @@ pub fn replay(
         transfer_at_s: at,
         summary,
         intents: core.intents().to_vec(),
+        bot_said,
     })
 }
