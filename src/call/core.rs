@@ -31,6 +31,11 @@ pub enum CoreEvent {
         /// Text to say, or the failure.
         reply: Result<String, String>,
     },
+    /// Nobody took the hand-over: the caller is back with the bot.
+    TransferFailed {
+        /// Every agent tried, with what happened.
+        tried: Vec<String>,
+    },
     /// Time passes.
     Tick,
 }
@@ -98,6 +103,14 @@ pub struct CallCore {
     intents: Vec<String>,
     last_words: String,
     handed_over: Option<(Duration, String)>,
+    /// A hand-over is in progress: the agent side decides, the bot is quiet.
+    transferring: bool,
+    /// A hand-over failed: no second attempt, a callback instead.
+    transfer_failed: bool,
+    /// Collecting a callback number (digits so far); `None` when not asking.
+    callback_digits: Option<String>,
+    /// The number the caller gave for a callback.
+    callback_number: Option<String>,
     /// Since when the bot has been waiting for "anything else?".
     served_at: Option<Duration>,
     ended: bool,
@@ -124,6 +137,10 @@ impl CallCore {
             intents: Vec::new(),
             last_words: String::new(),
             handed_over: None,
+            transferring: false,
+            transfer_failed: false,
+            callback_digits: None,
+            callback_number: None,
             served_at: None,
             ended: false,
             decisions: Vec::new(),
@@ -142,7 +159,10 @@ impl CallCore {
 
     /// Feed one event at `now` (since answer).
     pub fn handle(&mut self, now: Duration, event: CoreEvent) -> Vec<CoreAction> {
-        if self.handed_over.is_some() || self.ended {
+        if let CoreEvent::TransferFailed { tried } = &event {
+            return self.on_transfer_failed(now, tried.clone());
+        }
+        if self.transferring || self.ended {
             return Vec::new();
         }
         match event {
@@ -196,7 +216,7 @@ impl CallCore {
                         );
                     }
                 }
-                if let Some(since) = self.served_at {
+                if let Some(since) = self.served_at.filter(|_| self.callback_digits.is_none()) {
                     if now.saturating_sub(since).as_secs_f64() >= self.policy.flow.silence_goodbye_s
                     {
                         return self.end(now, "caller_silent");
@@ -227,6 +247,7 @@ impl CallCore {
                     vec!["speech recognition overloaded".into()],
                 ),
             CoreEvent::AsrUnavailable => Vec::new(),
+            CoreEvent::Dtmf(d) if self.callback_digits.is_some() => self.callback_key(now, d),
             CoreEvent::Dtmf(d) => {
                 let Some(name) = self.policy.flow.dtmf.get(&d.to_string()).cloned() else {
                     return Vec::new();
@@ -239,6 +260,7 @@ impl CallCore {
                 self.on_intent(now, m, false)
             }
             CoreEvent::Utterance(u) => self.on_utterance(now, u),
+            CoreEvent::TransferFailed { .. } => Vec::new(),
         }
     }
 
@@ -248,6 +270,12 @@ impl CallCore {
         }
         self.last_words = u.text.clone();
         self.served_at = None;
+        if self.callback_digits.is_some() {
+            let digits = spoken_digits(&u.text);
+            if digits.len() >= 7 {
+                return self.take_callback(now, digits, "speech");
+            }
+        }
         if self.wait_since.is_none() {
             self.wait_since = Some(now);
         }
@@ -437,11 +465,93 @@ impl CallCore {
             score,
             evidence: evidence.clone(),
         });
+        if self.transfer_failed {
+            // Nobody could take this caller a moment ago: keep them with the
+            // bot and make sure a callback is on its way instead of ringing
+            // the same busy agents again.
+            self.wait_since = None;
+            self.served_at = Some(now);
+            return match (&self.callback_number, &self.callback_digits) {
+                (None, None) => {
+                    self.callback_digits = Some(String::new());
+                    vec![CoreAction::Say(self.phrases.callback.clone())]
+                }
+                _ => Vec::new(),
+            };
+        }
         self.handed_over = Some((now, reason.to_string()));
-        vec![CoreAction::Transfer {
-            reason: reason.into(),
-            summary: self.summary(now, reason, &evidence),
-        }]
+        self.transferring = true;
+        vec![
+            CoreAction::Say(self.phrases.connecting.clone()),
+            CoreAction::Transfer {
+                reason: reason.into(),
+                summary: self.summary(now, reason, &evidence),
+            },
+        ]
+    }
+
+    fn on_transfer_failed(&mut self, now: Duration, tried: Vec<String>) -> Vec<CoreAction> {
+        if !self.transferring {
+            return Vec::new();
+        }
+        self.transferring = false;
+        self.transfer_failed = true;
+        self.wait_since = None;
+        self.served_at = None;
+        self.callback_digits = Some(String::new());
+        self.decisions.push(Decision {
+            t_s: now.as_secs_f64(),
+            kind: "transfer_failed".into(),
+            reason: self.handed_over.as_ref().map(|(_, r)| r.clone()),
+            score: None,
+            evidence: tried,
+        });
+        vec![
+            CoreAction::Say(self.phrases.all_busy.clone()),
+            CoreAction::Say(self.phrases.callback.clone()),
+        ]
+    }
+
+    fn callback_key(&mut self, now: Duration, key: char) -> Vec<CoreAction> {
+        let digits = self.callback_digits.get_or_insert_with(String::new);
+        match key {
+            '#' if digits.len() >= 3 => {
+                let number = std::mem::take(digits);
+                self.take_callback(now, number, "dtmf")
+            }
+            '#' => Vec::new(),
+            '*' => {
+                digits.clear();
+                Vec::new()
+            }
+            d if d.is_ascii_digit() && digits.len() < 20 => {
+                digits.push(d);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn take_callback(&mut self, now: Duration, number: String, how: &str) -> Vec<CoreAction> {
+        self.callback_digits = None;
+        self.callback_number = Some(number.clone());
+        self.decisions.push(Decision {
+            t_s: now.as_secs_f64(),
+            kind: "callback".into(),
+            reason: Some(number),
+            score: None,
+            evidence: vec![format!("given by {how}")],
+        });
+        self.served_at = Some(now);
+        vec![
+            CoreAction::Say(self.phrases.callback_thanks.clone()),
+            CoreAction::Say(self.phrases.anything_else.clone()),
+        ]
+    }
+
+    /// The callback number the caller gave, if any.
+    pub fn callback_number(&self) -> Option<&str> {
+        self.callback_number.as_deref()
     }
 
     /// The agent's summary: short text (≤ 25 words) and data.
@@ -494,6 +604,65 @@ impl CallCore {
             "reason": reason,
         })
     }
+}
+
+/// The digits in `text`, spoken ("five five five, oh one") or written.
+pub fn spoken_digits(text: &str) -> String {
+    const WORDS: &[(&str, char)] = &[
+        ("zero", '0'),
+        ("oh", '0'),
+        ("o", '0'),
+        ("one", '1'),
+        ("two", '2'),
+        ("to", '2'),
+        ("too", '2'),
+        ("three", '3'),
+        ("four", '4'),
+        ("for", '4'),
+        ("five", '5'),
+        ("six", '6'),
+        ("seven", '7'),
+        ("eight", '8'),
+        ("nine", '9'),
+        ("零", '0'),
+        ("一", '1'),
+        ("幺", '1'),
+        ("二", '2'),
+        ("两", '2'),
+        ("三", '3'),
+        ("四", '4'),
+        ("五", '5'),
+        ("六", '6'),
+        ("七", '7'),
+        ("八", '8'),
+        ("九", '9'),
+    ];
+    let mut out = String::new();
+    for word in text
+        .to_lowercase()
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '.' || c == '-')
+    {
+        if word.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(word);
+            continue;
+        }
+        if let Some((_, d)) = WORDS.iter().find(|(w, _)| *w == word) {
+            out.push(*d);
+            continue;
+        }
+        // CJK digits run together; written digits inside words ("+1555…").
+        for c in word.chars() {
+            if c.is_ascii_digit() {
+                out.push(c);
+            } else if let Some((_, d)) = WORDS
+                .iter()
+                .find(|(w, _)| w.chars().count() == 1 && w.starts_with(c) && !c.is_ascii())
+            {
+                out.push(*d);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -629,8 +798,10 @@ mod tests {
             },
         );
         assert_eq!(transfer_reason(&a).as_deref(), Some("webhook_failed"));
-        let CoreAction::Transfer { summary, .. } = &a[0] else {
-            panic!()
+        let Some(CoreAction::Transfer { summary, .. }) =
+            a.iter().find(|a| matches!(a, CoreAction::Transfer { .. }))
+        else {
+            panic!("{a:?}")
         };
         assert!(summary["evidence"][0]
             .as_str()
@@ -654,6 +825,53 @@ mod tests {
         assert_eq!(c.intents(), ["billing"]);
         let a = c.handle(s(8.0), said("这太离谱了，我很生气，我要投诉", 3.0));
         assert_eq!(transfer_reason(&a).as_deref(), Some("negative_words"));
+    }
+
+    #[test]
+    fn a_failed_transfer_brings_the_caller_back_and_takes_a_callback_number() {
+        let mut c = call(Some("+15550123"));
+        let a = c.handle(s(2.0), CoreEvent::Dtmf('0'));
+        assert_eq!(
+            a.first(),
+            Some(&CoreAction::Say(
+                "Please hold, I am connecting you to a colleague.".into()
+            ))
+        );
+        assert_eq!(transfer_reason(&a).as_deref(), Some("requested"));
+        assert!(c.handle(s(3.0), said("hello?", 2.0)).is_empty(), "agent side decides");
+        let a = c.handle(
+            s(30.0),
+            CoreEvent::TransferFailed {
+                tried: vec!["sip:1001@pbx: busy".into()],
+            },
+        );
+        assert!(matches!(&a[..], [CoreAction::Say(busy), CoreAction::Say(cb)] if busy.contains("busy") && cb.contains("call you back")), "{a:?}");
+        for d in "555*5550123".chars() {
+            assert!(c.handle(s(31.0), CoreEvent::Dtmf(d)).is_empty(), "{d}");
+        }
+        let a = c.handle(s(33.0), CoreEvent::Dtmf('#'));
+        assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("call you back at that number")));
+        assert_eq!(c.callback_number(), Some("5550123"), "* starts over");
+        assert!(c.decisions.iter().any(|d| d.kind == "transfer_failed"));
+        // Back with the bot: served as usual, never rung through again.
+        let a = c.handle(s(35.0), said("what is my balance", 3.0));
+        assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("balance")));
+        let a = c.handle(s(40.0), said("this is ridiculous and I am angry", 3.0));
+        assert_eq!(transfer_reason(&a), None);
+        assert_eq!(c.handle(s(80.0), CoreEvent::Tick).len(), 2, "silent: goodbye");
+    }
+
+    #[test]
+    fn a_callback_number_can_be_spoken() {
+        assert_eq!(spoken_digits("five five five, oh one two three"), "5550123");
+        assert_eq!(spoken_digits("my number is 555 0199"), "5550199");
+        assert_eq!(spoken_digits("五五五零一二三"), "5550123");
+        let mut c = call(None);
+        c.handle(s(1.0), CoreEvent::Dtmf('0'));
+        c.handle(s(20.0), CoreEvent::TransferFailed { tried: vec![] });
+        let a = c.handle(s(25.0), said("It is five five five, oh one nine nine.", 3.0));
+        assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("call you back")));
+        assert_eq!(c.callback_number(), Some("5550199"));
     }
 
     #[test]

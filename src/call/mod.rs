@@ -6,5 +6,6 @@ pub mod core;
 pub mod greeting;
 pub mod intents;
 pub mod policy;
+pub mod transfer;
 
 pub use greeting::{CallAction, CallEvent, GreetingFlow};

@@ -20,6 +20,18 @@ pub struct Flow {
     pub goodbye: String,
     /// When nothing matched.
     pub not_understood: String,
+    /// While the caller is put through to a person.
+    #[serde(default = "default_connecting")]
+    pub connecting: String,
+    /// Nobody could take the call.
+    #[serde(default = "default_all_busy")]
+    pub all_busy: String,
+    /// Asking for a callback number.
+    #[serde(default = "default_callback")]
+    pub callback: String,
+    /// The callback number was taken.
+    #[serde(default = "default_callback_thanks")]
+    pub callback_thanks: String,
     /// Minimum intent score.
     pub match_threshold: f64,
     /// After a served answer, this much silence means the caller is done:
@@ -50,6 +62,14 @@ pub struct FlowTexts {
     pub goodbye: Option<String>,
     /// When nothing matched.
     pub not_understood: Option<String>,
+    /// While the caller is put through to a person.
+    pub connecting: Option<String>,
+    /// Nobody could take the call.
+    pub all_busy: Option<String>,
+    /// Asking for a callback number.
+    pub callback: Option<String>,
+    /// The callback number was taken.
+    pub callback_thanks: Option<String>,
 }
 
 /// The bot's phrases in one language.
@@ -63,6 +83,14 @@ pub struct Phrases {
     pub goodbye: String,
     /// When nothing matched.
     pub not_understood: String,
+    /// While the caller is put through to a person.
+    pub connecting: String,
+    /// Nobody could take the call.
+    pub all_busy: String,
+    /// Asking for a callback number.
+    pub callback: String,
+    /// The callback number was taken.
+    pub callback_thanks: String,
 }
 
 impl Flow {
@@ -78,8 +106,27 @@ impl Flow {
             not_understood: t
                 .not_understood
                 .unwrap_or_else(|| self.not_understood.clone()),
+            connecting: t.connecting.unwrap_or_else(|| self.connecting.clone()),
+            all_busy: t.all_busy.unwrap_or_else(|| self.all_busy.clone()),
+            callback: t.callback.unwrap_or_else(|| self.callback.clone()),
+            callback_thanks: t
+                .callback_thanks
+                .unwrap_or_else(|| self.callback_thanks.clone()),
         }
     }
+}
+
+fn default_connecting() -> String {
+    "Please hold, I am connecting you to a colleague.".into()
+}
+fn default_all_busy() -> String {
+    "I am sorry, all our colleagues are busy right now.".into()
+}
+fn default_callback() -> String {
+    "Please key in your phone number followed by the hash key, or say it, and we will call you back.".into()
+}
+fn default_callback_thanks() -> String {
+    "Thank you. A colleague will call you back at that number.".into()
 }
 
 fn default_silence_goodbye() -> f64 {

@@ -1,10 +1,12 @@
 //! `sip-config/`: what a PBX administrator edits. Loading, validation and the
 //! `file:line: problem — fix` diagnostics behind `voicegate config check`.
 
+mod agents;
 mod diagnostic;
 mod gateway;
 mod trunks;
 
+pub use agents::{AgentGroup, AgentsConfig, RingStrategy, WhisperConfig};
 pub use diagnostic::{Diagnostic, SourceFile};
 pub use gateway::{GatewayConfig, MediaConfig, RecordingConfig, SipListen, SpeechConfig};
 pub use trunks::{Codec, RegisterConfig, TrunkAuth, TrunkConfig};
@@ -20,6 +22,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `trunks.toml`.
     pub trunks: Vec<TrunkConfig>,
+    /// `agents.toml`: where hand-overs go.
+    pub agents: AgentsConfig,
     /// The bot, rules, lexicons and customers.
     pub policy: std::sync::Arc<crate::call::policy::Policy>,
 }
@@ -47,15 +51,24 @@ impl Config {
             .and_then(|(path, text)| gateway::parse(dir, &path, &text, &mut problems));
         let trunks = read_file(dir, "trunks.toml", &mut problems)
             .and_then(|(path, text)| trunks::parse(&path, &text, &mut problems));
+        let agents = if dir.join("agents.toml").exists() {
+            read_file(dir, "agents.toml", &mut problems)
+                .and_then(|(path, text)| agents::parse(dir, &path, &text, &mut problems))
+        } else {
+            Some(AgentsConfig::default())
+        };
         let policy = crate::call::policy::Policy::load(dir)
             .map_err(|e| problems.extend(e))
             .ok();
-        if let (Some(gateway), Some(trunks), Some(policy)) = (gateway, trunks, policy) {
+        if let (Some(gateway), Some(trunks), Some(agents), Some(policy)) =
+            (gateway, trunks, agents, policy)
+        {
             if problems.is_empty() {
                 return Ok(Config {
                     dir: dir.to_path_buf(),
                     gateway,
                     trunks,
+                    agents,
                     policy: std::sync::Arc::new(policy),
                 });
             }
