@@ -24,6 +24,11 @@ struct Caller {
 
 impl Caller {
     fn dial(gw: &Gateway, wav: &Path, seconds: u32) -> Caller {
+        Self::dial_as(gw, wav, seconds, "2001")
+    }
+
+    /// Call from `user` (the caller ID the gateway sees).
+    fn dial_as(gw: &Gateway, wav: &Path, seconds: u32, user: &str) -> Caller {
         let dir = tempfile::tempdir().expect("tempdir");
         let silence = dir.path().join("silence.wav");
         write_wav_8k(&silence, &[0i16; 8000]);
@@ -43,7 +48,7 @@ impl Caller {
         std::fs::write(dir.path().join("config"), config).expect("config");
         std::fs::write(
             dir.path().join("accounts"),
-            "<sip:2001@127.0.0.1>;regint=0\n",
+            format!("<sip:{user}@127.0.0.1>;regint=0\n"),
         )
         .expect("accounts");
         let child = Command::new("baresip")
@@ -277,4 +282,296 @@ fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
         !all.iter().any(|e| e["kind"] == "handover"),
         "a served caller is not handed over"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Hand-over to a human: Kamailio as the PBX, baresip (or SIPp) as the agent.
+// ---------------------------------------------------------------------------
+
+/// Point `agents.toml` at `members` (one sequential group), with the whisper
+/// accept key on or off and a short ring timeout.
+fn agents_at(cfg: &Path, members: &[String], accept_with_dtmf: bool) {
+    let list: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
+    let text = format!(
+        "hold_music = \"prompts/hold.wav\"\n[whisper]\nenabled = true\naccept_with_dtmf = {accept_with_dtmf}\naccept_timeout_s = 10.0\n\
+         [[group]]\nname = \"support\"\nstrategy = \"sequential\"\nring_timeout_s = 15.0\nmembers = [{}]\n[routing]\ndefault = [\"support\"]\n",
+        list.join(", ")
+    );
+    std::fs::write(cfg.join("agents.toml"), text).expect("agents.toml");
+}
+
+fn kinds(all: &[serde_json::Value], prefix: &str) -> Vec<serde_json::Value> {
+    all.iter()
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with(prefix)))
+        .cloned()
+        .collect()
+}
+
+/// A SIPp agent phone on its own port running `scenario`; its exit status
+/// tells whether it saw what the scenario expects.
+fn sipp_agent(scenario: &str) -> (std::process::Child, u16) {
+    let port = free_port();
+    let child = Command::new("sipp")
+        .arg("-sf")
+        .arg(root().join("tests/sipp").join(scenario))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ])
+        .args(["-nostdin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp");
+    std::thread::sleep(Duration::from_millis(500));
+    (child, port)
+}
+
+#[test]
+fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
+    let _serial = serial();
+    let pbx = Kamailio::start();
+    let agent = Agent::start(&pbx, "1001");
+    let member = format!("sip:1001@127.0.0.1:{}", pbx.port);
+    let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &[member], false));
+    // The angry words, a pause while the agent hears the whisper, then a
+    // request the agent (not the bot) must hear.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut audio = wav_mono(&root().join("tests/calls/angry_words.wav"));
+    audio.extend(std::iter::repeat_n(0i16, 8000 * 10));
+    audio.extend(wav_mono(&root().join("tests/calls/calm_tracking.wav")));
+    let wav = dir.path().join("caller.wav");
+    write_wav_8k(&wav, &audio);
+    let seconds = (audio.len() / 8000) as u32 + 2;
+    let caller = Caller::dial(&gw, &wav, seconds);
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(u64::from(seconds) + 40));
+    drop(caller);
+    let all = events(&dirs[0]);
+
+    // The agent INVITE carried the summary as data, as the PBX saw it.
+    let invites = pbx.invites();
+    assert_eq!(invites.len(), 1, "{}", pbx.log());
+    let (ruri, uui, reason, summary) = &invites[0];
+    assert_eq!(ruri, "1001");
+    assert_eq!(reason, "negative_words");
+    assert!(summary.contains("negative words"), "{summary}");
+    let (hexed, params) = uui.split_once(';').expect("UUI params");
+    assert!(
+        params.contains("encoding=hex") && params.contains("purpose=call-center"),
+        "{uui}"
+    );
+    let data: serde_json::Value =
+        serde_json::from_slice(&hex::decode(hexed).expect("hex UUI")).expect("UUI JSON");
+    assert_eq!(data["reason"], "negative_words");
+    assert_eq!(data["caller"], "2001");
+    assert!(
+        data["words"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("ridiculous"),
+        "{data}"
+    );
+
+    // Every step is in the event log, in order.
+    let steps: Vec<String> = kinds(&all, "transfer.")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    let order = [
+        "transfer.started",
+        "transfer.dial",
+        "transfer.invite_sent",
+        "transfer.answered",
+        "transfer.whisper_started",
+        "transfer.whisper_finished",
+        "transfer.bridged",
+    ];
+    let mut at = 0;
+    for want in order {
+        at += steps[at..]
+            .iter()
+            .position(|k| k == want)
+            .unwrap_or_else(|| panic!("no {want} after {:?}: {steps:?}", &steps[..at]));
+    }
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["by"], "caller", "{hangup}");
+
+    // The agent heard the whisper (reason and the caller's words) and then the caller.
+    let heard = agent.heard();
+    assert!(!heard.is_empty(), "agent recorded nothing");
+    let text = transcribe(&heard[0]);
+    let whisper_at = text
+        .find("negative")
+        .unwrap_or_else(|| panic!("no reason in {text:?}"));
+    assert!(
+        text.contains("angry"),
+        "caller's words in the whisper: {text:?}"
+    );
+    let caller_at = text
+        .find("my order")
+        .unwrap_or_else(|| panic!("agent never heard the caller: {text:?}"));
+    assert!(whisper_at < caller_at, "{text:?}");
+
+    // The caller never heard the whisper: only the bot's words, hold music and the agent.
+    let (_, to_caller) = stereo(&dirs[0]);
+    let heard_by_caller = dir.path().join("caller-heard.wav");
+    write_wav_8k(&heard_by_caller, &to_caller);
+    let text = transcribe(&heard_by_caller);
+    assert!(text.contains("connecting"), "{text:?}");
+    assert!(
+        !text.contains("negative") && !text.contains("upset"),
+        "whisper leaked to the caller: {text:?}"
+    );
+}
+
+#[test]
+fn a_busy_first_agent_fails_over_to_the_second() {
+    let _serial = serial();
+    let pbx = Kamailio::start();
+    let _agent = Agent::start(&pbx, "1001");
+    let (mut busy, busy_port) = sipp_agent("agent_busy.xml");
+    let members = vec![
+        format!("sip:2222@127.0.0.1:{busy_port}"),
+        format!("sip:1001@127.0.0.1:{}", pbx.port),
+    ];
+    let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &members, false));
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("quiet.wav");
+    // baresip hangs up when its file ends: the caller stays 12 s.
+    write_wav_8k(&wav, &vec![0i16; 8000 * 12]);
+    // The demo VIP goes to a human the moment the call is answered.
+    let caller = Caller::dial_as(&gw, &wav, 14, "+15550199");
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(40));
+    drop(caller);
+    assert!(
+        busy.wait().expect("sipp").success(),
+        "the busy agent saw an INVITE and its ACK"
+    );
+    let all = events(&dirs[0]);
+    let failed = kinds(&all, "transfer.attempt_failed");
+    assert_eq!(failed.len(), 1, "{all:?}");
+    assert_eq!(failed[0]["status"], 486);
+    assert_eq!(failed[0]["why"], "busy");
+    let bridged = kinds(&all, "transfer.bridged");
+    assert_eq!(bridged.len(), 1, "{all:?}");
+    assert!(bridged[0]["uri"].as_str().unwrap_or("").contains("1001"));
+    let handover = all
+        .iter()
+        .find(|e| e["kind"] == "handover")
+        .expect("handover");
+    assert_eq!(handover["reason"], "vip");
+}
+
+#[test]
+fn with_no_agent_registered_the_caller_stays_with_the_bot_and_leaves_a_callback_number() {
+    let _serial = serial();
+    let pbx = Kamailio::start(); // nobody registered: 404
+    let member = format!("sip:1001@127.0.0.1:{}", pbx.port);
+    let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &[member], false));
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("quiet.wav");
+    write_wav_8k(&wav, &vec![0i16; 8000 * 20]);
+    let caller = Caller::dial_as(&gw, &wav, 22, "+15550199");
+    std::thread::sleep(Duration::from_secs(8));
+    for d in "5550123#".chars() {
+        caller.send_digit(d);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(45));
+    drop(caller);
+    let all = events(&dirs[0]);
+    let failed = kinds(&all, "transfer.attempt_failed");
+    assert_eq!(
+        failed.first().map(|f| f["status"].clone()),
+        Some(404.into()),
+        "{all:?}"
+    );
+    assert!(!kinds(&all, "transfer.failed").is_empty(), "{all:?}");
+    let said: Vec<String> = all
+        .iter()
+        .filter(|e| e["kind"] == "bot.say")
+        .map(|e| e["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(said.iter().any(|t| t.contains("busy")), "{said:?}");
+    assert!(said.iter().any(|t| t.contains("call you back")), "{said:?}");
+    let callback = all
+        .iter()
+        .find(|e| e["kind"] == "decision" && e["decision"] == "callback")
+        .unwrap_or_else(|| panic!("no callback number: {all:?}"));
+    assert_eq!(callback["reason"], "5550123");
+    // Never dropped: the caller ended the call, not the gateway.
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["by"], "caller", "{hangup}");
+    // And the caller heard it said.
+    let (_, to_caller) = stereo(&dirs[0]);
+    let heard = dir.path().join("heard.wav");
+    write_wav_8k(&heard, &to_caller);
+    assert!(transcribe(&heard).contains("call you back"));
+}
+
+#[test]
+fn a_caller_hanging_up_while_the_agent_rings_cancels_the_agent() {
+    let _serial = serial();
+    let (mut ringing, port) = sipp_agent("agent_ring_cancel.xml");
+    let member = format!("sip:3333@127.0.0.1:{port}");
+    let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &[member], false));
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("quiet.wav");
+    // baresip hangs up when this 4 s file ends, while the agent still rings.
+    write_wav_8k(&wav, &vec![0i16; 8000 * 4]);
+    let caller = Caller::dial_as(&gw, &wav, 10, "+15550199");
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(30));
+    drop(caller);
+    assert!(
+        ringing.wait().expect("sipp").success(),
+        "the ringing agent got a CANCEL"
+    );
+    let all = events(&dirs[0]);
+    let abandoned = kinds(&all, "transfer.abandoned");
+    assert_eq!(abandoned.len(), 1, "{all:?}");
+    assert_eq!(abandoned[0]["while"], "ringing");
+}
+
+#[test]
+fn an_agent_declining_with_2_passes_the_caller_to_the_next_who_accepts_with_1() {
+    let _serial = serial();
+    let pbx = Kamailio::start();
+    let first = Agent::start(&pbx, "1001");
+    let second = Agent::start(&pbx, "1002");
+    let members = vec![
+        format!("sip:1001@127.0.0.1:{}", pbx.port),
+        format!("sip:1002@127.0.0.1:{}", pbx.port),
+    ];
+    let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &members, true));
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("quiet.wav");
+    write_wav_8k(&wav, &vec![0i16; 8000 * 14]);
+    let caller = Caller::dial_as(&gw, &wav, 16, "+15550199");
+    std::thread::sleep(Duration::from_secs(3));
+    first.send_digit('2');
+    std::thread::sleep(Duration::from_secs(3));
+    second.send_digit('1');
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(40));
+    drop(caller);
+    let all = events(&dirs[0]);
+    let declined = kinds(&all, "transfer.declined");
+    assert_eq!(declined.len(), 1, "{all:?}");
+    assert!(declined[0]["uri"].as_str().unwrap_or("").contains("1001"));
+    let bridged = kinds(&all, "transfer.bridged");
+    assert_eq!(bridged.len(), 1, "{all:?}");
+    assert!(bridged[0]["uri"].as_str().unwrap_or("").contains("1002"));
 }

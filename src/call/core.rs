@@ -549,6 +549,12 @@ impl CallCore {
         ]
     }
 
+    /// Whether the caller's keys are a number being typed (so `#` ends the
+    /// number, not the call).
+    pub fn collecting_digits(&self) -> bool {
+        self.callback_digits.is_some()
+    }
+
     /// The callback number the caller gave, if any.
     pub fn callback_number(&self) -> Option<&str> {
         self.callback_number.as_deref()
@@ -580,7 +586,7 @@ impl CallCore {
             .rev()
             .collect();
         let mut text = format!(
-            "{who}, {wants}, {} — upset {:.0}%, waited {:.0}s. Said: \"{}\"",
+            "{who}, {wants}, {} — upset {:.0}%, waited {:.0} seconds. Said: \"{}\"",
             reason.replace('_', " "),
             self.emotion.score * 100.0,
             waited,
@@ -838,14 +844,20 @@ mod tests {
             ))
         );
         assert_eq!(transfer_reason(&a).as_deref(), Some("requested"));
-        assert!(c.handle(s(3.0), said("hello?", 2.0)).is_empty(), "agent side decides");
+        assert!(
+            c.handle(s(3.0), said("hello?", 2.0)).is_empty(),
+            "agent side decides"
+        );
         let a = c.handle(
             s(30.0),
             CoreEvent::TransferFailed {
                 tried: vec!["sip:1001@pbx: busy".into()],
             },
         );
-        assert!(matches!(&a[..], [CoreAction::Say(busy), CoreAction::Say(cb)] if busy.contains("busy") && cb.contains("call you back")), "{a:?}");
+        assert!(
+            matches!(&a[..], [CoreAction::Say(busy), CoreAction::Say(cb)] if busy.contains("busy") && cb.contains("call you back")),
+            "{a:?}"
+        );
         for d in "555*5550123".chars() {
             assert!(c.handle(s(31.0), CoreEvent::Dtmf(d)).is_empty(), "{d}");
         }
@@ -858,7 +870,11 @@ mod tests {
         assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("balance")));
         let a = c.handle(s(40.0), said("this is ridiculous and I am angry", 3.0));
         assert_eq!(transfer_reason(&a), None);
-        assert_eq!(c.handle(s(80.0), CoreEvent::Tick).len(), 2, "silent: goodbye");
+        assert_eq!(
+            c.handle(s(80.0), CoreEvent::Tick).len(),
+            2,
+            "silent: goodbye"
+        );
     }
 
     #[test]
@@ -869,7 +885,10 @@ mod tests {
         let mut c = call(None);
         c.handle(s(1.0), CoreEvent::Dtmf('0'));
         c.handle(s(20.0), CoreEvent::TransferFailed { tried: vec![] });
-        let a = c.handle(s(25.0), said("It is five five five, oh one nine nine.", 3.0));
+        let a = c.handle(
+            s(25.0),
+            said("It is five five five, oh one nine nine.", 3.0),
+        );
         assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("call you back")));
         assert_eq!(c.callback_number(), Some("5550199"));
     }

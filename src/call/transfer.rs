@@ -239,13 +239,13 @@ impl Transfer {
     pub fn handle(&mut self, now: Duration, event: TransferEvent) -> Vec<TransferAction> {
         let mut out = Vec::new();
         match (&mut self.phase, event) {
-            (Phase::Ringing { legs, .. }, TransferEvent::Ringing(leg)) => {
-                if legs.iter().any(|(l, _)| *l == leg) {
-                    out.push(TransferAction::Log {
-                        kind: "transfer.ringing",
-                        fields: json!({"leg": leg}),
-                    });
-                }
+            (Phase::Ringing { legs, .. }, TransferEvent::Ringing(leg))
+                if legs.iter().any(|(l, _)| *l == leg) =>
+            {
+                out.push(TransferAction::Log {
+                    kind: "transfer.ringing",
+                    fields: json!({"leg": leg}),
+                });
             }
             (Phase::Ringing { legs, .. }, TransferEvent::Answered(leg)) => {
                 if !legs.iter().any(|(l, _)| *l == leg) {
@@ -418,22 +418,25 @@ mod tests {
     }
 
     fn agents(strategy: RingStrategy) -> AgentsConfig {
-        let mut a = AgentsConfig::default();
-        a.groups = vec![
-            AgentGroup {
-                name: "vip".into(),
-                strategy,
-                ring_timeout: s(10.0),
-                members: vec!["sip:2001@pbx".into(), "sip:2002@pbx".into()],
-            },
-            AgentGroup {
-                name: "support".into(),
-                strategy: RingStrategy::Sequential,
-                ring_timeout: s(20.0),
-                members: vec!["sip:1001@pbx".into()],
-            },
-        ];
-        a.routing.insert("vip".into(), vec!["vip".into(), "support".into()]);
+        let mut a = AgentsConfig {
+            groups: vec![
+                AgentGroup {
+                    name: "vip".into(),
+                    strategy,
+                    ring_timeout: s(10.0),
+                    members: vec!["sip:2001@pbx".into(), "sip:2002@pbx".into()],
+                },
+                AgentGroup {
+                    name: "support".into(),
+                    strategy: RingStrategy::Sequential,
+                    ring_timeout: s(20.0),
+                    members: vec!["sip:1001@pbx".into()],
+                },
+            ],
+            ..AgentsConfig::default()
+        };
+        a.routing
+            .insert("vip".into(), vec!["vip".into(), "support".into()]);
         a.routing.insert("default".into(), vec!["support".into()]);
         a
     }
@@ -468,7 +471,11 @@ mod tests {
         let targets: Vec<_> = p.iter().map(|a| a.targets.clone()).collect();
         assert_eq!(
             targets,
-            vec![vec!["sip:2001@pbx"], vec!["sip:2002@pbx"], vec!["sip:1001@pbx"]]
+            vec![
+                vec!["sip:2001@pbx"],
+                vec!["sip:2002@pbx"],
+                vec!["sip:1001@pbx"]
+            ]
         );
         let p = plan(&agents(RingStrategy::Parallel), "vip");
         assert_eq!(p[0].targets.len(), 2);
@@ -586,7 +593,11 @@ mod tests {
         );
         t.handle(s(1.0), TransferEvent::Answered(1));
         let a = t.handle(s(2.0), TransferEvent::AgentDigit(1, '1'));
-        assert_eq!(wire(&a), vec![TransferAction::Bridge(1)], "1 during the whisper");
+        assert_eq!(
+            wire(&a),
+            vec![TransferAction::Bridge(1)],
+            "1 during the whisper"
+        );
         let (mut t, _) = Transfer::start(
             plan(&agents(RingStrategy::Parallel), "vip"),
             &whisper(true),
@@ -603,7 +614,10 @@ mod tests {
     #[test]
     fn no_agents_at_all_gives_up_at_once() {
         let (t, a) = Transfer::start(Vec::new(), &whisper(false), s(0.0));
-        assert!(matches!(wire(&a).as_slice(), [TransferAction::GiveUp { .. }]));
+        assert!(matches!(
+            wire(&a).as_slice(),
+            [TransferAction::GiveUp { .. }]
+        ));
         assert!(t.done());
     }
 }

@@ -233,7 +233,10 @@ pub(super) fn parse(
     if !(0.5..=120.0).contains(&w.accept_timeout_s) {
         problems.push(src.at(
             None,
-            format!("[whisper] accept_timeout_s = {} is out of range", w.accept_timeout_s),
+            format!(
+                "[whisper] accept_timeout_s = {} is out of range",
+                w.accept_timeout_s
+            ),
             "use 0.5 to 120 seconds",
         ));
     }
@@ -324,8 +327,7 @@ pub(super) fn parse(
                 ));
             }
         }
-        cfg.routing
-            .insert(reason.clone(), groups.get_ref().clone());
+        cfg.routing.insert(reason.clone(), groups.get_ref().clone());
     }
     (problems.len() == before).then_some(cfg)
 }
@@ -362,10 +364,8 @@ mod tests {
         )
         .expect_err("invalid");
         let text: Vec<String> = e.iter().map(|d| d.to_string()).collect();
-        let has = |line: usize, what: &str| {
-            e.iter()
-                .any(|d| d.line == line && d.problem.contains(what))
-        };
+        let has =
+            |line: usize, what: &str| e.iter().any(|d| d.line == line && d.problem.contains(what));
         assert!(has(3, "strategy \"random\""), "{text:?}");
         assert!(has(4, "not a SIP URI"), "{text:?}");
         assert!(has(7, "unknown group \"b\""), "{text:?}");

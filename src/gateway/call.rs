@@ -1,8 +1,11 @@
 //! One answered call: RTP socket, 20 ms media clock, recording, and the
 //! decision core driven by what happens on the line.
 
+use super::agent::LegReport;
+use super::handover::{Handover, Outcome};
 use super::Shared;
 use crate::call::core::{CallCore, CoreAction, CoreEvent};
+use crate::call::transfer::TransferEvent;
 use crate::call::{CallAction, CallEvent, GreetingFlow};
 use crate::config::TrunkConfig;
 use crate::media::jitter::FRAME_8K;
@@ -67,7 +70,9 @@ fn parties(tx: &Transaction) -> Parties {
 /// Bind the call's RTP socket. It is a plain non-blocking socket, not
 /// registered with the reactor: the 20 ms media clock drains it, so arriving
 /// packets never wake a thread on their own.
-async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, crate::media::ports::PortLease)> {
+pub(super) async fn bind_rtp(
+    shared: &Shared,
+) -> Option<(UdpSocket, crate::media::ports::PortLease)> {
     let ip = shared.config.gateway.media.sdp_address;
     for _ in 0..32 {
         let lease = shared.ports.lease()?;
@@ -226,6 +231,7 @@ pub(super) async fn run(
             .greeting,
         to_say: Vec::new(),
         to_ask: Vec::new(),
+        to_transfer: None,
         hang_up: None,
     };
     let voice = match trunk
@@ -267,9 +273,21 @@ pub(super) async fn run(
     }
     decider.feed(
         Duration::ZERO,
-        CoreEvent::Answered { caller: caller_id },
+        CoreEvent::Answered {
+            caller: caller_id.clone(),
+        },
         &mut log,
     );
+    // Hand-over to a human: agent legs report here, the whisper arrives here.
+    let (leg_tx, mut leg_rx) = tokio::sync::mpsc::unbounded_channel::<LegReport>();
+    let (whisper_tx, mut whisper_rx) =
+        tokio::sync::mpsc::unbounded_channel::<Option<crate::media::prompt::Prompt>>();
+    let mut handover: Option<Handover> = None;
+    let hold_music = shared.config.agents.hold_music.as_ref().and_then(|p| {
+        crate::media::prompt::Prompt::load(p)
+            .map_err(|e| warn!(error = %e, "hold music unusable"))
+            .ok()
+    });
     let mut player: Option<PromptPlayer> = None;
     let mut hangup: Option<&'static str> = None;
     let mut actions = flow.handle(Duration::ZERO, CallEvent::Answered);
@@ -307,6 +325,42 @@ pub(super) async fn run(
         for text in decider.to_say.drain(..) {
             let _ = say_tx.send(text);
         }
+        if let Some((reason, summary)) = decider.to_transfer.take() {
+            let text = summary["text"].as_str().unwrap_or_default().to_string();
+            let (tts, voice, tx) = (
+                shared.tts.clone(),
+                shared.config.agents.whisper.voice.clone(),
+                whisper_tx.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let prompt = tts
+                    .synthesize(&text, &voice)
+                    .map_err(|e| warn!(error = %e, "whisper synthesis failed"))
+                    .ok();
+                let _ = tx.send(prompt);
+            });
+            let (h, outcome) = Handover::start(
+                &shared,
+                &reason,
+                summary,
+                caller_id.clone(),
+                start.elapsed(),
+                leg_tx.clone(),
+                hold_music.clone(),
+                &mut log,
+            )
+            .await;
+            handover = Some(h);
+            settle(
+                outcome,
+                &mut handover,
+                &mut decider,
+                &mut hangup,
+                start.elapsed(),
+                &mut log,
+            );
+            continue;
+        }
         for (intent, url, timeout, body) in decider.to_ask.drain(..) {
             let hook_tx = hook_tx.clone();
             tokio::task::spawn_blocking(move || {
@@ -329,13 +383,13 @@ pub(super) async fn run(
                 // per call instead of one per packet.
                 while let Ok((n, from)) = socket.recv_from(&mut buf) {
                     if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
-                        actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" }));
+                        if !decider.core.collecting_digits() { actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" })); }
                         decider.feed(now, CoreEvent::Dtmf(d), &mut log);
                     }
                 }
                 let (caller, digit) = media.pull_frame();
                 if let Some(d) = digit {
-                    actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" }));
+                    if !decider.core.collecting_digits() { actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" })); }
                     decider.feed(now, CoreEvent::Dtmf(d), &mut log);
                 }
                 if let Some(l) = listener.as_mut() {
@@ -368,6 +422,7 @@ pub(super) async fn run(
                     }
                 }
                 let mut out = silence;
+                let mut bot_speaking = false;
                 if let Some(p) = player.as_mut() {
                     match p.next_frame() {
                         Some(f) => out = f,
@@ -376,12 +431,23 @@ pub(super) async fn run(
                             actions.extend(flow.handle(now, CallEvent::PromptFinished));
                         }
                     }
+                    bot_speaking = true;
                 } else {
                     if bot_player.as_ref().is_none_or(|p| p.finished()) {
                         bot_player = bot_queue.pop_front().map(PromptPlayer::new);
                     }
                     if let Some(f) = bot_player.as_mut().and_then(|p| p.next_frame()) {
                         out = f;
+                        bot_speaking = true;
+                    }
+                }
+                if let Some(h) = handover.as_mut() {
+                    let (to_caller, events) = h.media_tick(now, &caller, bot_speaking.then_some(out), &mut log);
+                    out = to_caller;
+                    for e in events.into_iter().chain([TransferEvent::Tick]) {
+                        let Some(h) = handover.as_mut() else { break };
+                        let outcome = h.handle(&shared, now, e, &mut log).await;
+                        settle(outcome, &mut handover, &mut decider, &mut hangup, now, &mut log);
                     }
                 }
                 if !held {
@@ -403,7 +469,7 @@ pub(super) async fn run(
                 match on_dialog_state(state, &dialog, &mut media, &mut held, &mut sdp_version, session_id, &shared, lease.port(), &trunk, &mut log).await {
                     DialogOutcome::Continue => {}
                     DialogOutcome::Digit(d) => {
-                        actions.extend(flow.handle(start.elapsed(), CallEvent::Digit { digit: d, source: "sip_info" }));
+                        if !decider.core.collecting_digits() { actions.extend(flow.handle(start.elapsed(), CallEvent::Digit { digit: d, source: "sip_info" })); }
                         decider.feed(start.elapsed(), CoreEvent::Dtmf(d), &mut log);
                     }
                     DialogOutcome::Ended(reason) => {
@@ -416,6 +482,18 @@ pub(super) async fn run(
             Some((intent, reply)) = hook_rx.recv() => {
                 log.event("webhook.reply", json!({"intent": intent, "ok": reply.is_ok(), "reply": match &reply { Ok(t) | Err(t) => t }}));
                 decider.feed(start.elapsed(), CoreEvent::WebhookReply { intent, reply }, &mut log);
+            }
+            Some(report) = leg_rx.recv() => {
+                if let Some(h) = handover.as_mut() {
+                    let now = start.elapsed();
+                    let outcome = h.on_report(&shared, now, report, &mut log).await;
+                    settle(outcome, &mut handover, &mut decider, &mut hangup, now, &mut log);
+                }
+            }
+            Some(whisper) = whisper_rx.recv() => {
+                if let Some(h) = handover.as_mut() {
+                    h.whisper_ready(whisper);
+                }
             }
             prompt = tts_rx.recv() => {
                 if let Some(p) = prompt {
@@ -446,6 +524,9 @@ pub(super) async fn run(
                 hangup = Some("gateway_shutdown");
             }
         }
+    }
+    if let Some(mut h) = handover.take() {
+        h.finish(&shared, start.elapsed(), &mut log).await;
     }
     if let Some(l) = listener.as_mut() {
         l.finish(&asr_tx, &mut asr_rx, &mut log, sp.max_latency)
@@ -591,13 +672,14 @@ async fn on_dialog_state(
 }
 
 /// Events to the call's `events.jsonl`, timed from the answer.
-struct EventLog<'a> {
+pub(super) struct EventLog<'a> {
     recorder: Option<&'a mut CallRecorder>,
     start: Instant,
 }
 
 impl EventLog<'_> {
-    fn event(&mut self, kind: &str, fields: serde_json::Value) {
+    /// Log one event (and trace it).
+    pub(super) fn event(&mut self, kind: &str, fields: serde_json::Value) {
         tracing::debug!(kind, %fields, "event");
         if let Some(r) = self.recorder.as_deref_mut() {
             if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
@@ -822,6 +904,8 @@ struct Decider {
     to_say: Vec<String>,
     /// Webhooks to ask: intent, URL, timeout, body.
     to_ask: Vec<(String, String, Duration, serde_json::Value)>,
+    /// A hand-over to start: reason and summary.
+    to_transfer: Option<(String, serde_json::Value)>,
     /// The bot ended the call: hang up once its goodbye has been heard.
     hang_up: Option<&'static str>,
 }
@@ -867,7 +951,32 @@ impl Decider {
                 CoreAction::Transfer { reason, summary } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");
                     log.event("handover", json!({"reason": reason, "summary": summary}));
+                    self.to_transfer = Some((reason, summary));
                 }
+            }
+        }
+    }
+}
+
+/// Act on a hand-over step: back to the bot when nobody took the call, end
+/// the call when the bridged agent hung up.
+fn settle(
+    outcome: Outcome,
+    handover: &mut Option<Handover>,
+    decider: &mut Decider,
+    hangup: &mut Option<&'static str>,
+    now: Duration,
+    log: &mut EventLog<'_>,
+) {
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::GaveUp(tried) => {
+            *handover = None;
+            decider.feed(now, CoreEvent::TransferFailed { tried }, log);
+        }
+        Outcome::EndCall => {
+            if hangup.is_none() {
+                *hangup = Some("agent_bye");
             }
         }
     }

@@ -2,7 +2,9 @@
 //! SIP endpoint (rsipstack), the RTP sockets and the clock, and feeds each
 //! call's events to the decision core.
 
+mod agent;
 mod call;
+mod handover;
 mod register;
 
 use crate::config::Config;

@@ -204,6 +204,45 @@ pub fn build(
     s
 }
 
+/// Build an offer listing several codecs (our preference first), as sent to
+/// an agent: whatever they pick, the gateway transcodes through PCM.
+pub fn build_offer(
+    session_id: u64,
+    version: u64,
+    address: IpAddr,
+    port: u16,
+    codecs: &[Codec],
+    dtmf_payload_type: Option<u8>,
+) -> String {
+    let ip_kind = if address.is_ipv6() { "IP6" } else { "IP4" };
+    let mut formats: Vec<String> = codecs
+        .iter()
+        .map(|c| c.payload_type().to_string())
+        .collect();
+    if let Some(pt) = dtmf_payload_type {
+        formats.push(pt.to_string());
+    }
+    let mut s = format!(
+        "v=0\r\no=voicegate {session_id} {version} IN {ip_kind} {address}\r\ns=voicegate\r\n\
+         c=IN {ip_kind} {address}\r\nt=0 0\r\nm=audio {port} RTP/AVP {}\r\n",
+        formats.join(" ")
+    );
+    for c in codecs {
+        s.push_str(&format!(
+            "a=rtpmap:{} {}/8000\r\n",
+            c.payload_type(),
+            c.name()
+        ));
+    }
+    if let Some(pt) = dtmf_payload_type {
+        s.push_str(&format!(
+            "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"
+        ));
+    }
+    s.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +250,22 @@ mod tests {
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
         m=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n";
+
+    #[test]
+    fn an_offer_to_an_agent_lists_both_laws_and_dtmf_and_parses_back() {
+        let o = build_offer(
+            7,
+            1,
+            "127.0.0.1".parse().unwrap(),
+            30000,
+            &[Codec::Pcmu, Codec::Pcma],
+            Some(101),
+        );
+        assert!(o.contains("m=audio 30000 RTP/AVP 0 8 101\r\n"), "{o}");
+        let n = negotiate(o.as_bytes(), &[Codec::Pcma]).unwrap();
+        assert_eq!(n.params.codec, Codec::Pcma);
+        assert_eq!(n.params.dtmf_payload_type, Some(101));
+    }
 
     #[test]
     fn picks_our_preferred_common_codec_and_dtmf() {

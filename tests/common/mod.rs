@@ -47,6 +47,15 @@ pub struct Gateway {
 impl Gateway {
     /// Start with the shipped `sip-config/`, after `edit(gateway_toml, trunks_toml)`.
     pub fn start(edit: impl FnOnce(&mut String, &mut String)) -> Gateway {
+        Self::start_with(edit, |_| {})
+    }
+
+    /// Like [`Gateway::start`], with `files(config_dir)` run before the
+    /// process starts (to edit `agents.toml`, `flow.toml`, …).
+    pub fn start_with(
+        edit: impl FnOnce(&mut String, &mut String),
+        files: impl FnOnce(&Path),
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let sip_port = free_port();
         let cfg = dir.path().join("config");
@@ -72,6 +81,7 @@ impl Gateway {
         edit(&mut gateway, &mut trunks);
         std::fs::write(cfg.join("gateway.toml"), gateway).expect("write");
         std::fs::write(cfg.join("trunks.toml"), trunks).expect("write");
+        files(&cfg);
         let mut g = Gateway {
             child: None,
             sip_port,
@@ -208,6 +218,226 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Kamailio as the PBX/registrar on its own loopback port (the verified
+/// set-up of `../shared/harness`), logging each INVITE's hand-over headers,
+/// each CANCEL and each REGISTER to `kamailio.log`.
+pub struct Kamailio {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    pub fn start() -> Kamailio {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let cfg = format!(
+            r#"#!KAMAILIO
+listen=udp:127.0.0.1:{port}
+children=2
+log_stderror=yes
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+modparam("usrloc", "db_mode", 0)
+request_route {{
+  if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483","Too Many Hops"); exit; }}
+  if (is_method("REGISTER")) {{ xlog("L_ERR", "VG-REGISTER $tU
+"); save("location"); exit; }}
+  if (has_totag()) {{
+    if (loose_route()) {{ t_relay(); exit; }}
+    if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    sl_send_reply("404","Not here"); exit;
+  }}
+  if (is_method("CANCEL")) {{ xlog("L_ERR", "VG-CANCEL $rU
+"); if (t_check_trans()) {{ t_relay(); }} exit; }}
+  if (is_method("INVITE")) {{
+    xlog("L_ERR", "VG-INVITE ruri=$rU|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|
+");
+  }}
+  record_route();
+  if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+  t_relay();
+}}
+"#
+        );
+        let path = dir.path().join("kamailio.cfg");
+        std::fs::write(&path, cfg).expect("cfg");
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).expect("log");
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&path)
+            .args(["-DD", "-E", "-n", "1", "-Y"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio (make test installs it)");
+        let k = Kamailio { child, port, dir };
+        std::thread::sleep(Duration::from_millis(800));
+        k
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+
+    /// Wait until `ext` has registered.
+    pub fn wait_registered(&self, ext: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.log().contains(&format!("VG-REGISTER {ext}")) {
+            assert!(
+                Instant::now() < deadline,
+                "{ext} never registered:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// The hand-over INVITEs Kamailio relayed or refused: (ruri, uui, reason, summary).
+    pub fn invites(&self) -> Vec<(String, String, String, String)> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("VG-INVITE ").nth(1))
+            .map(|l| {
+                let field = |k: &str| {
+                    l.split('|')
+                        .find_map(|f| f.strip_prefix(k))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                (
+                    field("ruri="),
+                    field("uui="),
+                    field("reason="),
+                    field("summary="),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// baresip as an agent phone: registered at Kamailio as `ext`, answering
+/// by itself, recording what it hears (`*-dec.wav`) and what it sends.
+pub struct Agent {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub console: u16,
+}
+
+impl Agent {
+    pub fn start(pbx: &Kamailio, ext: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // baresip hangs up when its audio file ends: a long, quiet one.
+        let silence = dir.path().join("silence.wav");
+        write_wav_8k(&silence, &vec![0i16; 8000 * 240]);
+        let rec = dir.path().join("rec");
+        std::fs::create_dir_all(&rec).expect("rec");
+        let rtp = rtp_base(100);
+        let console = free_port();
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{}\naudio_player aubridge,nil\n\
+             audio_source aufile,{}\naudio_alert aufile,{}\nmodule_path /usr/lib/baresip/modules\n\
+             module cons.so\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
+             module account.so\nmodule_app menu.so\nsnd_path {}\nrtp_ports {}-{}\ncons_listen 127.0.0.1:{console}\n",
+            free_port(),
+            silence.display(),
+            silence.display(),
+            rec.display(),
+            rtp,
+            rtp + 99
+        );
+        std::fs::write(dir.path().join("config"), config).expect("config");
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!(
+                "<sip:{ext}@127.0.0.1:{}>;regint=60;answermode=auto\n",
+                pbx.port
+            ),
+        )
+        .expect("accounts");
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip (make test installs it)");
+        pbx.wait_registered(ext);
+        Agent {
+            child,
+            dir,
+            console,
+        }
+    }
+
+    /// Press a key on the agent's phone (RFC 4733).
+    pub fn send_digit(&self, digit: char) {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.send_to(
+            format!("/sndcode {digit}\n").as_bytes(),
+            ("127.0.0.1", self.console),
+        )
+        .expect("console");
+    }
+
+    /// What the agent heard: the decoded-audio recordings, longest first.
+    pub fn heard(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        files
+            .sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
+        files
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `voicegate transcribe FILE` with the default model: the text, lowercase.
+pub fn transcribe(wav: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .arg("transcribe")
+        .arg(wav)
+        .output()
+        .expect("transcribe");
+    assert!(
+        out.status.success(),
+        "transcribe {}: {}",
+        wav.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
 }
 
 /// A call's `events.jsonl`, parsed.
