@@ -1026,7 +1026,9 @@ mod tests {
         let text = summary["text"].as_str().unwrap_or("");
         assert!(text.split_whitespace().count() <= 26, "{text}");
         assert!(
-            text.contains("Sam Carter") && text.contains("negative words") && text.contains("9s"),
+            text.contains("Sam Carter")
+                && text.contains("negative words")
+                && text.contains("waited 9 seconds"),
             "{text}"
         );
         assert_eq!(summary["intents"][0], "tracking");

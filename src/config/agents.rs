@@ -20,6 +20,8 @@ struct File {
     #[serde(default)]
     hold_music: Option<Spanned<String>>,
     #[serde(default)]
+    bridge: Option<BridgeEntry>,
+    #[serde(default)]
     group: Vec<GroupEntry>,
     #[serde(default)]
     routing: BTreeMap<String, Spanned<Vec<String>>>,
@@ -73,6 +75,12 @@ fn default_accept_timeout() -> f64 {
 }
 fn default_ring_timeout() -> Spanned<f64> {
     Spanned::new(0..0, 20.0)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BridgeEntry {
+    jitter_buffer_ms: Spanned<u32>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +142,8 @@ pub struct AgentsConfig {
     pub whisper: WhisperConfig,
     /// Played to the caller while agents ring (after the "connecting" words).
     pub hold_music: Option<PathBuf>,
+    /// Jitter buffer on both legs once caller and agent are bridged.
+    pub bridge_jitter: Duration,
     /// Groups by name, file order.
     pub groups: Vec<AgentGroup>,
     /// Reason → groups in failover order; `default` for the rest.
@@ -153,6 +163,7 @@ impl Default for AgentsConfig {
                 accept_timeout: Duration::from_secs(10),
             },
             hold_music: None,
+            bridge_jitter: Duration::from_millis(40),
             groups: Vec::new(),
             routing: BTreeMap::new(),
         }
@@ -256,6 +267,17 @@ pub(super) fn parse(
                 "give a readable WAV file (any rate, mono or stereo), relative to sip-config/",
             )),
         }
+    }
+    if let Some(b) = &file.bridge {
+        let ms = *b.jitter_buffer_ms.get_ref();
+        if !(20..=200).contains(&ms) {
+            problems.push(src.at(
+                Some(b.jitter_buffer_ms.span()),
+                format!("[bridge] jitter_buffer_ms = {ms} is out of range"),
+                "use 20 to 200 ms (40 keeps the bridge under 40 ms one way)",
+            ));
+        }
+        cfg.bridge_jitter = Duration::from_millis(u64::from(ms.clamp(20, 200)));
     }
     let mut names = HashSet::new();
     for g in file.group {

@@ -267,6 +267,11 @@ impl AgentLeg {
         })
     }
 
+    /// Media counters of this leg, if it was answered.
+    pub fn stats(&self) -> Option<crate::media::session::MediaStats> {
+        self.media.as_ref().map(MediaSession::stats)
+    }
+
     /// The agent answered with `answer`: start media towards them.
     pub fn start_media(&mut self, answer: &[u8], jitter: Duration) -> Result<(), String> {
         let n = sdp::negotiate(answer, &[Codec::Pcmu, Codec::Pcma]).map_err(|e| e.to_string())?;

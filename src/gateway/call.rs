@@ -283,6 +283,8 @@ pub(super) async fn run(
     let (whisper_tx, mut whisper_rx) =
         tokio::sync::mpsc::unbounded_channel::<Option<crate::media::prompt::Prompt>>();
     let mut handover: Option<Handover> = None;
+    // The caller leg's jitter counters when the bridge began.
+    let mut bridged_at: Option<crate::media::jitter::JitterStats> = None;
     let hold_music = shared.config.agents.hold_music.as_ref().and_then(|p| {
         crate::media::prompt::Prompt::load(p)
             .map_err(|e| warn!(error = %e, "hold music unusable"))
@@ -442,6 +444,12 @@ pub(super) async fn run(
                     }
                 }
                 if let Some(h) = handover.as_mut() {
+                    if h.bridged() && bridged_at.is_none() {
+                        // Talking now: the caller's leg drops to the bridge's
+                        // shallower jitter buffer too.
+                        media.set_jitter_depth(shared.config.agents.bridge_jitter);
+                        bridged_at = Some(media.stats().jitter);
+                    }
                     let (to_caller, events) = h.media_tick(now, &caller, bot_speaking.then_some(out), &mut log);
                     out = to_caller;
                     for e in events.into_iter().chain([TransferEvent::Tick]) {
@@ -526,6 +534,26 @@ pub(super) async fn run(
         }
     }
     if let Some(mut h) = handover.take() {
+        if let (Some(before), Some(agent)) = (bridged_at, h.agent_stats()) {
+            // Time inside the gateway per direction: the jitter hold measured
+            // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
+            let now = media.stats().jitter;
+            let caller_hold = if now.played > before.played {
+                (now.queued_sum - before.queued_sum) as f64 * 20.0
+                    / (now.played - before.played) as f64
+            } else {
+                0.0
+            };
+            log.event(
+                "bridge.latency",
+                json!({
+                    "caller_to_agent_hold_ms": caller_hold,
+                    "agent_to_caller_hold_ms": agent.jitter.mean_hold_ms(),
+                    "clock_wait_ms_max": 20,
+                    "agent_media": agent,
+                }),
+            );
+        }
         h.finish(&shared, start.elapsed(), &mut log).await;
     }
     if let Some(l) = listener.as_mut() {

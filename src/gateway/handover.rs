@@ -115,7 +115,7 @@ impl Handover {
                 Outcome::Continue
             }
             LegReport::Answered { leg, sdp } => {
-                let jitter = shared.config.gateway.media.jitter_buffer;
+                let jitter = shared.config.agents.bridge_jitter;
                 let started = match self.legs.iter_mut().find(|l| l.id == leg) {
                     Some(l) => l.start_media(&sdp, jitter),
                     None => Err("unknown leg".into()),
@@ -307,6 +307,16 @@ impl Handover {
             };
         }
         (to_caller, events)
+    }
+
+    /// Whether caller and agent are bridged.
+    pub fn bridged(&self) -> bool {
+        self.machine.bridged().is_some()
+    }
+
+    /// The bridged (or last answered) agent leg's media counters.
+    pub fn agent_stats(&self) -> Option<crate::media::session::MediaStats> {
+        self.legs.iter().rev().find_map(AgentLeg::stats)
     }
 
     /// The call is over: tell the orchestration, then CANCEL or BYE every

@@ -20,6 +20,21 @@ pub struct JitterStats {
     pub duplicate: u64,
     /// Frames played as silence because the buffer ran dry.
     pub underruns: u64,
+    /// Sum over played packets of the frames queued behind them (the hold).
+    pub queued_sum: u64,
+    /// Packets played.
+    pub played: u64,
+}
+
+impl JitterStats {
+    /// Mean time a packet waits in the buffer before it plays, in ms.
+    pub fn mean_hold_ms(&self) -> f64 {
+        if self.played == 0 {
+            0.0
+        } else {
+            self.queued_sum as f64 * 20.0 / self.played as f64
+        }
+    }
 }
 
 /// Reordering, loss-concealing playout buffer of decoded 8 kHz audio.
@@ -79,6 +94,18 @@ impl JitterBuffer {
         ext
     }
 
+    /// Change the playout depth (a bridged call wants less delay than the
+    /// bot did); packets beyond the new depth are skipped, oldest first.
+    pub fn set_depth(&mut self, depth_frames: usize) {
+        self.depth = depth_frames.max(1);
+        while self.packets.len() > self.depth {
+            if let Some((&first, _)) = self.packets.iter().next() {
+                self.packets.remove(&first);
+                self.next_seq = Some(first + 1);
+            }
+        }
+    }
+
     /// Insert a decoded packet with its RTP sequence number.
     pub fn push(&mut self, seq: u16, samples: Vec<i16>) {
         let ext = self.extend_seq(seq);
@@ -117,6 +144,8 @@ impl JitterBuffer {
         while self.pending.len() < FRAME_8K {
             let Some(next) = self.next_seq else { break };
             if let Some(samples) = self.packets.remove(&next) {
+                self.stats.played += 1;
+                self.stats.queued_sum += self.packets.len() as u64;
                 self.concealed_run = 0;
                 self.pending.extend_from_slice(&samples);
                 self.next_seq = Some(next + 1);
@@ -174,6 +203,30 @@ mod tests {
         assert_eq!(jb.pop_frame().map(|f| f[0]), Some(2));
         assert_eq!(jb.pop_frame().map(|f| f[0]), Some(3));
         assert_eq!(jb.stats().lost, 0);
+    }
+
+    #[test]
+    fn a_shallower_depth_cuts_the_hold() {
+        let mut jb = JitterBuffer::new(3);
+        for seq in 0..3 {
+            jb.push(seq, frame(seq as i16));
+        }
+        assert_eq!(jb.pop_frame().map(|f| f[0]), Some(0));
+        assert_eq!(
+            jb.stats().mean_hold_ms(),
+            40.0,
+            "two frames queued behind it"
+        );
+        jb.push(3, frame(3));
+        jb.set_depth(1);
+        assert_eq!(
+            jb.pop_frame().map(|f| f[0]),
+            Some(3),
+            "skipped to the newest"
+        );
+        jb.push(4, frame(4));
+        assert_eq!(jb.pop_frame().map(|f| f[0]), Some(4));
+        assert_eq!(jb.stats().queued_sum, 2);
     }
 
     #[test]

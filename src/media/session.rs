@@ -94,6 +94,12 @@ impl MediaSession {
         }
     }
 
+    /// Change the jitter buffer's playout depth.
+    pub fn set_jitter_depth(&mut self, depth: Duration) {
+        self.jitter
+            .set_depth((depth.as_millis() / 20).max(1) as usize);
+    }
+
     /// The negotiated parameters.
     pub fn params(&self) -> &MediaParams {
         &self.params
