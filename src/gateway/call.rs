@@ -978,7 +978,11 @@ impl Decider {
                 }
                 CoreAction::Transfer { reason, summary } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");
-                    log.event("handover", json!({"reason": reason, "summary": summary}));
+                    log.event(
+                        "handover",
+                        json!({"reason": reason, "summary": summary,
+                               "unix_ms": chrono::Utc::now().timestamp_micros() as f64 / 1000.0}),
+                    );
                     self.to_transfer = Some((reason, summary));
                 }
             }

@@ -24,6 +24,8 @@ pub struct JitterStats {
     pub queued_sum: u64,
     /// Packets played.
     pub played: u64,
+    /// Frames dropped to bring the delay back to the configured depth.
+    pub skipped: u64,
 }
 
 impl JitterStats {
@@ -48,8 +50,14 @@ pub struct JitterBuffer {
     pending: Vec<i16>,
     last: Vec<i16>,
     concealed_run: u32,
+    /// Consecutive plays with more than `depth - 1` frames waiting.
+    over_depth: u32,
     stats: JitterStats,
 }
+
+/// After this many plays (half a second) with too much audio waiting, one
+/// frame is skipped so the delay returns to the configured depth.
+const CATCH_UP_AFTER: u32 = 25;
 
 impl JitterBuffer {
     /// A buffer holding `depth_frames` 20 ms frames before playout starts.
@@ -63,6 +71,7 @@ impl JitterBuffer {
             pending: Vec::with_capacity(FRAME_8K * 2),
             last: vec![0; FRAME_8K],
             concealed_run: 0,
+            over_depth: 0,
             stats: JitterStats::default(),
         }
     }
@@ -98,7 +107,8 @@ impl JitterBuffer {
     /// bot did); packets beyond the new depth are skipped, oldest first.
     pub fn set_depth(&mut self, depth_frames: usize) {
         self.depth = depth_frames.max(1);
-        while self.packets.len() > self.depth {
+        // In steady play `depth - 1` frames wait behind the one playing.
+        while self.packets.len() > (self.depth - 1).max(1) {
             if let Some((&first, _)) = self.packets.iter().next() {
                 self.packets.remove(&first);
                 self.next_seq = Some(first + 1);
@@ -143,6 +153,20 @@ impl JitterBuffer {
         }
         while self.pending.len() < FRAME_8K {
             let Some(next) = self.next_seq else { break };
+            if self.packets.len() > self.depth {
+                self.over_depth += 1;
+                if self.over_depth >= CATCH_UP_AFTER && self.packets.contains_key(&(next + 1)) {
+                    // A burst left more waiting than the depth asks for:
+                    // drop one frame to catch up.
+                    self.over_depth = 0;
+                    self.packets.remove(&next);
+                    self.stats.skipped += 1;
+                    self.next_seq = Some(next + 1);
+                    continue;
+                }
+            } else {
+                self.over_depth = 0;
+            }
             if let Some(samples) = self.packets.remove(&next) {
                 self.stats.played += 1;
                 self.stats.queued_sum += self.packets.len() as u64;
@@ -227,6 +251,34 @@ mod tests {
         jb.push(4, frame(4));
         assert_eq!(jb.pop_frame().map(|f| f[0]), Some(4));
         assert_eq!(jb.stats().queued_sum, 2);
+    }
+
+    #[test]
+    fn a_burst_is_caught_up_instead_of_delaying_the_rest_of_the_call() {
+        let mut jb = JitterBuffer::new(2);
+        let mut seq = 0u16;
+        // A burst of four, then one packet per frame.
+        for _ in 0..4 {
+            jb.push(seq, frame(1));
+            seq += 1;
+        }
+        for _ in 0..100 {
+            jb.pop_frame();
+            jb.push(seq, frame(1));
+            seq += 1;
+        }
+        assert!(jb.stats().skipped >= 1, "{:?}", jb.stats());
+        let before = jb.stats();
+        for _ in 0..50 {
+            jb.pop_frame();
+            jb.push(seq, frame(1));
+            seq += 1;
+        }
+        let after = jb.stats();
+        let hold = (after.queued_sum - before.queued_sum) as f64 * 20.0
+            / (after.played - before.played) as f64;
+        assert!(hold <= 20.0, "back to depth 2: {hold} ms");
+        assert_eq!(after.lost, 0);
     }
 
     #[test]

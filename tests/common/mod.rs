@@ -262,7 +262,7 @@ request_route {{
   if (is_method("CANCEL")) {{ xlog("L_ERR", "VG-CANCEL $rU
 "); if (t_check_trans()) {{ t_relay(); }} exit; }}
   if (is_method("INVITE")) {{
-    xlog("L_ERR", "VG-INVITE ruri=$rU|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|
+    xlog("L_ERR", "VG-INVITE ruri=$rU|at=$TV(Sn)|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|
 ");
   }}
   record_route();
@@ -304,6 +304,16 @@ request_route {{
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// When each hand-over INVITE reached Kamailio (Unix seconds, µs resolution).
+    pub fn invite_times(&self) -> Vec<f64> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("VG-INVITE ").nth(1))
+            .filter_map(|l| l.split('|').find_map(|f| f.strip_prefix("at=")))
+            .filter_map(|t| t.trim().parse().ok())
+            .collect()
     }
 
     /// The hand-over INVITEs Kamailio relayed or refused: (ruri, uui, reason, summary).
@@ -417,6 +427,78 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A baresip caller playing `wav`, with a UDP console for sending DTMF.
+pub struct Caller {
+    child: Child,
+    console: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Caller {
+    pub fn dial(gw: &Gateway, wav: &Path, seconds: u32) -> Caller {
+        Self::dial_as(gw, wav, seconds, "2001")
+    }
+
+    /// Call from `user` (the caller ID the gateway sees).
+    pub fn dial_as(gw: &Gateway, wav: &Path, seconds: u32, user: &str) -> Caller {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let silence = dir.path().join("silence.wav");
+        write_wav_8k(&silence, &[0i16; 8000]);
+        let console = free_port();
+        let rtp = rtp_base(100);
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{}\naudio_player aubridge,nil\n\
+             audio_source aufile,{}\naudio_alert aufile,{}\nmodule_path /usr/lib/baresip/modules\n\
+             module cons.so\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\n\
+             module account.so\nmodule_app menu.so\nrtp_ports {}-{}\ncons_listen 127.0.0.1:{console}\n",
+            free_port(),
+            wav.display(),
+            silence.display(),
+            rtp,
+            rtp + 99
+        );
+        std::fs::write(dir.path().join("config"), config).expect("config");
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!("<sip:{user}@127.0.0.1>;regint=0\n"),
+        )
+        .expect("accounts");
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(format!("/dial sip:bot@127.0.0.1:{}", gw.sip_port))
+            .arg("-t")
+            .arg(seconds.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip (make test installs it)");
+        Caller {
+            child,
+            console,
+            _dir: dir,
+        }
+    }
+
+    pub fn send_digit(&self, digit: char) {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.send_to(
+            format!("/sndcode {digit}\n").as_bytes(),
+            ("127.0.0.1", self.console),
+        )
+        .expect("console");
+    }
+}
+
+impl Drop for Caller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
