@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// One call at a time: each test runs a gateway with Whisper, and on a 2-core
