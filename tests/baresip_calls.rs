@@ -266,7 +266,8 @@ fn sipp_agent(scenario: &str) -> (std::process::Child, u16) {
 fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
     let _serial = serial();
     let pbx = Kamailio::start();
-    let agent = Agent::start(&pbx, "1001");
+    // The agent's phone speaks only A-law; the caller's μ-law: the bridge transcodes.
+    let agent = Agent::start_with(&pbx, "1001", ";audio_codecs=PCMA");
     let member = format!("sip:1001@127.0.0.1:{}", pbx.port);
     let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &[member], false));
     // The angry words, a pause while the agent hears the whisper, then a
@@ -334,6 +335,28 @@ fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
         .find(|e| e["kind"] == "call.hangup")
         .expect("hangup");
     assert_eq!(hangup["by"], "caller", "{hangup}");
+    let invite = all
+        .iter()
+        .find(|e| e["kind"] == "call.invite")
+        .expect("invite");
+    assert_eq!(invite["codec"], "PCMU");
+    let agent_media = kinds(&all, "transfer.agent_media");
+    assert_eq!(
+        agent_media.first().map(|m| m["codec"].clone()),
+        Some("PCMA".into()),
+        "{all:?}"
+    );
+    // The caller's later words are still transcribed after the bridge.
+    assert!(
+        all.iter().any(|e| e["kind"] == "utterance"
+            && e["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_lowercase()
+                .contains("order")
+            && e["start_s"].as_f64().unwrap_or(0.0) > 20.0),
+        "transcription goes on while bridged"
+    );
 
     // The agent heard the whisper (reason and the caller's words) and then the caller.
     let heard = agent.heard();

@@ -138,6 +138,17 @@ impl Handover {
                         )
                         .await;
                 }
+                if let Some(m) = self
+                    .legs
+                    .iter()
+                    .find(|l| l.id == leg)
+                    .and_then(|l| l.media.as_ref())
+                {
+                    log.event(
+                        "transfer.agent_media",
+                        json!({"leg": leg, "codec": m.params().codec.name(), "remote_rtp": m.params().remote.to_string()}),
+                    );
+                }
                 self.answered = Some(Instant::now());
                 self.handle(shared, now, TransferEvent::Answered(leg), log)
                     .await

@@ -356,6 +356,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(pbx: &Kamailio, ext: &str) -> Agent {
+        Self::start_with(pbx, ext, "")
+    }
+
+    /// An agent phone with extra account parameters (`;audio_codecs=PCMA`).
+    pub fn start_with(pbx: &Kamailio, ext: &str, account_params: &str) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         // baresip hangs up when its audio file ends: a long, quiet one.
         let silence = dir.path().join("silence.wav");
@@ -380,7 +385,7 @@ impl Agent {
         std::fs::write(
             dir.path().join("accounts"),
             format!(
-                "<sip:{ext}@127.0.0.1:{}>;regint=60;answermode=auto\n",
+                "<sip:{ext}@127.0.0.1:{}>;regint=60;answermode=auto{account_params}\n",
                 pbx.port
             ),
         )
