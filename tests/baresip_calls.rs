@@ -340,6 +340,11 @@ fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
         .find(|e| e["kind"] == "call.invite")
         .expect("invite");
     assert_eq!(invite["codec"], "PCMU");
+    assert!(
+        pbx.log().contains("VG-BYE"),
+        "the caller's BYE ended the agent leg too:\n{}",
+        pbx.log()
+    );
     let agent_media = kinds(&all, "transfer.agent_media");
     assert_eq!(
         agent_media.first().map(|m| m["codec"].clone()),
@@ -525,4 +530,66 @@ fn an_agent_declining_with_2_passes_the_caller_to_the_next_who_accepts_with_1() 
     let bridged = kinds(&all, "transfer.bridged");
     assert_eq!(bridged.len(), 1, "{all:?}");
     assert!(bridged[0]["uri"].as_str().unwrap_or("").contains("1002"));
+}
+
+#[test]
+fn parallel_agents_through_an_authenticating_proxy_and_the_agent_hanging_up_ends_the_call() {
+    let _serial = serial();
+    let pbx = Kamailio::start_with_password(Some("s3cret"));
+    let first = Agent::start(&pbx, "1001");
+    let second = Agent::start(&pbx, "1002");
+    let port = pbx.port;
+    let gw = Gateway::start_with(
+        |_, _| {},
+        |cfg| {
+            std::fs::write(
+                cfg.join("agents.toml"),
+                format!(
+                    "[pbx]\noutbound_proxy = \"127.0.0.1:{port}\"\nusername = \"voicegate\"\npassword = \"s3cret\"\n\
+                     [whisper]\nenabled = false\n\
+                     [[group]]\nname = \"all\"\nstrategy = \"parallel\"\nring_timeout_s = 10.0\n\
+                     members = [\"sip:1001@127.0.0.1\", \"sip:1002@127.0.0.1\"]\n"
+                ),
+            )
+            .expect("agents.toml");
+        },
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("quiet.wav");
+    write_wav_8k(&wav, &vec![0i16; 8000 * 20]);
+    let caller = Caller::dial_as(&gw, &wav, 22, "+15550199");
+    std::thread::sleep(Duration::from_secs(5));
+    // Whoever took the call hangs up; the other phone was released already.
+    first.hang_up();
+    second.hang_up();
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(30));
+    drop(caller);
+    let all = events(&dirs[0]);
+    let log = pbx.log();
+    assert!(
+        log.contains("VG-CHALLENGE"),
+        "the PBX asked for credentials:\n{log}"
+    );
+    assert_eq!(log.matches("VG-AUTHORIZED voicegate").count(), 2, "{log}");
+    let dials = kinds(&all, "transfer.dial");
+    assert_eq!(dials.len(), 2, "both rung at once: {all:?}");
+    let bridged = kinds(&all, "transfer.bridged");
+    assert_eq!(bridged.len(), 1, "{all:?}");
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["by"], "gateway", "{all:?}\n{log}");
+    assert_eq!(hangup["reason"], "agent_bye", "{hangup}");
+    let ended = kinds(&all, "transfer.ended");
+    assert_eq!(
+        ended.first().map(|e| e["by"].clone()),
+        Some("agent".into()),
+        "{all:?}"
+    );
+    // The losing phone was CANCELled, or BYE'd if its answer crossed ours.
+    assert!(
+        log.contains("VG-CANCEL") || log.matches("VG-BYE").count() >= 2,
+        "{log}"
+    );
 }

@@ -284,22 +284,29 @@ impl AgentLeg {
         Ok(())
     }
 
-    /// CANCEL while ringing.
-    pub async fn cancel(&mut self) {
-        if let Some(d) = self.dialog.as_ref() {
-            if let Err(e) = d.cancel().await {
-                warn!(leg = self.id, error = %e, "CANCEL failed");
-            }
+    /// CANCEL while ringing. The transaction runs on its own task: the
+    /// call's media clock never waits on the network.
+    pub fn cancel(&mut self) {
+        if let Some(d) = self.dialog.clone() {
+            let id = self.id;
+            tokio::spawn(async move {
+                if let Err(e) = d.cancel().await {
+                    warn!(leg = id, error = %e, "CANCEL failed");
+                }
+            });
         }
         self.ended = true;
     }
 
-    /// BYE once answered.
-    pub async fn hang_up(&mut self) {
+    /// BYE once answered (on its own task, like [`AgentLeg::cancel`]).
+    pub fn hang_up(&mut self) {
         if let Some(d) = self.dialog.take() {
-            if let Err(e) = d.bye().await {
-                warn!(leg = self.id, error = %e, "BYE to the agent failed");
-            }
+            let id = self.id;
+            tokio::spawn(async move {
+                if let Err(e) = d.bye().await {
+                    warn!(leg = id, error = %e, "BYE to the agent failed");
+                }
+            });
         }
         self.ended = true;
     }

@@ -123,7 +123,7 @@ impl Handover {
                 if let Err(e) = started {
                     warn!(leg, error = %e, "agent answer unusable");
                     if let Some(l) = self.legs.iter_mut().find(|l| l.id == leg) {
-                        l.hang_up().await;
+                        l.hang_up();
                     }
                     return self
                         .handle(
@@ -195,12 +195,12 @@ impl Handover {
                 }
                 TransferAction::Cancel(leg) => {
                     if let Some(l) = self.legs.iter_mut().find(|l| l.id == leg) {
-                        l.cancel().await;
+                        l.cancel();
                     }
                 }
                 TransferAction::HangUp(leg) => {
                     if let Some(l) = self.legs.iter_mut().find(|l| l.id == leg) {
-                        l.hang_up().await;
+                        l.hang_up();
                     }
                 }
                 TransferAction::Whisper(leg) => {
@@ -338,9 +338,9 @@ impl Handover {
             .await;
         for leg in self.legs.iter_mut().filter(|l| !l.ended) {
             if leg.media.is_some() {
-                leg.hang_up().await;
+                leg.hang_up();
             } else {
-                leg.cancel().await;
+                leg.cancel();
             }
         }
     }

@@ -231,6 +231,21 @@ pub struct Kamailio {
 
 impl Kamailio {
     pub fn start() -> Kamailio {
+        Self::start_with_password(None)
+    }
+
+    /// With `Some(password)`, every new INVITE must carry digest
+    /// credentials for it (407 challenge first), as a PBX asks of a trunk.
+    pub fn start_with_password(password: Option<&str>) -> Kamailio {
+        let auth = match password {
+            Some(p) => format!(
+                r#"if (is_method("INVITE")) {{
+    if (!pv_proxy_authenticate("$fd", "{p}", "0")) {{ xlog("L_ERR", "VG-CHALLENGE $fU\n"); proxy_challenge("$fd", "0"); exit; }}
+    xlog("L_ERR", "VG-AUTHORIZED $au\n");
+  }}"#
+            ),
+            None => String::new(),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let cfg = format!(
@@ -249,18 +264,21 @@ loadmodule "registrar.so"
 loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "xlog.so"
+loadmodule "auth.so"
 modparam("usrloc", "db_mode", 0)
 request_route {{
   if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483","Too Many Hops"); exit; }}
   if (is_method("REGISTER")) {{ xlog("L_ERR", "VG-REGISTER $tU
 "); save("location"); exit; }}
   if (has_totag()) {{
+    if (is_method("BYE")) {{ xlog("L_ERR", "VG-BYE from=$fU to=$tU\n"); }}
     if (loose_route()) {{ t_relay(); exit; }}
     if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
     sl_send_reply("404","Not here"); exit;
   }}
   if (is_method("CANCEL")) {{ xlog("L_ERR", "VG-CANCEL $rU
 "); if (t_check_trans()) {{ t_relay(); }} exit; }}
+  {auth}
   if (is_method("INVITE")) {{
     xlog("L_ERR", "VG-INVITE ruri=$rU|at=$TV(Sn)|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|
 ");
@@ -404,6 +422,13 @@ impl Agent {
             dir,
             console,
         }
+    }
+
+    /// Hang up the agent's phone.
+    pub fn hang_up(&self) {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.send_to(b"/hangup\n", ("127.0.0.1", self.console))
+            .expect("console");
     }
 
     /// Press a key on the agent's phone (RFC 4733).
