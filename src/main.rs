@@ -43,9 +43,10 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// Replay a recorded or synthetic call offline through the decision core.
+    /// Replay recorded or synthetic calls offline through the decision core.
     Replay {
-        /// The WAV file (stereo recordings: the caller's left channel).
+        /// A WAV file (stereo recordings: the caller's left channel), or a
+        /// directory of them (recursive).
         file: PathBuf,
         /// Caller ID to present.
         #[arg(long)]
@@ -53,9 +54,13 @@ enum Command {
         /// Configuration directory (flow, rules, lexicons, customers, model).
         #[arg(long, default_value = "sip-config")]
         config: PathBuf,
-        /// Print one JSON object.
+        /// Print one JSON object per call.
         #[arg(long)]
         json: bool,
+        /// Check each call against the `.toml` beside its WAV; exit non-zero
+        /// on any miss (a regression suite for rule changes).
+        #[arg(long)]
+        expect: bool,
     },
     /// Whisper models.
     Models {
@@ -155,7 +160,8 @@ fn main() -> ExitCode {
             caller,
             config,
             json,
-        } => replay(&file, caller, &config, json),
+            expect,
+        } => replay(&file, caller, &config, json, expect),
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {
@@ -255,44 +261,139 @@ fn transcribe(
 }
 
 fn replay(
-    file: &std::path::Path,
+    path: &std::path::Path,
     caller: Option<String>,
     config: &std::path::Path,
     json: bool,
+    expect: bool,
 ) -> ExitCode {
+    use std::io::IsTerminal;
+    use voicegate::replay::batch::{self, BatchItem, Expectation};
     use voicegate::speech::{asr, pipeline};
     let cfg = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let policy = cfg.policy.clone();
-    let track = match pipeline::load_caller_track(file) {
-        Ok(t) => t,
+    let files = match batch::inputs(path) {
+        Ok(f) if f.is_empty() => {
+            eprintln!("voicegate replay: {}: no WAV files", path.display());
+            return ExitCode::from(2);
+        }
+        Ok(f) => f,
         Err(e) => {
             eprintln!("voicegate replay: {e}");
             return ExitCode::from(2);
         }
     };
     let sp = &cfg.gateway.speech;
-    let result = asr::WhisperModel::load(&sp.model)
-        .and_then(|m| asr::Recognizer::new(&m, 2, sp.language.as_deref()))
-        .and_then(|mut r| {
-            voicegate::replay::replay(&track, caller, policy, &mut r, sp.language.as_deref())
-        });
-    match result {
-        Ok(report) => {
-            let v = report.to_json(&file.display().to_string());
-            if json {
-                println!("{v}");
-            } else {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            }
-            ExitCode::SUCCESS
-        }
+    let model = match asr::WhisperModel::load(&sp.model) {
+        Ok(m) => m,
         Err(e) => {
-            eprintln!("voicegate replay: {}: {e}", file.display());
-            ExitCode::FAILURE
+            eprintln!("voicegate replay: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    let mut recognizer = match asr::Recognizer::new(&model, 2, sp.language.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("voicegate replay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let single = files.len() == 1 && path.is_file();
+    let progress = !single && std::io::stderr().is_terminal();
+    let mut items = Vec::new();
+    for (n, file) in files.iter().enumerate() {
+        if progress {
+            eprint!(
+                "\r[{:>4}/{}] {:<60.60}",
+                n + 1,
+                files.len(),
+                file.display().to_string()
+            );
+        }
+        let expectation = expect.then(|| Expectation::beside(file)).flatten();
+        let who = caller
+            .clone()
+            .or_else(|| {
+                expectation
+                    .as_ref()
+                    .and_then(|e| e.as_ref().ok())
+                    .and_then(|e| e.caller.clone())
+            })
+            .or_else(|| batch::recorded_caller(file));
+        let started = std::time::Instant::now();
+        let track = pipeline::load_caller_track(file).map_err(|e| e.to_string());
+        let audio_s = track
+            .as_ref()
+            .map(|t| t.duration.as_secs_f64())
+            .unwrap_or(0.0);
+        let result = track.and_then(|t| {
+            voicegate::replay::replay(
+                &t,
+                who,
+                cfg.policy.clone(),
+                &mut recognizer,
+                sp.language.as_deref(),
+            )
+            .map_err(|e| e.to_string())
+        });
+        let cpu_s = started.elapsed().as_secs_f64();
+        let name = file.display().to_string();
+        let misses = match (&expectation, &result) {
+            (Some(Ok(exp)), Ok(report)) => Some(exp.check(&report.to_json(&name))),
+            (Some(Err(e)), _) => Some(vec![e.clone()]),
+            _ if expect => None,
+            _ => None,
+        };
+        match &result {
+            Ok(report) if json => println!("{}", report.to_json(&name)),
+            Ok(report) if single => println!(
+                "{}",
+                serde_json::to_string_pretty(&report.to_json(&name)).unwrap_or_default()
+            ),
+            Ok(report) if !progress => eprintln!(
+                "{name}: {}{}",
+                report.outcome,
+                report
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "{}voicegate replay: {name}: {e}",
+                if progress { "\n" } else { "" }
+            ),
+        }
+        items.push(BatchItem {
+            file: file.clone(),
+            result,
+            audio_s,
+            cpu_s,
+            misses,
+        });
+    }
+    if progress {
+        eprintln!();
+    }
+    let table = batch::summary(&items);
+    if !single || expect {
+        if json {
+            eprint!("{table}");
+        } else {
+            print!("{table}");
+        }
+    }
+    let unreadable = items.iter().any(|i| i.result.is_err());
+    let missed = items
+        .iter()
+        .any(|i| i.misses.as_ref().is_some_and(|m| !m.is_empty()));
+    if unreadable || missed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

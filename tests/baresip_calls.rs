@@ -602,3 +602,125 @@ fn parallel_agents_through_an_authenticating_proxy_and_the_agent_hanging_up_ends
         "{log}"
     );
 }
+
+/// `voicegate replay --json` on a file: the JSON object.
+fn replay_json(wav: &Path, cfg: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["replay", "--json", "--config"])
+        .arg(cfg)
+        .arg(wav)
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn replaying_live_recordings_gives_the_live_utterances_decisions_and_outcomes() {
+    let _serial = serial();
+    // No agent anywhere: the live hand-over is decided (and fails over to
+    // the callback); what is compared is the decision, as replay makes it.
+    let gw = Gateway::start(|_, _| {});
+    let calls = ["calm_billing", "angry_words", "unrecognized"];
+    for (n, name) in calls.iter().enumerate() {
+        let wav = root().join(format!("tests/calls/{name}.wav"));
+        let seconds = (wav_mono(&wav).len() / 8000) as u32 + 1;
+        let caller = Caller::dial(&gw, &wav, seconds);
+        gw.wait_calls_ended(n + 1, Duration::from_secs(u64::from(seconds) + 40));
+        drop(caller);
+    }
+    let cfg = gw.dir.path().join("config");
+    let mut dirs = gw.call_dirs();
+    dirs.sort_by_key(|d| {
+        std::fs::metadata(d.join("events.jsonl"))
+            .and_then(|m| m.modified())
+            .ok()
+    });
+    assert_eq!(dirs.len(), 3);
+    for dir in &dirs {
+        let live = events(dir);
+        let replayed = replay_json(&dir.join("call.wav"), &cfg);
+        // Decisions: the same kinds and reasons, in order, within one VAD frame.
+        let handover_at = live
+            .iter()
+            .find(|e| e["kind"] == "decision" && e["decision"] == "handover")
+            .and_then(|e| e["at_s"].as_f64());
+        let live_decisions: Vec<(String, String, f64)> = live
+            .iter()
+            .filter(|e| e["kind"] == "decision")
+            .filter(|e| !matches!(e["decision"].as_str(), Some("transfer_failed" | "callback")))
+            .map(|e| {
+                (
+                    e["decision"].as_str().unwrap_or("").to_string(),
+                    e["reason"].as_str().unwrap_or("").to_string(),
+                    e["at_s"].as_f64().unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        let replay_decisions: Vec<(String, String, f64)> = replayed["decisions"]
+            .as_array()
+            .expect("decisions")
+            .iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap_or("").to_string(),
+                    d["reason"].as_str().unwrap_or("").to_string(),
+                    d["t_s"].as_f64().unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        let kinds = |v: &[(String, String, f64)]| -> Vec<(String, String)> {
+            v.iter().map(|(k, r, _)| (k.clone(), r.clone())).collect()
+        };
+        assert_eq!(
+            kinds(&live_decisions),
+            kinds(&replay_decisions),
+            "{}: live vs replay decisions",
+            dir.display()
+        );
+        for (l, r) in live_decisions.iter().zip(&replay_decisions) {
+            assert!(
+                (l.2 - r.2).abs() <= 0.021,
+                "{}: {} at {} live, {} replayed",
+                dir.display(),
+                l.0,
+                l.2,
+                r.2
+            );
+        }
+        // Utterances up to the hand-over: same text, same boundaries.
+        let live_utts: Vec<&serde_json::Value> = live
+            .iter()
+            .filter(|e| e["kind"] == "utterance")
+            .filter(|e| handover_at.is_none_or(|h| e["end_s"].as_f64().unwrap_or(0.0) <= h))
+            .collect();
+        let replay_utts = replayed["utterances"].as_array().expect("utterances");
+        assert_eq!(live_utts.len(), replay_utts.len(), "{}", dir.display());
+        for (l, r) in live_utts.iter().zip(replay_utts) {
+            assert_eq!(l["text"], r["text"], "{}", dir.display());
+            for key in ["start_s", "end_s"] {
+                let (a, b) = (
+                    l[key].as_f64().unwrap_or(-1.0),
+                    r[key].as_f64().unwrap_or(-2.0),
+                );
+                assert!((a - b).abs() <= 0.021, "{key}: {a} live, {b} replayed");
+            }
+        }
+        let live_outcome = if handover_at.is_some() {
+            "transferred"
+        } else if live
+            .iter()
+            .any(|e| e["kind"] == "decision" && e["decision"] == "intent")
+        {
+            "bot_resolved"
+        } else {
+            "caller_hung_up"
+        };
+        assert_eq!(replayed["outcome"], live_outcome, "{}", dir.display());
+    }
+}

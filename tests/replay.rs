@@ -218,3 +218,57 @@ fn an_intent_webhook_answers_the_caller_and_its_failure_reaches_a_human() {
     assert_eq!(got["outcome"], "transferred", "{got:#}");
     assert_eq!(got["reason"], "webhook_failed", "{got:#}");
 }
+
+#[test]
+fn batch_replay_checks_expectations_reports_bad_files_and_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let nested = dir.path().join("week1/monday");
+    std::fs::create_dir_all(&nested).expect("mkdir");
+    for name in ["calm_billing", "angry_words"] {
+        std::fs::copy(
+            root().join(format!("tests/calls/{name}.wav")),
+            nested.join(format!("{name}.wav")),
+        )
+        .expect("copy wav");
+    }
+    std::fs::copy(
+        root().join("tests/calls/calm_billing.toml"),
+        nested.join("calm_billing.toml"),
+    )
+    .expect("copy toml");
+    // A rule change QA wants to catch: this call is now expected elsewhere.
+    let angry = std::fs::read_to_string(root().join("tests/calls/angry_words.toml"))
+        .expect("toml")
+        .replace("reason = \"negative_words\"", "reason = \"frustration\"");
+    std::fs::write(nested.join("angry_words.toml"), angry).expect("write");
+    std::fs::write(dir.path().join("notes.wav"), "this is not audio").expect("write");
+    let whole = std::fs::read(root().join("tests/calls/calm_tracking.wav")).expect("read");
+    std::fs::write(dir.path().join("cut.wav"), &whole[..40]).expect("write");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["replay", "--expect"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {stdout}"))
+            .to_string()
+    };
+    assert!(line("calm_billing.wav").trim_start().starts_with("pass"), "{stdout}");
+    let angry = line("angry_words.wav");
+    assert!(
+        angry.contains("FAIL") && angry.contains("reason \"negative_words\" (expected frustration)"),
+        "{angry}"
+    );
+    assert!(line("notes.wav").contains("FAIL"), "{stdout}");
+    assert!(line("cut.wav").contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("calls        4 (2 unreadable)"), "{stdout}");
+    assert!(stdout.contains("negative_words"), "transfer rate by reason: {stdout}");
+    assert!(stdout.contains("ASR real-time factor"), "{stdout}");
+}

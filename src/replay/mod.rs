@@ -2,6 +2,8 @@
 //! pipeline (8 kHz → 16 kHz, VAD, Whisper) and the same decision core, on a
 //! virtual clock advanced by the audio itself — as fast as the CPU allows.
 
+pub mod batch;
+
 use crate::call::core::{CallCore, CoreAction, CoreEvent, Decision};
 use crate::call::policy::Policy;
 use crate::speech::asr::{AsrError, Recognizer};
