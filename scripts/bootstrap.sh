@@ -18,6 +18,7 @@ declare -A NEED=(
   [libespeak-ng-dev]=/usr/include/espeak-ng/speak_lib.h
   [python3-venv]=/usr/lib/python3/dist-packages/../../python3.11/venv/__init__.py
   [python3-pip]=/usr/bin/pip3
+  [chromium]=/usr/bin/chromium
 )
 
 missing=()

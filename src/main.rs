@@ -61,6 +61,9 @@ enum Command {
         /// on any miss (a regression suite for rule changes).
         #[arg(long)]
         expect: bool,
+        /// Write an HTML report (a page per call and an index) into this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Whisper models.
     Models {
@@ -161,7 +164,8 @@ fn main() -> ExitCode {
             config,
             json,
             expect,
-        } => replay(&file, caller, &config, json, expect),
+            report,
+        } => replay(&file, caller, &config, json, expect, report.as_deref()),
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {
@@ -266,6 +270,7 @@ fn replay(
     config: &std::path::Path,
     json: bool,
     expect: bool,
+    report: Option<&std::path::Path>,
 ) -> ExitCode {
     use std::io::IsTerminal;
     use voicegate::replay::batch::{self, BatchItem, Expectation};
@@ -384,6 +389,27 @@ fn replay(
             eprint!("{table}");
         } else {
             print!("{table}");
+        }
+    }
+    if let Some(dir) = report {
+        let calls: Vec<voicegate::replay::report::ReportCall<'_>> = items
+            .iter()
+            .map(|i| voicegate::replay::report::ReportCall {
+                file: &i.file,
+                result: i.result.as_ref().map_err(String::as_str),
+                audio_s: i.audio_s,
+                misses: i.misses.as_deref(),
+            })
+            .collect();
+        match voicegate::replay::report::write(dir, &calls) {
+            Ok(index) => eprintln!("report: {}", index.display()),
+            Err(e) => {
+                eprintln!(
+                    "voicegate replay: cannot write the report in {}: {e}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
         }
     }
     let unreadable = items.iter().any(|i| i.result.is_err());

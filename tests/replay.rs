@@ -260,15 +260,123 @@ fn batch_replay_checks_expectations_reports_bad_files_and_goes_on() {
             .unwrap_or_else(|| panic!("no line for {name}: {stdout}"))
             .to_string()
     };
-    assert!(line("calm_billing.wav").trim_start().starts_with("pass"), "{stdout}");
+    assert!(
+        line("calm_billing.wav").trim_start().starts_with("pass"),
+        "{stdout}"
+    );
     let angry = line("angry_words.wav");
     assert!(
-        angry.contains("FAIL") && angry.contains("reason \"negative_words\" (expected frustration)"),
+        angry.contains("FAIL")
+            && angry.contains("reason \"negative_words\" (expected frustration)"),
         "{angry}"
     );
     assert!(line("notes.wav").contains("FAIL"), "{stdout}");
     assert!(line("cut.wav").contains("FAIL"), "{stdout}");
     assert!(stdout.contains("calls        4 (2 unreadable)"), "{stdout}");
-    assert!(stdout.contains("negative_words"), "transfer rate by reason: {stdout}");
+    assert!(
+        stdout.contains("negative_words"),
+        "transfer rate by reason: {stdout}"
+    );
     assert!(stdout.contains("ASR real-time factor"), "{stdout}");
+}
+
+/// Headless Chromium (Debian's `chromium`) on a page from disk.
+fn chromium(args: &[&str], page: &std::path::Path) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (make test installs it)")
+}
+
+#[test]
+fn the_html_report_opens_from_disk_with_audio_transcript_and_a_plot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let calls = dir.path().join("calls");
+    std::fs::create_dir_all(&calls).expect("mkdir");
+    for name in ["angry_words", "calm_billing"] {
+        std::fs::copy(
+            root().join(format!("tests/calls/{name}.wav")),
+            calls.join(format!("{name}.wav")),
+        )
+        .expect("copy");
+    }
+    let report = dir.path().join("report");
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["replay", "--report"])
+        .arg(&report)
+        .arg(&calls)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let index = chromium(&["--dump-dom"], &report.join("index.html"));
+    let dom = String::from_utf8_lossy(&index.stdout);
+    assert!(
+        dom.contains("angry_words") && dom.contains("calm_billing"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("negative_words") && dom.contains("bot_resolved"),
+        "{dom}"
+    );
+
+    let page = std::fs::read_dir(report.join("calls"))
+        .expect("pages")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("angry_words"))
+        .expect("angry_words page");
+    let rendered = chromium(&["--dump-dom"], &page);
+    let dom = String::from_utf8_lossy(&rendered.stdout);
+    for needle in [
+        "<audio",
+        "<svg",
+        "class=\"rate\"",
+        "class=\"loudness\"",
+        "class=\"frustration\"",
+        "class=\"handover\"",
+        "ridiculous",
+        "Summary for the agent",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "no {needle} in the rendered page:\n{dom}"
+        );
+    }
+    // The audio the player points at is beside the report.
+    let src = dom
+        .split("src=\"../audio/")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("audio src");
+    assert!(report.join("audio").join(src).is_file());
+
+    let shot = dir.path().join("page.png");
+    let s = chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1000,1300",
+        ],
+        &page,
+    );
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let png = std::fs::read(&shot).expect("screenshot");
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(
+        png.len() > 30_000,
+        "a rendered page, not a blank one: {} bytes",
+        png.len()
+    );
 }

@@ -82,14 +82,20 @@ pub struct IntentMatch {
 /// Crude English stemming: plural and verb endings.
 pub fn stem(word: &str) -> String {
     let w = word.trim_end_matches("'s");
+    let mut base = w;
     for suffix in ["ing", "ed", "es", "s"] {
-        if let Some(base) = w.strip_suffix(suffix) {
-            if base.chars().count() >= 3 {
-                return base.to_string();
+        if let Some(b) = w.strip_suffix(suffix) {
+            if b.chars().count() >= 3 {
+                base = b;
+                break;
             }
         }
     }
-    w.to_string()
+    // "charge"/"charged", "move"/"moved": a final silent e goes too.
+    match base.strip_suffix('e') {
+        Some(b) if b.chars().count() >= 4 => b.to_string(),
+        _ => base.to_string(),
+    }
 }
 
 fn stems(text: &str) -> Vec<String> {
@@ -124,10 +130,12 @@ const STOP: &[&str] = &[
 /// Score every intent against `text`; the best one at or above `threshold`.
 pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<IntentMatch> {
     let words = stems(text);
-    let content: Vec<&String> = words
+    let content_words: Vec<String> = tokens(text)
         .iter()
         .filter(|w| !STOP.contains(&w.as_str()))
+        .map(|w| stem(w))
         .collect();
+    let content: Vec<&String> = content_words.iter().collect();
     let squashed: String = text
         .to_lowercase()
         .chars()
@@ -181,9 +189,10 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
             }
         }
         for ex in &intent.examples {
-            let ex: Vec<String> = stems(ex)
-                .into_iter()
+            let ex: Vec<String> = tokens(ex)
+                .iter()
                 .filter(|w| !STOP.contains(&w.as_str()))
+                .map(|w| stem(w))
                 .collect();
             if ex.is_empty() || content.is_empty() {
                 continue;
@@ -248,6 +257,12 @@ mod tests {
             Some("tracking")
         );
         assert_eq!(m("my parcels never arrived").as_deref(), Some("tracking"));
+        assert_eq!(
+            m("I was charged twice for my last order.").as_deref(),
+            Some("billing"),
+            "charged is a billing word; order only ties"
+        );
+        assert_eq!(m("we moved last week").as_deref(), Some("address_change"));
         assert_eq!(
             m("I need to change the address on my account").as_deref(),
             Some("address_change")
