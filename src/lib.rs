@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod call;
+pub mod caller;
 pub mod config;
 pub mod emotion;
 pub mod gateway;

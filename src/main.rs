@@ -65,6 +65,37 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Place real SIP calls that play WAV files (QA, load): record what comes
+    /// back, hang up at the end of the file or when the far end does.
+    Call {
+        /// Where to call, e.g. sip:bot@127.0.0.1:5060.
+        uri: String,
+        /// The WAV to play, or a directory of WAVs (one call each, caller ID
+        /// from the `.toml` beside each when there is one).
+        #[arg(long)]
+        play: PathBuf,
+        /// Write what came back here (a directory when several calls).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Caller ID.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Send RFC 4733 digits at a moment: DIGITS@SECONDS (repeatable).
+        #[arg(long)]
+        dtmf: Vec<String>,
+        /// How many calls of the one file.
+        #[arg(long, default_value_t = 1)]
+        calls: usize,
+        /// New calls per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Stay on the line this long after the file ends (seconds).
+        #[arg(long, default_value_t = 1.0)]
+        linger: f64,
+        /// One JSON object per call on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Whisper models.
     Models {
         #[command(subcommand)]
@@ -166,6 +197,27 @@ fn main() -> ExitCode {
             expect,
             report,
         } => replay(&file, caller, &config, json, expect, report.as_deref()),
+        Command::Call {
+            uri,
+            play,
+            record,
+            caller,
+            dtmf,
+            calls,
+            rate,
+            linger,
+            json,
+        } => place_calls(CallArgs {
+            uri,
+            play,
+            record,
+            caller,
+            dtmf,
+            calls,
+            rate,
+            linger,
+            json,
+        }),
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {
@@ -417,6 +469,175 @@ fn replay(
         .iter()
         .any(|i| i.misses.as_ref().is_some_and(|m| !m.is_empty()));
     if unreadable || missed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+struct CallArgs {
+    uri: String,
+    play: PathBuf,
+    record: Option<PathBuf>,
+    caller: Option<String>,
+    dtmf: Vec<String>,
+    calls: usize,
+    rate: f64,
+    linger: f64,
+    json: bool,
+}
+
+fn place_calls(a: CallArgs) -> ExitCode {
+    use voicegate::caller::{parse_dtmf, CallPlan, Caller};
+    use voicegate::replay::batch::{inputs, Expectation};
+    let dtmf: Result<Vec<_>, _> = a.dtmf.iter().map(|d| parse_dtmf(d)).collect();
+    let dtmf = match dtmf {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("voicegate call: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let files = match inputs(&a.play) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("voicegate call: {}: no WAV files", a.play.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("voicegate call: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = a
+        .uri
+        .strip_prefix("sip:")
+        .and_then(|rest| rest.rsplit('@').next())
+        .map(|hp| hp.split(';').next().unwrap_or(hp))
+        .map(|hp| {
+            if hp.contains(':') {
+                hp.to_string()
+            } else {
+                format!("{hp}:5060")
+            }
+        })
+        .and_then(|hp| std::net::ToSocketAddrs::to_socket_addrs(&hp).ok()?.next());
+    let Some(target) = target else {
+        eprintln!(
+            "voicegate call: {:?} is not a sip:user@host[:port] URI",
+            a.uri
+        );
+        return ExitCode::from(2);
+    };
+    let many = files.len() > 1 || a.calls > 1;
+    let mut plans = Vec::new();
+    for n in 0..a.calls.max(1) {
+        for f in &files {
+            let caller = a
+                .caller
+                .clone()
+                .or_else(|| {
+                    Expectation::beside(f)
+                        .and_then(Result::ok)
+                        .and_then(|e| e.caller)
+                })
+                .unwrap_or_else(|| "voicegate".into());
+            let record = a.record.as_ref().map(|r| {
+                if many {
+                    let stem = f
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    r.join(format!("{stem}-{}.wav", n + 1))
+                } else {
+                    r.clone()
+                }
+            });
+            plans.push(CallPlan {
+                play: f.clone(),
+                record,
+                caller,
+                dtmf: dtmf.clone(),
+                linger: std::time::Duration::from_secs_f64(a.linger.max(0.0)),
+            });
+        }
+    }
+    if let (true, Some(dir)) = (many, &a.record) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("voicegate call: {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcomes = runtime.block_on(async move {
+        let ua = match Caller::start(target).await {
+            Ok(c) => std::sync::Arc::new(c),
+            Err(e) => {
+                eprintln!("voicegate call: {e}");
+                return Vec::new();
+            }
+        };
+        let gap = std::time::Duration::from_secs_f64(1.0 / a.rate.max(0.01));
+        let mut tasks = Vec::new();
+        for (i, plan) in plans.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            let (ua, uri) = (ua.clone(), a.uri.clone());
+            tasks.push(tokio::spawn(async move { ua.call(&uri, &plan).await }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(o) = t.await {
+                out.push(o);
+            }
+        }
+        out
+    });
+    if outcomes.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    for o in &outcomes {
+        if a.json {
+            println!("{}", serde_json::to_string(o).unwrap_or_default());
+        } else {
+            match &o.error {
+                None => println!(
+                    "{}: answered in {:.0} ms, {:.1} s of audio back, ended by {}",
+                    o.file,
+                    o.setup_ms.unwrap_or(0.0),
+                    o.audio_received_s,
+                    o.ended_by
+                ),
+                Some(e) => println!("{}: FAILED: {e}", o.file),
+            }
+        }
+    }
+    let answered = outcomes.iter().filter(|o| o.answered).count();
+    let mut setup: Vec<f64> = outcomes.iter().filter_map(|o| o.setup_ms).collect();
+    setup.sort_by(|x, y| x.total_cmp(y));
+    let p95 = setup
+        .get(((setup.len() as f64 - 1.0) * 0.95).round() as usize)
+        .copied()
+        .unwrap_or(0.0);
+    let summary = format!(
+        "calls {}  answered {answered}  setup mean {:.1} ms p95 {p95:.1} ms  audio received {:.1} s",
+        outcomes.len(),
+        setup.iter().sum::<f64>() / setup.len().max(1) as f64,
+        outcomes.iter().map(|o| o.audio_received_s).sum::<f64>()
+    );
+    if a.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    if outcomes.iter().any(|o| o.error.is_some()) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -724,3 +724,88 @@ fn replaying_live_recordings_gives_the_live_utterances_decisions_and_outcomes() 
         assert_eq!(replayed["outcome"], live_outcome, "{}", dir.display());
     }
 }
+
+#[test]
+fn voicegate_call_replays_the_public_calls_over_the_wire_with_the_offline_outcomes() {
+    let _serial = serial();
+    let gw = Gateway::start(|_, _| {});
+    let back = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .arg("call")
+        .arg(format!("sip:bot@127.0.0.1:{}", gw.sip_port))
+        .args([
+            "--play",
+            "tests/calls",
+            "--rate",
+            "0.25",
+            "--json",
+            "--record",
+        ])
+        .arg(back.path())
+        .output()
+        .expect("voicegate call");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let placed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(placed.len(), 10, "{stdout}");
+    assert!(placed
+        .iter()
+        .all(|c| c["answered"] == true && c["setup_ms"].as_f64().is_some()));
+    assert!(
+        placed
+            .iter()
+            .all(|c| c["audio_received_s"].as_f64().unwrap_or(0.0) > 1.0),
+        "the bot's greeting and answers came back: {stdout}"
+    );
+    assert_eq!(std::fs::read_dir(back.path()).expect("records").count(), 10);
+
+    let dirs = gw.wait_calls_ended(10, Duration::from_secs(60));
+    let mut mismatches = Vec::new();
+    for dir in &dirs {
+        let live = events(dir);
+        let from = live
+            .iter()
+            .find(|e| e["kind"] == "call.invite")
+            .and_then(|e| e["from"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let handover = live
+            .iter()
+            .find(|e| e["kind"] == "decision" && e["decision"] == "handover");
+        let live_outcome = if handover.is_some() {
+            "transferred"
+        } else if live
+            .iter()
+            .any(|e| e["kind"] == "decision" && e["decision"] == "intent")
+        {
+            "bot_resolved"
+        } else {
+            "caller_hung_up"
+        };
+        let replayed = replay_json(&dir.join("call.wav"), &gw.dir.path().join("config"));
+        let live_reason = handover.map(|h| h["reason"].clone()).unwrap_or_default();
+        if replayed["outcome"] != live_outcome || replayed["reason"] != live_reason {
+            mismatches.push(format!(
+                "{from}: live {live_outcome} {live_reason}, replay {} {}",
+                replayed["outcome"], replayed["reason"]
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    // And the live outcomes are the expected ones: every reason of the public set.
+    let reasons: std::collections::BTreeSet<String> = dirs
+        .iter()
+        .flat_map(|d| events(d))
+        .filter(|e| e["kind"] == "decision" && e["decision"] == "handover")
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(reasons.len(), 7, "{reasons:?}");
+}
