@@ -96,6 +96,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Learn from agent-handled calls: unrecognised caller phrasings per
+    /// intent and calming agent phrases, as a TOML snippet for flow.toml.
+    Mine {
+        /// The recordings directory (e.g. recordings/).
+        dir: PathBuf,
+        /// Configuration directory.
+        #[arg(long, default_value = "sip-config")]
+        config: PathBuf,
+    },
     /// Whisper models.
     Models {
         #[command(subcommand)]
@@ -218,6 +227,31 @@ fn main() -> ExitCode {
             linger,
             json,
         }),
+        Command::Mine { dir, config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if !dir.is_dir() {
+                eprintln!("voicegate mine: {}: not a directory", dir.display());
+                return ExitCode::from(2);
+            }
+            let sp = &cfg.gateway.speech;
+            let recognizer = voicegate::speech::asr::WhisperModel::load(&sp.model).and_then(|m| {
+                voicegate::speech::asr::Recognizer::new(&m, 2, sp.language.as_deref())
+                    .map(|r| (m, r))
+            });
+            let (_model, mut recognizer) = match recognizer {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("voicegate mine: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mined = voicegate::replay::mine::mine(&dir, &cfg.policy, &mut recognizer);
+            print!("{}", voicegate::replay::mine::snippet(&mined, &dir));
+            ExitCode::SUCCESS
+        }
         Command::Serve { config } => {
             init_tracing();
             let cfg = match load(&config) {

@@ -276,7 +276,22 @@ fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
     let _serial = serial();
     let pbx = Kamailio::start();
     // The agent's phone speaks only A-law; the caller's μ-law: the bridge transcodes.
-    let agent = Agent::start_with(&pbx, "1001", ";audio_codecs=PCMA");
+    // Once bridged, the agent calms the caller down.
+    let agent = Agent::start_speaking(
+        &pbx,
+        "1001",
+        ";audio_codecs=PCMA",
+        &[
+            (
+                13.0,
+                "I am so sorry about that. I will fix it for you right away.",
+            ),
+            (
+                20.0,
+                "I am so sorry about that. I will fix it for you right away.",
+            ),
+        ],
+    );
     let member = format!("sip:1001@127.0.0.1:{}", pbx.port);
     let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &[member], false));
     // The angry words, a pause while the agent hears the whisper, then a
@@ -395,9 +410,30 @@ fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
     let text = transcribe(&heard_by_caller);
     assert!(text.contains("connecting"), "{text:?}");
     assert!(
+        text.contains("fix it"),
+        "the caller heard the agent: {text:?}"
+    );
+    assert!(
         !text.contains("negative") && !text.contains("upset"),
         "whisper leaked to the caller: {text:?}"
     );
+
+    // QA mines the handled call: the agent's calming words come back as a snippet.
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["mine", "--config"])
+        .arg(gw.dir.path().join("config"))
+        .arg(gw.recordings())
+        .output()
+        .expect("mine");
+    let snippet = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.status.success(), "{snippet}");
+    assert!(snippet.contains("1 with an agent bridged"), "{snippet}");
+    assert!(
+        snippet.contains("[calming]") && snippet.contains("sorry"),
+        "{snippet}"
+    );
+    toml::from_str::<toml::Value>(&snippet).expect("the snippet is valid TOML");
 }
 
 #[test]
@@ -723,6 +759,25 @@ fn replaying_live_recordings_gives_the_live_utterances_decisions_and_outcomes() 
         };
         assert_eq!(replayed["outcome"], live_outcome, "{}", dir.display());
     }
+    // The requests the bot did not understand, mined for the administrator.
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["mine", "--config"])
+        .arg(&cfg)
+        .arg(gw.recordings())
+        .output()
+        .expect("mine");
+    let snippet = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.status.success(), "{snippet}");
+    assert!(
+        snippet.contains("3 calls, 2 handed to a person"),
+        "{snippet}"
+    );
+    assert!(
+        snippet.contains("[[suggestion]]") && snippet.contains("tuesday"),
+        "{snippet}"
+    );
+    toml::from_str::<toml::Value>(&snippet).expect("the snippet is valid TOML");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! virtual clock advanced by the audio itself — as fast as the CPU allows.
 
 pub mod batch;
+pub mod mine;
 pub mod report;
 
 use crate::call::core::{CallCore, CoreAction, CoreEvent, Decision};

@@ -379,10 +379,46 @@ impl Agent {
 
     /// An agent phone with extra account parameters (`;audio_codecs=PCMA`).
     pub fn start_with(pbx: &Kamailio, ext: &str, account_params: &str) -> Agent {
+        Self::start_speaking(pbx, ext, account_params, &[])
+    }
+
+    /// An agent who says `lines` (espeak-ng), each at its second after answering.
+    pub fn start_speaking(
+        pbx: &Kamailio,
+        ext: &str,
+        account_params: &str,
+        lines: &[(f64, &str)],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        // baresip hangs up when its audio file ends: a long, quiet one.
+        // baresip hangs up when its audio file ends: a long one, quiet but
+        // for the agent's lines.
+        let mut audio = vec![0i16; 8000 * 240];
+        for (at, text) in lines {
+            let raw = dir.path().join("line-raw.wav");
+            let line = dir.path().join("line.wav");
+            let ok = Command::new("espeak-ng")
+                .arg("-w")
+                .arg(&raw)
+                .arg(text)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new("sox")
+                    .arg(&raw)
+                    .args(["-r", "8000", "-c", "1", "-b", "16"])
+                    .arg(&line)
+                    .status()
+                    .is_ok_and(|s| s.success());
+            assert!(ok, "espeak-ng and sox (make test installs them)");
+            let spoken = wav_mono(&line);
+            let from = (*at * 8000.0) as usize;
+            for (i, s) in spoken.iter().enumerate() {
+                if let Some(slot) = audio.get_mut(from + i) {
+                    *slot = *s;
+                }
+            }
+        }
         let silence = dir.path().join("silence.wav");
-        write_wav_8k(&silence, &vec![0i16; 8000 * 240]);
+        write_wav_8k(&silence, &audio);
         let rec = dir.path().join("rec");
         std::fs::create_dir_all(&rec).expect("rec");
         let rtp = rtp_base(100);
