@@ -95,6 +95,10 @@ enum Command {
         /// One JSON object per call on stdout.
         #[arg(long)]
         json: bool,
+        /// Configuration whose model and `connecting` phrase tell hand-overs
+        /// apart in what came back.
+        #[arg(long, default_value = "sip-config")]
+        config: PathBuf,
     },
     /// Learn from agent-handled calls: unrecognised caller phrasings per
     /// intent and calming agent phrases, as a TOML snippet for flow.toml.
@@ -216,7 +220,9 @@ fn main() -> ExitCode {
             rate,
             linger,
             json,
+            config,
         } => place_calls(CallArgs {
+            config,
             uri,
             play,
             record,
@@ -510,6 +516,7 @@ fn replay(
 }
 
 struct CallArgs {
+    config: PathBuf,
     uri: String,
     play: PathBuf,
     record: Option<PathBuf>,
@@ -637,17 +644,46 @@ fn place_calls(a: CallArgs) -> ExitCode {
     if outcomes.is_empty() {
         return ExitCode::FAILURE;
     }
+    let mut outcomes = outcomes;
+    // Hand-overs are invisible in SIP (the gateway stays in the call): listen
+    // for the bot's "connecting" phrase in what came back.
+    match voicegate::config::Config::load(&a.config)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| {
+            let sp = &cfg.gateway.speech;
+            let model =
+                voicegate::speech::asr::WhisperModel::load(&sp.model).map_err(|e| e.to_string())?;
+            let rec = voicegate::speech::asr::Recognizer::new(&model, 2, sp.language.as_deref())
+                .map_err(|e| e.to_string())?;
+            Ok((cfg.policy.flow.connecting.clone(), model, rec))
+        }) {
+        Ok((phrase, _model, mut rec)) => {
+            for o in outcomes.iter_mut().filter(|o| o.answered) {
+                o.handed_over = Some(voicegate::caller::heard_phrase(
+                    &o.received,
+                    &phrase,
+                    &mut rec,
+                ));
+            }
+        }
+        Err(e) => eprintln!("voicegate call: hand-overs not counted ({e})"),
+    }
     for o in &outcomes {
         if a.json {
             println!("{}", serde_json::to_string(o).unwrap_or_default());
         } else {
             match &o.error {
                 None => println!(
-                    "{}: answered in {:.0} ms, {:.1} s of audio back, ended by {}",
+                    "{}: answered in {:.0} ms, {:.1} s of audio back, ended by {}{}",
                     o.file,
                     o.setup_ms.unwrap_or(0.0),
                     o.audio_received_s,
-                    o.ended_by
+                    o.ended_by,
+                    if o.handed_over == Some(true) {
+                        ", handed over"
+                    } else {
+                        ""
+                    }
                 ),
                 Some(e) => println!("{}: FAILED: {e}", o.file),
             }
@@ -661,8 +697,9 @@ fn place_calls(a: CallArgs) -> ExitCode {
         .copied()
         .unwrap_or(0.0);
     let summary = format!(
-        "calls {}  answered {answered}  setup mean {:.1} ms p95 {p95:.1} ms  audio received {:.1} s",
+        "calls {}  answered {answered}  hand-overs {}  setup mean {:.1} ms p95 {p95:.1} ms  audio received {:.1} s",
         outcomes.len(),
+        outcomes.iter().filter(|o| o.handed_over == Some(true)).count(),
         setup.iter().sum::<f64>() / setup.len().max(1) as f64,
         outcomes.iter().map(|o| o.audio_received_s).sum::<f64>()
     );

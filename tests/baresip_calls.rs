@@ -821,6 +821,9 @@ fn voicegate_call_replays_the_public_calls_over_the_wire_with_the_offline_outcom
         "the bot's greeting and answers came back: {stdout}"
     );
     assert_eq!(std::fs::read_dir(back.path()).expect("records").count(), 10);
+    // Hand-overs as the caller heard them: the seven transferred calls.
+    let heard: usize = placed.iter().filter(|c| c["handed_over"] == true).count();
+    assert_eq!(heard, 7, "{stdout}");
 
     let dirs = gw.wait_calls_ended(10, Duration::from_secs(60));
     let mut mismatches = Vec::new();

@@ -53,6 +53,12 @@ pub struct CallOutcome {
     pub duration_s: f64,
     /// Why the call failed, if it did.
     pub error: Option<String>,
+    /// Whether the caller was put through to a person, as heard: the bot's
+    /// "connecting" phrase in what came back (`None`: not checked).
+    pub handed_over: Option<bool>,
+    /// What came back, 8 kHz.
+    #[serde(skip)]
+    pub received: Vec<i16>,
 }
 
 /// Parse `--dtmf DIGITS@SECONDS` (e.g. `5550123#@8.5`).
@@ -149,6 +155,8 @@ impl Caller {
             ended_by: String::new(),
             duration_s: 0.0,
             error: None,
+            handed_over: None,
+            received: Vec::new(),
         };
         match self.run(uri, plan, &mut outcome).await {
             Ok(()) => {}
@@ -276,6 +284,7 @@ impl Caller {
         if let Some(path) = &plan.record {
             write_wav(path, &received).map_err(|e| format!("{}: {e}", path.display()))?;
         }
+        out.received = received;
         Ok(())
     }
 }
@@ -285,6 +294,41 @@ impl Drop for Caller {
         self.cancel.cancel();
         self.endpoint.shutdown();
     }
+}
+
+/// Whether `received` (8 kHz, what the gateway sent) contains `phrase` —
+/// most of its words, in Whisper's reading.
+pub fn heard_phrase(
+    received: &[i16],
+    phrase: &str,
+    recognizer: &mut crate::speech::asr::Recognizer,
+) -> bool {
+    let f: Vec<f32> = received.iter().map(|s| f32::from(*s) / 32768.0).collect();
+    let Ok(wide) = crate::media::resample::resample(&f, 8000, 16000) else {
+        return false;
+    };
+    let Ok(utts) = crate::speech::pipeline::transcribe_track(
+        &wide,
+        crate::speech::vad::VadConfig::default(),
+        recognizer,
+        None,
+    ) else {
+        return false;
+    };
+    let stem = crate::call::intents::stem;
+    let heard: Vec<String> = utts
+        .iter()
+        .flat_map(|u| crate::emotion::tokens(&u.text))
+        .map(|w| stem(&w))
+        .collect();
+    let words: Vec<String> = crate::emotion::tokens(phrase)
+        .into_iter()
+        .filter(|w| w.len() > 3)
+        .map(|w| stem(&w))
+        .collect();
+    let found = words.iter().filter(|w| heard.contains(w)).count();
+    // Half the phrase's content words, as tiny models read synthetic speech.
+    !words.is_empty() && found * 2 >= words.len()
 }
 
 fn write_wav(path: &std::path::Path, samples: &[i16]) -> Result<(), hound::Error> {
