@@ -98,9 +98,9 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
     let (left, right) = stereo(&dirs[0]);
     let said_at = all
         .iter()
-        .find(|e| e["kind"] == "bot.say" && e["text"].as_str().unwrap_or("").contains("order"))
+        .find(|e| e["kind"] == "bot.say" && e["text"].as_str().unwrap_or("").contains("balance"))
         .and_then(|e| e["t_s"].as_f64())
-        .expect("bot reply logged");
+        .expect("bot reply logged: \"charged twice\" is a billing request");
     // Synthesis takes a moment (longer on a busy machine): start where the
     // bot's audio does.
     let mut from = (said_at * 8000.0) as usize;
@@ -121,19 +121,12 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
     let mut rec = voicegate::speech::asr::Recognizer::new(&model, 2, None).expect("state");
     let heard = rec.recognize(&bot16).expect("asr").text.to_lowercase();
     assert!(
-        // tiny.en on espeak-ng is rough ("your lordship" for "your order
-        // shipped"): any word of the tracking reply, none of another reply.
-        [
-            "order",
-            "shipped",
-            "yesterday",
-            "arrive",
-            "tomorrow",
-            "noon"
-        ]
-        .iter()
-        .any(|w| heard.contains(*w))
-            && !heard.contains("balance")
+        // tiny.en on espeak-ng is rough: any word of the billing reply,
+        // none of another reply.
+        ["balance", "forty", "dollars", "cents", "due", "month"]
+            .iter()
+            .any(|w| heard.contains(*w))
+            && !heard.contains("shipped")
             && !heard.contains("address"),
         "bot said: {heard:?}"
     );
