@@ -22,7 +22,7 @@ run: models
 
 test: models
 	./target/release/voicegate models install --model base
-	set -o pipefail; $(CARGO) test --release --locked -- --test-threads=4 2>&1 | tee target/test.log
+	set -o pipefail; $(CARGO) test --release --locked --no-fail-fast -- --test-threads=4 2>&1 | tee target/test.log
 	@awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 lint:

@@ -99,6 +99,9 @@ enum Command {
         /// apart in what came back.
         #[arg(long, default_value = "sip-config")]
         config: PathBuf,
+        /// Do not transcribe what came back (load tests): hand-overs are not counted.
+        #[arg(long)]
+        no_listen: bool,
     },
     /// Learn from agent-handled calls: unrecognised caller phrasings per
     /// intent and calming agent phrases, as a TOML snippet for flow.toml.
@@ -221,8 +224,10 @@ fn main() -> ExitCode {
             linger,
             json,
             config,
+            no_listen,
         } => place_calls(CallArgs {
             config,
+            no_listen,
             uri,
             play,
             record,
@@ -517,6 +522,7 @@ fn replay(
 
 struct CallArgs {
     config: PathBuf,
+    no_listen: bool,
     uri: String,
     play: PathBuf,
     record: Option<PathBuf>,
@@ -647,16 +653,19 @@ fn place_calls(a: CallArgs) -> ExitCode {
     let mut outcomes = outcomes;
     // Hand-overs are invisible in SIP (the gateway stays in the call): listen
     // for the bot's "connecting" phrase in what came back.
-    match voicegate::config::Config::load(&a.config)
-        .map_err(|e| e.to_string())
-        .and_then(|cfg| {
-            let sp = &cfg.gateway.speech;
-            let model =
-                voicegate::speech::asr::WhisperModel::load(&sp.model).map_err(|e| e.to_string())?;
-            let rec = voicegate::speech::asr::Recognizer::new(&model, 2, sp.language.as_deref())
-                .map_err(|e| e.to_string())?;
-            Ok((cfg.policy.flow.connecting.clone(), model, rec))
-        }) {
+    let listen = if a.no_listen {
+        Err("--no-listen".to_string())
+    } else {
+        voicegate::config::Config::load(&a.config).map_err(|e| e.to_string())
+    };
+    match listen.and_then(|cfg| {
+        let sp = &cfg.gateway.speech;
+        let model =
+            voicegate::speech::asr::WhisperModel::load(&sp.model).map_err(|e| e.to_string())?;
+        let rec = voicegate::speech::asr::Recognizer::new(&model, 2, sp.language.as_deref())
+            .map_err(|e| e.to_string())?;
+        Ok((cfg.policy.flow.connecting.clone(), model, rec))
+    }) {
         Ok((phrase, _model, mut rec)) => {
             for o in outcomes.iter_mut().filter(|o| o.answered) {
                 o.handed_over = Some(voicegate::caller::heard_phrase(

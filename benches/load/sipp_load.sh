@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Bounded load test on loopback: CALLS concurrent SIPp calls, each sending
 # G.711 audio for ~60 s, against a release voicegate with recording on.
+# PEER=voicegate uses `voicegate call` instead of SIPp as the caller (a peer
+# that listens on its RTP port, so no ICMP port-unreachable per packet).
 # Reports the gateway's CPU per call-second, resident memory per call and
 # packet loss. Stops by itself; touches only 127.0.0.1.
 set -euo pipefail
@@ -13,12 +15,18 @@ BIN=./target/release/voicegate
 [ -x "$BIN" ] || cargo build --release --locked
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-mkdir -p "$work/config/prompts" "$work/sipp/pcap"
-cp sip-config/prompts/greeting.wav "$work/config/prompts/"
-cp sip-config/trunks.toml "$work/config/"
+mkdir -p "$work/sipp/pcap"
+cp -r sip-config "$work/config"
 sed -e "s/127.0.0.1:5060/127.0.0.1:$PORT/g" -e 's/rtp_port_min = 20000/rtp_port_min = 40000/' \
     -e 's/rtp_port_max = 29999/rtp_port_max = 44999/' -e "s#dir = \"recordings\"#dir = \"$work/rec\"#" \
-    -e "s/^enabled = true/enabled = ${SPEECH:-false}/" sip-config/gateway.toml > "$work/config/gateway.toml"
+    -e "s/^enabled = true/enabled = ${SPEECH:-false}/" sip-config/gateway.toml > "$work/gateway.toml"
+mv "$work/gateway.toml" "$work/config/gateway.toml"
+# The media path is what is measured: without speech a silent caller would be
+# handed over at 15 s (wait_timeout) and every call would ring an agent.
+# HANDOVER=1 keeps the rule (then each call also runs a hand-over).
+if [ -z "${HANDOVER:-}" ]; then
+  sed -i 's/^seconds = 15.0 .*/&\nenabled = false/' "$work/config/rules.toml"
+fi
 cp /usr/share/sip-tester/*.pcap "$work/sipp/pcap/"
 cp benches/load/uac_60s.xml "$work/sipp/"
 RUST_LOG=warn "$BIN" serve --config "$work/config" 2>"$work/gateway.log" &
@@ -29,9 +37,16 @@ split() { awk '{print "user", $14, "sys", $15}' /proc/$GW/stat; }
 rss_kib() { awk '/VmRSS/{print $2}' /proc/$GW/status; }
 tick=$(getconf CLK_TCK)
 rss0=$(rss_kib)
-(cd "$work/sipp" && sipp 127.0.0.1:$PORT -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
-   -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((PORT+1)) -nostdin -timeout 150s -timeout_error \
-   -trace_stat -fd 5 >"$work/sipp.out" 2>&1) &
+if [ "${PEER:-sipp}" = voicegate ]; then
+  # 60 s of speech-like audio: the ten public calls back to back, trimmed.
+  sox tests/calls/*.wav "$work/long.wav" trim 0 60
+  "$BIN" call "sip:bot@127.0.0.1:$PORT" --play "$work/long.wav" --calls "$CALLS" --rate "$RATE" \
+     --no-listen >"$work/sipp.out" 2>&1 &
+else
+  (cd "$work/sipp" && sipp 127.0.0.1:$PORT -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
+     -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((PORT+1)) -nostdin -timeout 150s -timeout_error \
+     -trace_stat -fd 5 >"$work/sipp.out" 2>&1) &
+fi
 SIPP=$!
 sleep $(( CALLS / RATE + 3 ))
 c1=$(cpu); t1=$(date +%s.%N)
@@ -67,4 +82,4 @@ print(f"CPU: {cpu_s:.2f} CPU-s over {wall:.1f} s = {pct:.4f} % of a core per cal
 print(f"memory: {rss:.1f} KiB resident per call (peak {int(peak)/1024:.1f} MiB, idle {int(rss0)/1024:.1f} MiB)")
 print(f"packet loss: {loss:.4f} % ({lost} of {lost+recv})")
 PY
-tail -5 "$work/sipp.out" | grep -iE 'fail|success' || true
+tail -5 "$work/sipp.out" | grep -iE 'fail|success|answered' || true

@@ -285,11 +285,7 @@ pub(super) async fn run(
     let mut handover: Option<Handover> = None;
     // The caller leg's jitter counters when the bridge began.
     let mut bridged_at: Option<crate::media::jitter::JitterStats> = None;
-    let hold_music = shared.config.agents.hold_music.as_ref().and_then(|p| {
-        crate::media::prompt::Prompt::load(p)
-            .map_err(|e| warn!(error = %e, "hold music unusable"))
-            .ok()
-    });
+    let hold_music = shared.hold_music.clone();
     let mut player: Option<PromptPlayer> = None;
     let mut hangup: Option<&'static str> = None;
     let mut actions = flow.handle(Duration::ZERO, CallEvent::Answered);

@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub dialogs: Arc<DialogLayer>,
     pub ports: PortPool,
     pub greeting: Prompt,
+    /// Hold music for callers waiting for an agent (loaded once, shared).
+    pub hold_music: Option<Prompt>,
     pub nonces: NonceIssuer,
     pub shutdown: CancellationToken,
     pub calls: tokio_util::task::TaskTracker,
@@ -115,6 +117,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ports: PortPool::new(media.rtp_port_min, media.rtp_port_max),
         dialogs: dialogs.clone(),
         greeting,
+        hold_music: config.agents.hold_music.as_ref().and_then(|p| {
+            Prompt::load(p)
+                .map_err(|e| warn!(error = %e, "hold music unusable"))
+                .ok()
+        }),
         nonces: NonceIssuer::new(),
         shutdown: shutdown.clone(),
         calls: tokio_util::task::TaskTracker::new(),
