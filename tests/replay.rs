@@ -172,19 +172,11 @@ fn replay_with_billing_webhook(url: &str) -> serde_json::Value {
         1,
     );
     std::fs::write(&flow, text).expect("write flow");
-    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
-        .current_dir(root())
-        .args(["replay", "--json", "--caller", "+15550100", "--config"])
-        .arg(dir.path())
-        .arg(root().join("tests/calls/calm_billing.wav"))
-        .output()
-        .expect("run replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    common::replay_json(
+        &root().join("tests/calls/calm_billing.wav"),
+        dir.path(),
+        &["--caller", "+15550100"],
+    )
 }
 
 #[test]

@@ -71,12 +71,12 @@ pub fn mine(root: &Path, policy: &Policy, recognizer: &mut Recognizer) -> Mined 
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        let Some(handover) = events
+        if !events
             .iter()
-            .find(|e| e["kind"] == "decision" && e["decision"] == "handover")
-        else {
+            .any(|e| e["kind"] == "decision" && e["decision"] == "handover")
+        {
             continue;
-        };
+        }
         m.handed_over += 1;
         for d in events
             .iter()
@@ -111,7 +111,6 @@ pub fn mine(root: &Path, policy: &Policy, recognizer: &mut Recognizer) -> Mined 
             .filter_map(|e| e["text"].as_str())
             .collect();
         let calmed = after_words.iter().all(|t| lexicon.hits(t).is_empty());
-        let _ = handover;
         if !calmed {
             continue;
         }

@@ -22,12 +22,22 @@ pub fn free_port() -> u16 {
     panic!("no free port");
 }
 
-/// A random even port base for an RTP range of `span` ports.
+/// A random even port base for an RTP range of `span` ports, whose first
+/// few ports are free right now (tests run side by side).
 pub fn rtp_base(span: u16) -> u16 {
-    let r: u16 = (std::process::id() as u16).wrapping_mul(7919)
-        ^ (Instant::now().elapsed().subsec_nanos() as u16)
-        ^ (free_port().wrapping_mul(31));
-    30000 + (r % ((30000 - span) / 2)) * 2
+    for _ in 0..64 {
+        let r: u16 = (std::process::id() as u16).wrapping_mul(7919)
+            ^ (Instant::now().elapsed().subsec_nanos() as u16)
+            ^ (free_port().wrapping_mul(31));
+        let base = 30000 + (r % ((30000 - span) / 2)) * 2;
+        let free = (base..base + span.min(8)).all(|p| {
+            UdpSocket::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("0.0.0.0", p)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free RTP port range");
 }
 
 /// Project root.
@@ -569,6 +579,33 @@ impl Drop for Caller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `voicegate replay --json [ARGS] FILE` with configuration `cfg`: the JSON object.
+pub fn replay_json(wav: &Path, cfg: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["replay", "--json", "--config"])
+        .arg(cfg)
+        .args(args)
+        .arg(wav)
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// A quiet caller (`seconds` of silence, then baresip hangs up) calling as
+/// `user`; the temporary directory holding its WAV comes along.
+pub fn quiet_call(gw: &Gateway, seconds: u32, user: &str) -> (Caller, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("quiet.wav");
+    write_wav_8k(&wav, &vec![0i16; 8000 * seconds as usize]);
+    (Caller::dial_as(gw, &wav, seconds + 2, user), dir)
 }
 
 /// `voicegate transcribe FILE` with the default model: the text, lowercase.
