@@ -70,7 +70,13 @@ impl Gateway {
         let sip_port = free_port();
         let cfg = dir.path().join("config");
         copy_dir(&root().join("sip-config"), &cfg);
-        let base = rtp_base(200);
+        // The RTP range may not contain the SIP port (config check refuses it).
+        let base = loop {
+            let b = rtp_base(200);
+            if !(b..b + 200).contains(&sip_port) {
+                break b;
+            }
+        };
         let mut gateway = std::fs::read_to_string(root().join("sip-config/gateway.toml"))
             .expect("gateway.toml")
             .replace("127.0.0.1:5060", &format!("127.0.0.1:{sip_port}"))
