@@ -755,6 +755,8 @@ fn voicegate_call_replays_the_public_calls_over_the_wire_with_the_offline_outcom
             "tests/calls",
             "--rate",
             "0.25",
+            "--linger",
+            "6",
             "--json",
             "--record",
         ])
