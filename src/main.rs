@@ -67,42 +67,7 @@ enum Command {
     },
     /// Place real SIP calls that play WAV files (QA, load): record what comes
     /// back, hang up at the end of the file or when the far end does.
-    Call {
-        /// Where to call, e.g. sip:bot@127.0.0.1:5060.
-        uri: String,
-        /// The WAV to play, or a directory of WAVs (one call each, caller ID
-        /// from the `.toml` beside each when there is one).
-        #[arg(long)]
-        play: PathBuf,
-        /// Write what came back here (a directory when several calls).
-        #[arg(long)]
-        record: Option<PathBuf>,
-        /// Caller ID.
-        #[arg(long)]
-        caller: Option<String>,
-        /// Send RFC 4733 digits at a moment: DIGITS@SECONDS (repeatable).
-        #[arg(long)]
-        dtmf: Vec<String>,
-        /// How many calls of the one file.
-        #[arg(long, default_value_t = 1)]
-        calls: usize,
-        /// New calls per second.
-        #[arg(long, default_value_t = 1.0)]
-        rate: f64,
-        /// Stay on the line this long after the file ends (seconds).
-        #[arg(long, default_value_t = 1.0)]
-        linger: f64,
-        /// One JSON object per call on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Configuration whose model and `connecting` phrase tell hand-overs
-        /// apart in what came back.
-        #[arg(long, default_value = "sip-config")]
-        config: PathBuf,
-        /// Do not transcribe what came back (load tests): hand-overs are not counted.
-        #[arg(long)]
-        no_listen: bool,
-    },
+    Call(CallArgs),
     /// Learn from agent-handled calls: unrecognised caller phrasings per
     /// intent and calming agent phrases, as a TOML snippet for flow.toml.
     Mine {
@@ -213,31 +178,7 @@ fn main() -> ExitCode {
             expect,
             report,
         } => replay(&file, caller, &config, json, expect, report.as_deref()),
-        Command::Call {
-            uri,
-            play,
-            record,
-            caller,
-            dtmf,
-            calls,
-            rate,
-            linger,
-            json,
-            config,
-            no_listen,
-        } => place_calls(CallArgs {
-            config,
-            no_listen,
-            uri,
-            play,
-            record,
-            caller,
-            dtmf,
-            calls,
-            rate,
-            linger,
-            json,
-        }),
+        Command::Call(args) => place_calls(args),
         Command::Mine { dir, config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -520,18 +461,43 @@ fn replay(
     }
 }
 
+/// `voicegate call` options.
+#[derive(clap::Args)]
 struct CallArgs {
-    config: PathBuf,
-    no_listen: bool,
+    /// Where to call, e.g. sip:bot@127.0.0.1:5060.
     uri: String,
+    /// The WAV to play, or a directory of WAVs (one call each, caller ID
+    /// from the `.toml` beside each when there is one).
+    #[arg(long)]
     play: PathBuf,
+    /// Write what came back here (a directory when several calls).
+    #[arg(long)]
     record: Option<PathBuf>,
+    /// Caller ID.
+    #[arg(long)]
     caller: Option<String>,
+    /// Send RFC 4733 digits at a moment: DIGITS@SECONDS (repeatable).
+    #[arg(long)]
     dtmf: Vec<String>,
+    /// How many calls of the one file.
+    #[arg(long, default_value_t = 1)]
     calls: usize,
+    /// New calls per second.
+    #[arg(long, default_value_t = 1.0)]
     rate: f64,
+    /// Stay on the line this long after the file ends (seconds).
+    #[arg(long, default_value_t = 1.0)]
     linger: f64,
+    /// One JSON object per call on stdout.
+    #[arg(long)]
     json: bool,
+    /// Configuration whose model and `connecting` phrase tell hand-overs
+    /// apart in what came back.
+    #[arg(long, default_value = "sip-config")]
+    config: PathBuf,
+    /// Do not transcribe what came back (load tests): hand-overs are not counted.
+    #[arg(long)]
+    no_listen: bool,
 }
 
 fn place_calls(a: CallArgs) -> ExitCode {
