@@ -412,15 +412,7 @@ fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
     );
 
     // QA mines the handled call: the agent's calming words come back as a snippet.
-    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
-        .current_dir(root())
-        .args(["mine", "--config"])
-        .arg(gw.dir.path().join("config"))
-        .arg(gw.recordings())
-        .output()
-        .expect("mine");
-    let snippet = String::from_utf8_lossy(&out.stdout).to_lowercase();
-    assert!(out.status.success(), "{snippet}");
+    let snippet = mine_snippet(&gw.dir.path().join("config"), &gw.recordings());
     assert!(snippet.contains("1 with an agent bridged"), "{snippet}");
     assert!(
         snippet.contains("[calming]") && snippet.contains("sorry"),
@@ -721,15 +713,7 @@ fn replaying_live_recordings_gives_the_live_utterances_decisions_and_outcomes() 
         assert_eq!(replayed["outcome"], live_outcome, "{}", dir.display());
     }
     // The requests the bot did not understand, mined for the administrator.
-    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
-        .current_dir(root())
-        .args(["mine", "--config"])
-        .arg(&cfg)
-        .arg(gw.recordings())
-        .output()
-        .expect("mine");
-    let snippet = String::from_utf8_lossy(&out.stdout).to_lowercase();
-    assert!(out.status.success(), "{snippet}");
+    let snippet = mine_snippet(&cfg, &gw.recordings());
     assert!(
         snippet.contains("3 calls, 2 handed to a person"),
         "{snippet}"

@@ -375,9 +375,21 @@ request_route {{
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
+}
+
+/// A command on a baresip UDP console (`cons_listen`).
+pub fn baresip_command(console: u16, command: &str) {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.send_to(format!("{command}\n").as_bytes(), ("127.0.0.1", console))
+        .expect("console");
+}
+
+/// Kill a peer process and reap it.
+pub fn stop_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// baresip as an agent phone: registered at Kamailio as `ext`, answering
@@ -478,19 +490,12 @@ impl Agent {
 
     /// Hang up the agent's phone.
     pub fn hang_up(&self) {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.send_to(b"/hangup\n", ("127.0.0.1", self.console))
-            .expect("console");
+        baresip_command(self.console, "/hangup");
     }
 
     /// Press a key on the agent's phone (RFC 4733).
     pub fn send_digit(&self, digit: char) {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.send_to(
-            format!("/sndcode {digit}\n").as_bytes(),
-            ("127.0.0.1", self.console),
-        )
-        .expect("console");
+        baresip_command(self.console, &format!("/sndcode {digit}"));
     }
 
     /// What the agent heard: the decoded-audio recordings, longest first.
@@ -510,8 +515,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
 }
 
@@ -571,19 +575,13 @@ impl Caller {
     }
 
     pub fn send_digit(&self, digit: char) {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.send_to(
-            format!("/sndcode {digit}\n").as_bytes(),
-            ("127.0.0.1", self.console),
-        )
-        .expect("console");
+        baresip_command(self.console, &format!("/sndcode {digit}"));
     }
 }
 
 impl Drop for Caller {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
 }
 
@@ -612,6 +610,20 @@ pub fn quiet_call(gw: &Gateway, seconds: u32, user: &str) -> (Caller, tempfile::
     let wav = dir.path().join("quiet.wav");
     write_wav_8k(&wav, &vec![0i16; 8000 * seconds as usize]);
     (Caller::dial_as(gw, &wav, seconds + 2, user), dir)
+}
+
+/// `voicegate mine RECORDINGS --config CFG`: the snippet, lowercase.
+pub fn mine_snippet(cfg: &Path, recordings: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["mine", "--config"])
+        .arg(cfg)
+        .arg(recordings)
+        .output()
+        .expect("mine");
+    let snippet = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.status.success(), "{snippet}");
+    snippet
 }
 
 /// `voicegate transcribe FILE` with the default model: the text, lowercase.
