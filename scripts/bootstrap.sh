@@ -16,6 +16,7 @@ declare -A NEED=(
   [sox]=/usr/bin/sox
   [espeak-ng]=/usr/bin/espeak-ng
   [libespeak-ng-dev]=/usr/include/espeak-ng/speak_lib.h
+  [libopus-dev]=/usr/include/opus/opus.h
   [python3-venv]=/usr/lib/python3/dist-packages/../../python3.11/venv/__init__.py
   [python3-pip]=/usr/bin/pip3
   [chromium]=/usr/bin/chromium

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -220,15 +219,6 @@ fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
 
 /// Point `agents.toml` at `members` (one sequential group), with the whisper
 /// accept key on or off and a short ring timeout.
-fn agents_at(cfg: &Path, members: &[String], accept_with_dtmf: bool) {
-    let list: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
-    let text = format!(
-        "hold_music = \"prompts/hold.wav\"\n[whisper]\nenabled = true\naccept_with_dtmf = {accept_with_dtmf}\naccept_timeout_s = 10.0\n\
-         [[group]]\nname = \"support\"\nstrategy = \"sequential\"\nring_timeout_s = 15.0\nmembers = [{}]\n[routing]\ndefault = [\"support\"]\n",
-        list.join(", ")
-    );
-    std::fs::write(cfg.join("agents.toml"), text).expect("agents.toml");
-}
 
 fn kinds(all: &[serde_json::Value], prefix: &str) -> Vec<serde_json::Value> {
     all.iter()
@@ -296,10 +286,55 @@ fn an_angry_caller_reaches_agent_1001_who_hears_the_whisper_then_the_caller() {
     let wav = dir.path().join("caller.wav");
     write_wav_8k(&wav, &audio);
     let seconds = (audio.len() / 8000) as u32 + 2;
+    // Agent 1001's screen-pop is open before the call comes in.
+    let pops = screen_pop(&gw, "1001");
     let caller = Caller::dial(&gw, &wav, seconds);
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(u64::from(seconds) + 40));
     drop(caller);
     let all = events(&dirs[0]);
+
+    // The screen-pop showed the call as it was handed over, then bridged,
+    // with the summary, the reason and the caller's words.
+    let pops = pops.join().expect("screen-pop reader");
+    let states: Vec<&str> = pops.iter().filter_map(|p| p["state"].as_str()).collect();
+    assert!(states.contains(&"handing_over"), "{states:?}");
+    assert!(states.contains(&"bridged"), "{states:?}");
+    let first = &pops[0];
+    assert_eq!(first["handover_reason"], "negative_words", "{first}");
+    assert!(
+        first["summary"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("negative words"),
+        "{first}"
+    );
+    assert!(
+        first["transcript"]
+            .to_string()
+            .to_lowercase()
+            .contains("ridiculous"),
+        "{first}"
+    );
+    // The agent's INVITE linked the call's page (Call-Info); the link opens
+    // it with the summary, the link without its key does not.
+    let info = pbx.call_infos();
+    let url = info[0]
+        .trim()
+        .strip_prefix('<')
+        .and_then(|u| u.split_once('>'))
+        .map(|(u, rest)| {
+            assert!(rest.contains("purpose=info"), "{rest}");
+            u.to_string()
+        })
+        .unwrap_or_else(|| panic!("Call-Info {info:?}"));
+    let (status, page) = http("GET", &url, None, None);
+    assert_eq!(status, 200, "{url}: {page}");
+    assert!(
+        page.contains("negative words") && page.contains("ridiculous"),
+        "{page}"
+    );
+    let keyless = url.split('?').next().unwrap_or("");
+    assert_eq!(http("GET", keyless, None, None).0, 404);
 
     // The agent INVITE carried the summary as data, as the PBX saw it.
     let invites = pbx.invites();
@@ -835,4 +870,35 @@ fn voicegate_call_replays_the_public_calls_over_the_wire_with_the_offline_outcom
         .filter_map(|e| e["reason"].as_str().map(str::to_string))
         .collect();
     assert_eq!(reasons.len(), 7, "{reasons:?}");
+}
+
+/// Read `/agent/events?ext=EXT` (server-sent events) for 45 s: every call
+/// update pushed to that extension.
+fn screen_pop(gw: &Gateway, ext: &str) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
+    use std::io::BufRead;
+    let url = format!("http://127.0.0.1:{}/agent/events?ext={ext}", gw.http_port);
+    let reader = ureq::get(&url)
+        .call()
+        .expect("screen-pop stream")
+        .into_reader();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(45);
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data:") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) {
+                    let ended = v["state"] == "ended";
+                    out.push(v);
+                    if ended {
+                        break;
+                    }
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        out
+    })
 }

@@ -17,6 +17,54 @@ struct File {
     prompts: PromptsSection,
     #[serde(default)]
     speech: SpeechSection,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    shutdown: ShutdownSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    #[serde(default = "default_http_listen")]
+    listen: Spanned<String>,
+    #[serde(default)]
+    admin_token: Option<Spanned<String>>,
+    #[serde(default)]
+    public_url: Option<Spanned<String>>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+            admin_token: None,
+            public_url: None,
+        }
+    }
+}
+
+fn default_http_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:8080".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShutdownSection {
+    #[serde(default = "default_grace")]
+    grace_s: Spanned<u64>,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            grace_s: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> Spanned<u64> {
+    Spanned::new(0..0, 30)
 }
 
 #[derive(Deserialize)]
@@ -154,6 +202,19 @@ fn default_flush() -> u64 {
     1000
 }
 
+/// The HTTP surface: health, metrics, call pages, the agent screen-pop,
+/// browser callers.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Listen address; `None` when `listen = ""` turns HTTP off.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for `/api/*`; `VOICEGATE_ADMIN_TOKEN` overrides it. With
+    /// neither, admin routes answer 403.
+    pub admin_token: Option<String>,
+    /// Base URL agents and browsers reach this server at (no trailing slash).
+    pub public_url: String,
+}
+
 /// Where SIP listens.
 #[derive(Debug, Clone)]
 pub struct SipListen {
@@ -227,6 +288,10 @@ pub struct GatewayConfig {
     pub recording: RecordingConfig,
     /// The greeting prompt, resolved against the config directory.
     pub greeting: PathBuf,
+    /// The HTTP surface.
+    pub http: HttpConfig,
+    /// On SIGTERM, how long calls in progress may go on before they end with BYE.
+    pub shutdown_grace: Duration,
     /// Speech recognition.
     pub speech: SpeechConfig,
 }
@@ -348,6 +413,15 @@ pub(super) fn parse(
             "use 200 to 3000 ms (default 600)",
         ));
     }
+    let http = parse_http(&src, &file.http, problems);
+    let grace = *file.shutdown.grace_s.get_ref();
+    if grace > 3600 {
+        problems.push(src.at(
+            Some(file.shutdown.grace_s.span()),
+            format!("shutdown.grace_s {grace} is out of range"),
+            "use 0 to 3600 seconds (default 30)",
+        ));
+    }
     if problems.len() > before {
         return None;
     }
@@ -390,5 +464,65 @@ pub(super) fn parse(
         },
         greeting,
         speech,
+        http: http?,
+        shutdown_grace: Duration::from_secs(grace),
+    })
+}
+
+fn parse_http(
+    src: &SourceFile,
+    http: &HttpSection,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<HttpConfig> {
+    let listen = match http.listen.get_ref().trim() {
+        "" => None,
+        text => match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(src.at(
+                    Some(http.listen.span()),
+                    format!("bad http.listen address {text:?}"),
+                    "write IP:PORT, e.g. \"127.0.0.1:8080\", or \"\" to turn HTTP off",
+                ));
+                return None;
+            }
+        },
+    };
+    let token = std::env::var("VOICEGATE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| http.admin_token.as_ref().map(|t| t.get_ref().clone()));
+    if let (Some(t), Some(span)) = (&token, http.admin_token.as_ref().map(|t| t.span())) {
+        if t.len() < 8 || t.chars().any(char::is_whitespace) {
+            problems.push(src.at(
+                Some(span),
+                "http.admin_token is too short or has spaces",
+                "use at least 8 characters without spaces (or set VOICEGATE_ADMIN_TOKEN)",
+            ));
+            return None;
+        }
+    }
+    let public_url = match &http.public_url {
+        Some(u) => {
+            let text = u.get_ref().trim_end_matches('/');
+            if !(text.starts_with("http://") || text.starts_with("https://")) {
+                problems.push(src.at(
+                    Some(u.span()),
+                    format!("http.public_url {:?} is not an http(s) URL", u.get_ref()),
+                    "give the base URL agents reach this server at, e.g. \"http://10.0.0.5:8080\"",
+                ));
+                return None;
+            }
+            text.to_string()
+        }
+        None => format!(
+            "http://{}",
+            listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        ),
+    };
+    Some(HttpConfig {
+        listen,
+        admin_token: token,
+        public_url,
     })
 }

@@ -161,7 +161,7 @@ impl AgentLeg {
             offer: Some(offer.into_bytes()),
             contact,
             credential,
-            headers: Some(summary_headers(summary, None)),
+            headers: Some(summary_headers(summary, summary["page"].as_str())),
             support_prack: false,
             call_id: None,
             session_id: None,

@@ -29,11 +29,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 /// Who the caller is and what they dialled.
-struct Parties {
-    call_id: String,
-    from_user: String,
-    from_display: String,
-    to_user: String,
+pub(super) struct Parties {
+    pub call_id: String,
+    pub from_user: String,
+    pub from_display: String,
+    pub to_user: String,
 }
 
 fn parties(tx: &Transaction) -> Parties {
@@ -139,7 +139,7 @@ pub(super) async fn run(
         }
     };
     let session_id = u64::from(rand::random::<u32>());
-    let mut sdp_version = 1u64;
+    let sdp_version = 1u64;
     let answer = sdp::build(
         session_id,
         sdp_version,
@@ -149,9 +149,20 @@ pub(super) async fn run(
         negotiated.params.dtmf_payload_type,
         negotiated.direction.answer(),
     );
+    let page_key = shared.board.open(
+        &who.call_id,
+        "sip",
+        &who.from_user,
+        &who.to_user,
+        &trunk.name,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    // The board forgets the call however this function returns.
+    let _on_board = OnBoard(shared.board.clone(), who.call_id.clone());
     let mut log = EventLog {
         recorder: recorder.as_mut(),
         start: Instant::now(),
+        board: Some((shared.board.clone(), who.call_id.clone())),
     };
     log.event(
         "call.invite",
@@ -196,17 +207,45 @@ pub(super) async fn run(
         return;
     }
     info!(from = %who.from_user, to = %who.to_user, trunk = %trunk.name, codec = negotiated.params.codec.name(), "call answered");
+    drop(log);
+    let leg = CallerLeg::Sip(Box::new(SipLeg {
+        media: MediaSession::new(
+            negotiated.params.clone(),
+            gw.media.jitter_buffer,
+            rand::random(),
+            Duration::ZERO,
+        ),
+        held: negotiated.direction.is_hold(),
+        socket,
+        lease,
+        dialog,
+        states,
+        sdp_version,
+        session_id,
+        trunk: trunk.clone(),
+    }));
+    converse(shared, who, trunk, leg, recorder, page_key, _on_board).await;
+}
 
+/// Run an answered call, whatever leg the caller is on, until either side
+/// ends it: the media clock, the bot, the hand-over, the recording.
+pub(super) async fn converse(
+    shared: Arc<Shared>,
+    who: Parties,
+    trunk: TrunkConfig,
+    mut leg: CallerLeg,
+    mut recorder: Option<CallRecorder>,
+    page_key: String,
+    _on_board: OnBoard,
+) {
+    let gw = &shared.config.gateway;
     let start = Instant::now();
-    log.start = start;
-    log.event("call.answered", json!({"local_rtp_port": lease.port()}));
-    let mut media = MediaSession::new(
-        negotiated.params.clone(),
-        gw.media.jitter_buffer,
-        rand::random(),
-        Duration::ZERO,
-    );
-    let mut held = negotiated.direction.is_hold();
+    let mut log = EventLog {
+        recorder: recorder.as_mut(),
+        start,
+        board: Some((shared.board.clone(), who.call_id.clone())),
+    };
+    log.event("call.answered", leg.describe());
     let mut flow = GreetingFlow::default();
     let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
     let mut decider = Decider {
@@ -323,7 +362,13 @@ pub(super) async fn run(
         for text in decider.to_say.drain(..) {
             let _ = say_tx.send(text);
         }
-        if let Some((reason, summary)) = decider.to_transfer.take() {
+        if let Some((reason, mut summary)) = decider.to_transfer.take() {
+            // The agent's Call-Info link: this call's page, opened by its key.
+            summary["page"] = json!(format!(
+                "{}/calls/{}?key={page_key}",
+                gw.http.public_url,
+                url_escape(&who.call_id)
+            ));
             let text = summary["text"].as_str().unwrap_or_default().to_string();
             let (tts, voice, tx) = (
                 shared.tts.clone(),
@@ -368,9 +413,7 @@ pub(super) async fn run(
         }
         if let Some(reason) = hangup {
             log.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
-            if let Err(e) = dialog.bye().await {
-                warn!(error = %e, "BYE failed");
-            }
+            leg.hang_up().await;
             ended_by = reason;
             break;
         }
@@ -379,13 +422,11 @@ pub(super) async fn run(
                 let now = start.elapsed();
                 // Drain what arrived since the last tick: one wake-up per 20 ms
                 // per call instead of one per packet.
-                while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                    if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
-                        if !decider.core.collecting_digits() { actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" })); }
-                        decider.feed(now, CoreEvent::Dtmf(d), &mut log);
-                    }
+                for d in leg.receive(now, &mut buf) {
+                    if !decider.core.collecting_digits() { actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "rfc4733" })); }
+                    decider.feed(now, CoreEvent::Dtmf(d), &mut log);
                 }
-                let (caller, digit) = media.pull_frame();
+                let (caller, digit) = leg.pull_frame();
                 if let Some(d) = digit {
                     if !decider.core.collecting_digits() { actions.extend(flow.handle(now, CallEvent::Digit { digit: d, source: "inband" })); }
                     decider.feed(now, CoreEvent::Dtmf(d), &mut log);
@@ -445,8 +486,8 @@ pub(super) async fn run(
                     if h.bridged() && bridged_at.is_none() {
                         // Talking now: the caller's leg drops to the bridge's
                         // shallower jitter buffer too.
-                        media.set_jitter_depth(shared.config.agents.bridge_jitter);
-                        bridged_at = Some(media.stats().jitter);
+                        leg.set_jitter_depth(shared.config.agents.bridge_jitter);
+                        bridged_at = Some(leg.jitter_stats());
                     }
                     let (to_caller, events) = h.media_tick(now, &caller, bot_speaking.then_some(out), &mut log);
                     out = to_caller;
@@ -456,23 +497,20 @@ pub(super) async fn run(
                         settle(outcome, &mut handover, &mut decider, &mut hangup, now, &mut log);
                     }
                 }
-                if !held {
-                    let pkt = media.encode_frame(&out);
-                    let _ = socket.send_to(&pkt, media.destination());
-                }
+                leg.send_frame(&out);
                 if let Some(r) = log.recorder.as_deref_mut() {
                     if let Err(e) = r.write(&caller, &out) {
                         tracing::error!(error = %e, "recording write failed");
                     }
                 }
-                if !held && media.idle_for(now) > gw.media.rtp_timeout {
-                    warn!(idle_s = media.idle_for(now).as_secs(), "no RTP: ending the call");
+                if let Some(idle) = leg.idle_for(now).filter(|i| *i > gw.media.rtp_timeout) {
+                    warn!(idle_s = idle.as_secs(), "no media: ending the call");
                     hangup = Some("rtp_timeout");
                 }
             }
-            state = states.recv() => {
-                let Some(state) = state else { ended_by = "dialog_gone"; break };
-                match on_dialog_state(state, &dialog, &mut media, &mut held, &mut sdp_version, session_id, &shared, lease.port(), &trunk, &mut log).await {
+            signal = leg.signal() => {
+                let Some(signal) = signal else { ended_by = "dialog_gone"; break };
+                match leg.on_signal(signal, &shared, &mut log).await {
                     DialogOutcome::Continue => {}
                     DialogOutcome::Digit(d) => {
                         if !decider.core.collecting_digits() { actions.extend(flow.handle(start.elapsed(), CallEvent::Digit { digit: d, source: "sip_info" })); }
@@ -535,7 +573,7 @@ pub(super) async fn run(
         if let (Some(before), Some(agent)) = (bridged_at, h.agent_stats()) {
             // Time inside the gateway per direction: the jitter hold measured
             // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
-            let now = media.stats().jitter;
+            let now = leg.jitter_stats();
             let caller_hold = if now.played > before.played {
                 (now.queued_sum - before.queued_sum) as f64 * 20.0
                     / (now.played - before.played) as f64
@@ -558,7 +596,7 @@ pub(super) async fn run(
         l.finish(&asr_tx, &mut asr_rx, &mut log, sp.max_latency)
             .await;
     }
-    let stats = media.stats();
+    let stats = leg.stats_json();
     log.event(
         "call.ended",
         json!({"reason": ended_by, "duration_s": start.elapsed().as_secs_f64(), "media": stats}),
@@ -566,7 +604,7 @@ pub(super) async fn run(
     info!(
         reason = ended_by,
         duration_s = start.elapsed().as_secs_f64(),
-        lost = stats.jitter.lost,
+        lost = stats["jitter"]["lost"].as_u64().unwrap_or(0),
         "call ended"
     );
     if let Some(r) = recorder {
@@ -575,7 +613,7 @@ pub(super) async fn run(
             Err(e) => tracing::error!(error = %e, "recording finalise failed"),
         }
     }
-    drop(lease);
+    drop(leg);
 }
 
 enum DialogOutcome {
@@ -701,12 +739,17 @@ async fn on_dialog_state(
 pub(super) struct EventLog<'a> {
     recorder: Option<&'a mut CallRecorder>,
     start: Instant,
+    /// The HTTP surface's view of this call: the board and the call's id.
+    board: Option<(crate::api::board::CallBoard, String)>,
 }
 
 impl EventLog<'_> {
     /// Log one event (and trace it).
     pub(super) fn event(&mut self, kind: &str, fields: serde_json::Value) {
         tracing::debug!(kind, %fields, "event");
+        if let Some((board, id)) = &self.board {
+            board.event(id, self.start.elapsed().as_secs_f64(), kind, &fields);
+        }
         if let Some(r) = self.recorder.as_deref_mut() {
             if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
                 tracing::error!(error = %e, "event log write failed");
@@ -1022,4 +1065,186 @@ fn media_clock_next_tick() -> Instant {
     let elapsed = epoch.elapsed().as_nanos();
     let next = (elapsed / period + 1) * period;
     epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
+}
+
+/// Takes a call off the board's live list when its task ends, whatever path
+/// it ends by.
+pub(super) struct OnBoard(pub crate::api::board::CallBoard, pub String);
+
+impl Drop for OnBoard {
+    fn drop(&mut self) {
+        self.0.close(&self.1);
+    }
+}
+
+/// Percent-encode a path segment (Call-IDs carry `@` and more).
+pub(super) fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The caller's side of a call: a SIP dialog with RTP, or a browser's WebRTC
+/// peer connection. Both give the call 20 ms frames of 8 kHz audio and take
+/// the same back, so the bot, the hand-over and the recording are one code.
+pub(super) enum CallerLeg {
+    /// A SIP caller (trunk or PBX), G.711 over RTP.
+    Sip(Box<SipLeg>),
+    /// A browser caller, Opus over DTLS-SRTP.
+    Web(super::webrtc::WebLeg),
+}
+
+/// A SIP caller's dialog and RTP.
+pub(super) struct SipLeg {
+    socket: UdpSocket,
+    lease: crate::media::ports::PortLease,
+    media: MediaSession,
+    dialog: InviteDialog,
+    states: rsipstack::dialog::dialog::DialogStateReceiver,
+    held: bool,
+    sdp_version: u64,
+    session_id: u64,
+    trunk: TrunkConfig,
+}
+
+/// Something the caller's signalling said.
+pub(super) enum LegSignal {
+    /// A SIP dialog state change.
+    Sip(Box<DialogState>),
+    /// The browser hung up or its connection failed.
+    WebEnded(&'static str),
+}
+
+impl CallerLeg {
+    /// What `call.answered` logs about the leg.
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            CallerLeg::Sip(s) => json!({"local_rtp_port": s.lease.port()}),
+            CallerLeg::Web(w) => w.describe(),
+        }
+    }
+
+    /// Take in what arrived since the last tick; the DTMF digits in it.
+    fn receive(&mut self, now: Duration, buf: &mut [u8]) -> Vec<char> {
+        match self {
+            CallerLeg::Sip(s) => {
+                let mut digits = Vec::new();
+                // Drain what arrived since the last tick: one wake-up per
+                // 20 ms per call instead of one per packet.
+                while let Ok((n, from)) = s.socket.recv_from(buf) {
+                    if let Inbound::Digit(d) = s.media.on_datagram(now, from, &buf[..n]) {
+                        digits.push(d);
+                    }
+                }
+                digits
+            }
+            CallerLeg::Web(w) => w.receive(now),
+        }
+    }
+
+    /// The caller's next 20 ms, and an in-band digit.
+    fn pull_frame(&mut self) -> (Vec<i16>, Option<char>) {
+        match self {
+            CallerLeg::Sip(s) => s.media.pull_frame(),
+            CallerLeg::Web(w) => (w.pull_frame(), None),
+        }
+    }
+
+    /// Send 20 ms to the caller (nothing while the caller holds).
+    fn send_frame(&mut self, frame: &[i16]) {
+        match self {
+            CallerLeg::Sip(s) => {
+                if !s.held {
+                    let pkt = s.media.encode_frame(frame);
+                    let _ = s.socket.send_to(&pkt, s.media.destination());
+                }
+            }
+            CallerLeg::Web(w) => w.send_frame(frame),
+        }
+    }
+
+    fn set_jitter_depth(&mut self, depth: Duration) {
+        match self {
+            CallerLeg::Sip(s) => s.media.set_jitter_depth(depth),
+            CallerLeg::Web(w) => w.set_jitter_depth(depth),
+        }
+    }
+
+    fn jitter_stats(&self) -> crate::media::jitter::JitterStats {
+        match self {
+            CallerLeg::Sip(s) => s.media.stats().jitter,
+            CallerLeg::Web(w) => w.jitter_stats(),
+        }
+    }
+
+    /// How long the caller's media has been silent on the wire; `None` while
+    /// on hold (no media is expected).
+    fn idle_for(&self, now: Duration) -> Option<Duration> {
+        match self {
+            CallerLeg::Sip(s) => (!s.held).then(|| s.media.idle_for(now)),
+            CallerLeg::Web(w) => Some(w.idle_for(now)),
+        }
+    }
+
+    /// The next signalling event; `None` when the signalling is gone.
+    async fn signal(&mut self) -> Option<LegSignal> {
+        match self {
+            CallerLeg::Sip(s) => s.states.recv().await.map(|st| LegSignal::Sip(Box::new(st))),
+            CallerLeg::Web(w) => w.ended().await.map(LegSignal::WebEnded),
+        }
+    }
+
+    async fn on_signal(
+        &mut self,
+        signal: LegSignal,
+        shared: &Shared,
+        log: &mut EventLog<'_>,
+    ) -> DialogOutcome {
+        match (self, signal) {
+            (CallerLeg::Sip(s), LegSignal::Sip(state)) => {
+                let port = s.lease.port();
+                on_dialog_state(
+                    *state,
+                    &s.dialog,
+                    &mut s.media,
+                    &mut s.held,
+                    &mut s.sdp_version,
+                    s.session_id,
+                    shared,
+                    port,
+                    &s.trunk,
+                    log,
+                )
+                .await
+            }
+            (_, LegSignal::WebEnded(reason)) => DialogOutcome::Ended(reason),
+            (_, LegSignal::Sip(_)) => DialogOutcome::Continue,
+        }
+    }
+
+    /// The gateway ends the call (BYE, or closing the peer connection).
+    async fn hang_up(&mut self) {
+        match self {
+            CallerLeg::Sip(s) => {
+                if let Err(e) = s.dialog.bye().await {
+                    warn!(error = %e, "BYE failed");
+                }
+            }
+            CallerLeg::Web(w) => w.hang_up().await,
+        }
+    }
+
+    /// The leg's media counters for `call.ended`.
+    fn stats_json(&self) -> serde_json::Value {
+        match self {
+            CallerLeg::Sip(s) => serde_json::to_value(s.media.stats()).unwrap_or_default(),
+            CallerLeg::Web(w) => w.stats_json(),
+        }
+    }
 }

@@ -6,13 +6,16 @@ mod agent;
 mod call;
 mod handover;
 mod register;
+mod webrtc;
 
+use crate::api::board::CallBoard;
 use crate::config::Config;
 use crate::media::ports::PortPool;
 use crate::media::prompt::Prompt;
 use crate::sip::digest::{AuthVerdict, NonceIssuer};
 use crate::sip::sdp;
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, StatusCode};
@@ -35,17 +38,130 @@ pub(crate) struct Shared {
     /// Hold music for callers waiting for an agent (loaded once, shared).
     pub hold_music: Option<Prompt>,
     pub nonces: NonceIssuer,
+    /// Cancelled when calls in progress must end now (BYE).
     pub shutdown: CancellationToken,
+    /// Cancelled when shutdown begins: new calls are refused with 503.
+    pub draining: CancellationToken,
     pub calls: tokio_util::task::TaskTracker,
     /// The bot's voice.
     pub tts: Arc<dyn crate::speech::tts::Synthesizer>,
     /// The ASR pool; `None` when `[speech] enabled = false`.
     pub asr: Option<crate::speech::pool::AsrPool>,
+    /// Live and recent calls for the HTTP surface, and the metrics.
+    pub board: CallBoard,
 }
 
-/// Serve until `shutdown` is cancelled; calls in progress end with BYE and
-/// their recordings are finalised before this returns.
-pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+impl Shared {
+    /// The same gateway with a new configuration, for calls that start from
+    /// now on: prompts are loaded anew; sockets, ports, the model and the
+    /// board are kept.
+    fn with_config(&self, config: Config) -> anyhow::Result<Shared> {
+        Ok(Shared {
+            greeting: Prompt::load(&config.gateway.greeting)?,
+            hold_music: load_hold_music(&config),
+            dialogs: self.dialogs.clone(),
+            ports: self.ports.clone(),
+            nonces: self.nonces.clone(),
+            shutdown: self.shutdown.clone(),
+            draining: self.draining.clone(),
+            calls: self.calls.clone(),
+            tts: self.tts.clone(),
+            asr: self.asr.clone(),
+            board: self.board.clone(),
+            config,
+        })
+    }
+}
+
+fn load_hold_music(config: &Config) -> Option<Prompt> {
+    config.agents.hold_music.as_ref().and_then(|p| {
+        Prompt::load(p)
+            .map_err(|e| warn!(error = %e, "hold music unusable"))
+            .ok()
+    })
+}
+
+/// The running gateway as the HTTP surface and signals see it: the current
+/// configuration generation, swapped whole on reload.
+struct Running {
+    current: ArcSwap<Shared>,
+}
+
+impl Running {
+    /// Reload `sip-config/` for new calls. Calls in progress keep the
+    /// generation they started with; an invalid configuration is refused with
+    /// the `config check` messages and the running one stays.
+    fn reload(&self) -> Result<String, Vec<String>> {
+        let old = self.current.load_full();
+        let config = Config::load(&old.config.dir)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<String>>())?;
+        let mut restart = Vec::new();
+        let (a, b) = (&old.config.gateway, &config.gateway);
+        if a.sip.udp != b.sip.udp || a.sip.tcp != b.sip.tcp {
+            restart.push("[sip] listen addresses");
+        }
+        if a.media.rtp_port_min != b.media.rtp_port_min
+            || a.media.rtp_port_max != b.media.rtp_port_max
+        {
+            restart.push("[media] RTP port range");
+        }
+        if a.speech.model != b.speech.model
+            || a.speech.enabled != b.speech.enabled
+            || a.speech.workers != b.speech.workers
+        {
+            restart.push("[speech] model and workers");
+        }
+        if a.http.listen != b.http.listen {
+            restart.push("[http] listen");
+        }
+        let next = old
+            .with_config(config)
+            .map_err(|e| vec![format!("{e:#}")])?;
+        self.current.store(Arc::new(next));
+        let mut msg =
+            "configuration reloaded: new calls use it; calls in progress are untouched".to_string();
+        if !restart.is_empty() {
+            msg.push_str(&format!(
+                " (changes to {} apply after a restart)",
+                restart.join(", ")
+            ));
+        }
+        info!(%msg, "reload");
+        Ok(msg)
+    }
+}
+
+impl crate::api::http::Control for Running {
+    fn reload(&self) -> Result<String, Vec<String>> {
+        let r = Running::reload(self);
+        if let Err(problems) = &r {
+            warn!(problems = %problems.join("; "), "reload refused: the running configuration stays");
+        }
+        r
+    }
+    fn draining(&self) -> bool {
+        self.current.load().draining.is_cancelled()
+    }
+    fn asr_queued(&self) -> Option<usize> {
+        self.current.load().asr.as_ref().map(|a| a.queued())
+    }
+    fn admin_token(&self) -> Option<String> {
+        self.current.load().config.gateway.http.admin_token.clone()
+    }
+    fn webrtc_offer(&self, offer: String) -> crate::api::http::BoxFuture<Result<String, String>> {
+        let shared = self.current.load_full();
+        Box::pin(async move { webrtc::answer(shared, offer).await })
+    }
+}
+
+/// Serve until `drain` is cancelled (SIGTERM): from then on new INVITEs get
+/// 503, calls in progress may go on for `[shutdown] grace_s`, then end with
+/// BYE; every recording is finalised before this returns.
+pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<()> {
+    // Calls end (BYE) on `shutdown`; the SIP stack stops on `sip_stop`, after
+    // the last BYE went out.
+    let shutdown = CancellationToken::new();
+    let sip_stop = CancellationToken::new();
     let repaired = crate::record::repair_all(&config.gateway.recording.dir);
     if !repaired.is_empty() {
         warn!(
@@ -74,9 +190,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         None
     };
 
-    let transport = TransportLayer::new(shutdown.child_token());
+    let transport = TransportLayer::new(sip_stop.child_token());
     for addr in &config.gateway.sip.udp {
-        let udp = UdpConnection::create_connection(*addr, None, Some(shutdown.child_token()))
+        let udp = UdpConnection::create_connection(*addr, None, Some(sip_stop.child_token()))
             .await
             .with_context(|| format!("cannot listen on udp {addr}"))?;
         transport.add_transport(udp.into());
@@ -92,7 +208,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let endpoint = EndpointBuilder::new()
         .with_user_agent(&config.gateway.sip.user_agent)
         .with_transport_layer(transport)
-        .with_cancel_token(shutdown.child_token())
+        .with_cancel_token(sip_stop.child_token())
         .with_allows(vec![
             Method::Invite,
             Method::Ack,
@@ -117,19 +233,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ports: PortPool::new(media.rtp_port_min, media.rtp_port_max),
         dialogs: dialogs.clone(),
         greeting,
-        hold_music: config.agents.hold_music.as_ref().and_then(|p| {
-            Prompt::load(p)
-                .map_err(|e| warn!(error = %e, "hold music unusable"))
-                .ok()
-        }),
+        hold_music: load_hold_music(&config),
         nonces: NonceIssuer::new(),
         shutdown: shutdown.clone(),
+        draining: drain.clone(),
         calls: tokio_util::task::TaskTracker::new(),
         tts: Arc::new(crate::speech::tts::CachedSynthesizer::new(
             crate::speech::tts::Espeak,
             256,
         )),
         asr,
+        board: CallBoard::new(),
         config,
     });
     for trunk in &shared.config.trunks {
@@ -138,21 +252,96 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 endpoint.inner.clone(),
                 trunk.name.clone(),
                 reg.clone(),
-                shutdown.child_token(),
+                sip_stop.child_token(),
+                shared.board.clone(),
             ));
         }
     }
-    info!("voicegate ready");
-    loop {
-        let tx = tokio::select! {
-            tx = incoming.recv() => match tx { Some(tx) => tx, None => break },
-            _ = shutdown.cancelled() => break,
-        };
-        dispatch(&shared, tx).await;
+    let grace = shared.config.gateway.shutdown_grace;
+    let running = Arc::new(Running {
+        current: ArcSwap::new(shared.clone()),
+    });
+    drop(shared);
+    let http_stop = CancellationToken::new();
+    let http = match running.current.load().config.gateway.http.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            info!(%addr, "HTTP listening");
+            let router =
+                crate::api::http::router(running.current.load().board.clone(), running.clone());
+            let stop = http_stop.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::api::http::serve(listener, router, stop).await {
+                    warn!(error = %e, "HTTP server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    #[cfg(unix)]
+    {
+        let running = running.clone();
+        let stop = sip_stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        info!("SIGHUP: reloading the configuration");
+                        let _ = crate::api::http::Control::reload(running.as_ref());
+                    }
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
     }
-    info!("shutting down: ending calls in progress");
-    shared.calls.close();
-    shared.calls.wait().await;
+    info!("voicegate ready");
+    let calls = running.current.load().calls.clone();
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            tx = incoming.recv() => match tx {
+                Some(tx) => dispatch(&running.current.load_full(), tx).await,
+                None => break,
+            },
+            _ = drain.cancelled(), if deadline.is_none() => {
+                info!(grace_s = grace.as_secs(), "shutting down: new calls get 503, calls in progress may finish");
+                calls.close();
+                deadline = Some(Box::pin(tokio::time::sleep(grace)));
+            }
+            _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
+                info!("shutdown grace is over: ending calls in progress");
+                break;
+            }
+            _ = calls.wait(), if deadline.is_some() => {
+                info!("every call has ended");
+                break;
+            }
+        }
+    }
+    shutdown.cancel();
+    calls.close();
+    // Calls send their BYE and finalise their recordings; in-dialog requests
+    // (the BYE's answers, a caller's own BYE) are still dispatched meanwhile.
+    loop {
+        tokio::select! {
+            _ = calls.wait() => break,
+            tx = incoming.recv() => match tx {
+                Some(tx) => dispatch(&running.current.load_full(), tx).await,
+                None => { calls.wait().await; break }
+            },
+        }
+    }
+    http_stop.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    sip_stop.cancel();
     endpoint.shutdown();
     Ok(())
 }
@@ -234,7 +423,7 @@ async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: V
 
 /// Admission control for a new INVITE: ACL, digest, SDP; then the call runs.
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
-    if shared.shutdown.is_cancelled() {
+    if shared.draining.is_cancelled() || shared.shutdown.is_cancelled() {
         reject(
             &mut tx,
             StatusCode::ServiceUnavailable,

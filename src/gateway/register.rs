@@ -15,7 +15,9 @@ pub(super) async fn keep_registered(
     trunk: String,
     cfg: RegisterConfig,
     cancel: CancellationToken,
+    board: crate::api::board::CallBoard,
 ) {
+    board.registration(&trunk, false);
     let server = match rsipstack::sip::Uri::try_from(cfg.registrar.as_str()) {
         Ok(u) => u,
         Err(e) => {
@@ -40,15 +42,18 @@ pub(super) async fn keep_registered(
                 let granted = Duration::from_secs(u64::from(registration.expires()));
                 info!(%trunk, registrar = %cfg.registrar, expires_s = granted.as_secs(), "registered");
                 backoff = cfg.retry_min;
+                board.registration(&trunk, true);
                 granted
                     .saturating_sub(cfg.refresh_before)
                     .max(Duration::from_secs(5))
             }
             Ok(resp) => {
+                board.registration(&trunk, false);
                 warn!(%trunk, registrar = %cfg.registrar, status = resp.status_code.code(), retry_s = backoff.as_secs(), "registration refused");
                 next_backoff(&mut backoff, cfg.retry_max)
             }
             Err(e) => {
+                board.registration(&trunk, false);
                 warn!(%trunk, registrar = %cfg.registrar, error = %e, retry_s = backoff.as_secs(), "registration failed");
                 next_backoff(&mut backoff, cfg.retry_max)
             }

@@ -272,7 +272,10 @@ mod tests {
         let n = negotiate(OFFER.as_bytes(), &[Codec::Pcmu, Codec::Pcma]).unwrap();
         assert_eq!(n.params.codec, Codec::Pcmu);
         assert_eq!(n.params.dtmf_payload_type, Some(101));
-        assert_eq!(n.params.remote, "10.0.0.5:4000".parse().unwrap());
+        assert_eq!(
+            n.params.remote,
+            "10.0.0.5:4000".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert_eq!(n.direction, Direction::SendRecv);
         let n = negotiate(OFFER.as_bytes(), &[Codec::Pcma]).unwrap();
         assert_eq!(n.params.codec, Codec::Pcma);

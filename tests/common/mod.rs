@@ -50,6 +50,8 @@ pub struct Gateway {
     child: Option<Child>,
     /// SIP port (UDP and TCP) on 127.0.0.1.
     pub sip_port: u16,
+    /// HTTP port on 127.0.0.1.
+    pub http_port: u16,
     /// Temporary directory holding `config/`, `recordings/` and `gateway.log`.
     pub dir: tempfile::TempDir,
 }
@@ -68,6 +70,12 @@ impl Gateway {
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let sip_port = free_port();
+        let http_port = loop {
+            let p = free_port();
+            if p != sip_port {
+                break p;
+            }
+        };
         let cfg = dir.path().join("config");
         copy_dir(&root().join("sip-config"), &cfg);
         // The RTP range may not contain the SIP port (config check refuses it).
@@ -91,7 +99,10 @@ impl Gateway {
             )
             // Test machines run many gateways and Whisper at once: allow slow
             // recognition here (the overload path has its own test).
-            .replace("max_latency_ms = 3000", "max_latency_ms = 30000");
+            .replace("max_latency_ms = 3000", "max_latency_ms = 30000")
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{http_port}"))
+            // Tests stop gateways often: a short grace keeps them quick.
+            .replace("grace_s = 30", "grace_s = 2");
         let mut trunks =
             std::fs::read_to_string(root().join("sip-config/trunks.toml")).expect("trunks.toml");
         edit(&mut gateway, &mut trunks);
@@ -101,6 +112,7 @@ impl Gateway {
         let mut g = Gateway {
             child: None,
             sip_port,
+            http_port,
             dir,
         };
         g.spawn();
@@ -196,6 +208,53 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The admin token of the shipped configuration.
+    pub const TOKEN: &'static str = "change-me-now";
+
+    /// `GET path` on the gateway's HTTP port: (status, body). `token` is sent
+    /// as a bearer token.
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        http(
+            "GET",
+            &format!("http://127.0.0.1:{}{path}", self.http_port),
+            token,
+            None,
+        )
+    }
+
+    /// `POST path` with `body`: (status, body).
+    pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        http(
+            "POST",
+            &format!("http://127.0.0.1:{}{path}", self.http_port),
+            token,
+            Some(body),
+        )
+    }
+
+    /// Send a signal (`HUP`, `TERM`) to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// Wait for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Whether the process is still running.
@@ -296,7 +355,7 @@ request_route {{
 "); if (t_check_trans()) {{ t_relay(); }} exit; }}
   {auth}
   if (is_method("INVITE")) {{
-    xlog("L_ERR", "VG-INVITE ruri=$rU|at=$TV(Sn)|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|
+    xlog("L_ERR", "VG-INVITE ruri=$rU|at=$TV(Sn)|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|callinfo=$hdr(Call-Info)|
 ");
   }}
   record_route();
@@ -350,6 +409,16 @@ request_route {{
             .collect()
     }
 
+    /// The `Call-Info` header of each hand-over INVITE.
+    pub fn call_infos(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("VG-INVITE ").nth(1))
+            .filter_map(|l| l.split('|').find_map(|f| f.strip_prefix("callinfo=")))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The hand-over INVITEs Kamailio relayed or refused: (ruri, uui, reason, summary).
     pub fn invites(&self) -> Vec<(String, String, String, String)> {
         self.log()
@@ -376,6 +445,23 @@ request_route {{
 impl Drop for Kamailio {
     fn drop(&mut self) {
         stop_child(&mut self.child);
+    }
+}
+
+/// One HTTP request: (status, body); 0 when nothing answered.
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    match res {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
     }
 }
 
@@ -887,4 +973,15 @@ pub fn write_wav_8k(path: &Path, samples: &[i16]) {
         w.write_sample(*s).expect("sample");
     }
     w.finalize().expect("finalize wav");
+}
+
+/// Point `agents.toml` in `cfg` at `members` (one sequential group for every reason).
+pub fn agents_at(cfg: &Path, members: &[String], accept_with_dtmf: bool) {
+    let list: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
+    let text = format!(
+        "hold_music = \"prompts/hold.wav\"\n[whisper]\nenabled = true\naccept_with_dtmf = {accept_with_dtmf}\naccept_timeout_s = 10.0\n\
+         [[group]]\nname = \"support\"\nstrategy = \"sequential\"\nring_timeout_s = 15.0\nmembers = [{}]\n[routing]\ndefault = [\"support\"]\n",
+        list.join(", ")
+    );
+    std::fs::write(cfg.join("agents.toml"), text).expect("agents.toml");
 }

@@ -1,0 +1,532 @@
+//! The call board: what the HTTP surface shows about calls. Live calls and
+//! the most recent finished ones, built from the very events each call writes
+//! to its `events.jsonl` (one source of truth), plus the Prometheus metrics
+//! and the agents' screen-pop feed derived from them.
+//!
+//! Plain data and a mutex: no sockets, no clock (times come with the events).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::broadcast;
+
+/// How many finished calls `/api/calls` keeps.
+const RECENT: usize = 200;
+
+/// One call as the board shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallView {
+    /// The call's id (SIP Call-ID, or the browser session's id).
+    pub id: String,
+    /// Unguessable key that opens the call's page without the admin token.
+    #[serde(skip)]
+    pub key: String,
+    /// "sip" or "webrtc".
+    pub channel: &'static str,
+    /// Caller ID (user part of From), when known.
+    pub from: String,
+    /// Dialled number.
+    pub to: String,
+    /// Trunk the call came in on.
+    pub trunk: String,
+    /// When the call arrived, Unix ms.
+    pub started_unix_ms: i64,
+    /// "ringing", "bot", "handing_over", "bridged" or "ended".
+    pub state: &'static str,
+    /// The hand-over reason, once decided.
+    pub handover_reason: Option<String>,
+    /// The agent's extension being rung or bridged.
+    pub agent: Option<String>,
+    /// The summary given to the agent.
+    pub summary: Option<Value>,
+    /// What caller and bot said: `{speaker, at_s, text}`.
+    pub transcript: Vec<Value>,
+    /// The decision core's decisions, as logged.
+    pub decisions: Vec<Value>,
+    /// "transferred", "bot_resolved" or "caller_hung_up" once ended.
+    pub outcome: Option<&'static str>,
+    /// Why the call ended.
+    pub ended_reason: Option<String>,
+    /// Seconds from answer to the end.
+    pub duration_s: Option<f64>,
+    #[serde(skip)]
+    recognised_intent: bool,
+}
+
+/// A screen-pop update for one extension.
+#[derive(Debug, Clone)]
+pub struct AgentPop {
+    /// The extension the call is handed to.
+    pub ext: String,
+    /// The call as the agent should see it now.
+    pub call: Value,
+}
+
+struct Metrics {
+    registry: Registry,
+    active: Gauge,
+    calls: Family<Vec<(String, String)>, Counter>,
+    handovers: Family<Vec<(String, String)>, Counter>,
+    wait: Histogram,
+    asr_latency: Histogram,
+    asr_queue: Gauge,
+    rtp_received: Counter,
+    rtp_lost: Counter,
+    rtp_late: Counter,
+    rtp_jitter_hold: Histogram,
+    registrations: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("voicegate");
+        let active = Gauge::default();
+        registry.register("active_calls", "Calls in progress", active.clone());
+        let calls = Family::default();
+        registry.register(
+            "calls",
+            "Finished calls by outcome (transferred, bot_resolved, caller_hung_up)",
+            calls.clone(),
+        );
+        let handovers = Family::default();
+        registry.register(
+            "handovers",
+            "Hand-overs to a human by reason",
+            handovers.clone(),
+        );
+        let wait = Histogram::new([1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0]);
+        registry.register(
+            "wait_before_handover_seconds",
+            "From answer until a human is on the line",
+            wait.clone(),
+        );
+        let asr_latency = Histogram::new([0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 3.0, 5.0]);
+        registry.register(
+            "asr_latency_seconds",
+            "End of utterance to final transcript",
+            asr_latency.clone(),
+        );
+        let asr_queue = Gauge::default();
+        registry.register(
+            "asr_queue_depth",
+            "Utterances waiting for a Whisper worker",
+            asr_queue.clone(),
+        );
+        let rtp_received = Counter::default();
+        registry.register(
+            "rtp_packets_received",
+            "Caller RTP packets received (finished calls)",
+            rtp_received.clone(),
+        );
+        let rtp_lost = Counter::default();
+        registry.register(
+            "rtp_packets_lost",
+            "Caller RTP packets never received (finished calls)",
+            rtp_lost.clone(),
+        );
+        let rtp_late = Counter::default();
+        registry.register(
+            "rtp_packets_late",
+            "Caller RTP packets that arrived after their playout time: jitter beyond the buffer (finished calls)",
+            rtp_late.clone(),
+        );
+        let rtp_jitter_hold = Histogram::new([0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.2]);
+        registry.register(
+            "rtp_jitter_buffer_hold_seconds",
+            "Mean time caller packets waited in the jitter buffer, per finished call",
+            rtp_jitter_hold.clone(),
+        );
+        let registrations = Family::default();
+        registry.register(
+            "registrations",
+            "Trunk registrations (1 registered, 0 not)",
+            registrations.clone(),
+        );
+        Self {
+            registry,
+            active,
+            calls,
+            handovers,
+            wait,
+            asr_latency,
+            asr_queue,
+            rtp_received,
+            rtp_lost,
+            rtp_late,
+            rtp_jitter_hold,
+            registrations,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Calls {
+    live: HashMap<String, CallView>,
+    recent: VecDeque<CallView>,
+}
+
+/// Live and recent calls, metrics, screen-pops. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct CallBoard {
+    calls: Arc<Mutex<Calls>>,
+    metrics: Arc<Metrics>,
+    pops: broadcast::Sender<AgentPop>,
+}
+
+impl Default for CallBoard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CallBoard {
+    /// An empty board.
+    pub fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
+            pops: broadcast::channel(256).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Calls> {
+        // A panic elsewhere never takes the board down with it.
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call arrived. Returns the key that opens its page.
+    pub fn open(
+        &self,
+        id: &str,
+        channel: &'static str,
+        from: &str,
+        to: &str,
+        trunk: &str,
+        started_unix_ms: i64,
+    ) -> String {
+        let key = hex::encode(rand::random::<[u8; 16]>());
+        let view = CallView {
+            id: id.to_string(),
+            key: key.clone(),
+            channel,
+            from: from.to_string(),
+            to: to.to_string(),
+            trunk: trunk.to_string(),
+            started_unix_ms,
+            state: "ringing",
+            handover_reason: None,
+            agent: None,
+            summary: None,
+            transcript: Vec::new(),
+            decisions: Vec::new(),
+            outcome: None,
+            ended_reason: None,
+            duration_s: None,
+            recognised_intent: false,
+        };
+        let mut calls = self.lock();
+        if calls.live.insert(id.to_string(), view).is_none() {
+            self.metrics.active.inc();
+        }
+        key
+    }
+
+    /// One event of a call, exactly as written to its `events.jsonl`.
+    pub fn event(&self, id: &str, at_s: f64, kind: &str, fields: &Value) {
+        let mut calls = self.lock();
+        let Some(call) = calls.live.get_mut(id) else {
+            return;
+        };
+        let mut pop = false;
+        match kind {
+            "call.answered" => call.state = "bot",
+            "utterance" => {
+                let text = fields["text"].as_str().unwrap_or("").trim();
+                if !text.is_empty() {
+                    call.transcript.push(json!({
+                        "speaker": "caller",
+                        "at_s": fields["start_s"].as_f64().unwrap_or(at_s),
+                        "text": text,
+                    }));
+                    pop = call.agent.is_some();
+                }
+                if let Some(ms) = fields["latency_ms"].as_f64() {
+                    self.metrics.asr_latency.observe(ms / 1000.0);
+                }
+            }
+            "bot.say" => call.transcript.push(json!({
+                "speaker": "bot",
+                "at_s": at_s,
+                "text": fields["text"].as_str().unwrap_or(""),
+            })),
+            "decision" => {
+                if fields["decision"] == "intent" {
+                    call.recognised_intent = true;
+                }
+                call.decisions.push(fields.clone());
+            }
+            "handover" => {
+                let reason = fields["reason"].as_str().unwrap_or("unknown").to_string();
+                self.metrics
+                    .handovers
+                    .get_or_create(&vec![("reason".into(), reason.clone())])
+                    .inc();
+                call.handover_reason = Some(reason);
+                call.summary = Some(fields["summary"].clone());
+                call.state = "handing_over";
+            }
+            "transfer.dial" => {
+                call.agent = fields["uri"].as_str().map(extension);
+                pop = true;
+            }
+            "transfer.bridged" => {
+                call.state = "bridged";
+                call.agent = fields["uri"].as_str().map(extension).or(call.agent.take());
+                self.metrics.wait.observe(at_s);
+                pop = true;
+            }
+            "transfer.abandoned" | "transfer.failed" => {
+                if call.state == "handing_over" {
+                    call.state = "bot";
+                }
+                pop = call.agent.is_some();
+            }
+            "call.ended" => {
+                call.state = "ended";
+                call.ended_reason = fields["reason"].as_str().map(str::to_string);
+                call.duration_s = fields["duration_s"].as_f64();
+                let jitter = &fields["media"]["jitter"];
+                if let Some(n) = jitter["received"].as_u64() {
+                    self.metrics.rtp_received.inc_by(n);
+                }
+                if let Some(n) = jitter["lost"].as_u64() {
+                    self.metrics.rtp_lost.inc_by(n);
+                }
+                if let Some(n) = jitter["late"].as_u64() {
+                    self.metrics.rtp_late.inc_by(n);
+                }
+                let (queued, played) = (jitter["queued_sum"].as_u64(), jitter["played"].as_u64());
+                if let (Some(q), Some(p)) = (queued, played.filter(|p| *p > 0)) {
+                    // Each queued frame is 20 ms of hold.
+                    self.metrics
+                        .rtp_jitter_hold
+                        .observe(q as f64 * 0.020 / p as f64);
+                }
+                pop = call.agent.is_some();
+            }
+            _ => {}
+        }
+        if pop {
+            if let Some(ext) = &call.agent {
+                let _ = self.pops.send(AgentPop {
+                    ext: ext.clone(),
+                    call: call_json(call, true),
+                });
+            }
+        }
+    }
+
+    /// The call is over: it moves to the recent list and is counted.
+    pub fn close(&self, id: &str) {
+        let mut calls = self.lock();
+        let Some(mut call) = calls.live.remove(id) else {
+            return;
+        };
+        self.metrics.active.dec();
+        let outcome = if call.handover_reason.is_some() {
+            "transferred"
+        } else if call.recognised_intent {
+            "bot_resolved"
+        } else {
+            "caller_hung_up"
+        };
+        call.outcome = Some(outcome);
+        call.state = "ended";
+        self.metrics
+            .calls
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+        calls.recent.push_front(call);
+        calls.recent.truncate(RECENT);
+    }
+
+    /// Live calls first, then recent ones, newest first.
+    pub fn list(&self) -> Vec<Value> {
+        let calls = self.lock();
+        let mut live: Vec<&CallView> = calls.live.values().collect();
+        live.sort_by_key(|c| std::cmp::Reverse(c.started_unix_ms));
+        live.into_iter()
+            .chain(calls.recent.iter())
+            .map(|c| call_json(c, false))
+            .collect()
+    }
+
+    /// One call, live or recent, with its key.
+    pub fn get(&self, id: &str) -> Option<(CallView, Value)> {
+        let calls = self.lock();
+        let c = calls
+            .live
+            .get(id)
+            .or_else(|| calls.recent.iter().find(|c| c.id == id))?;
+        Some((c.clone(), call_json(c, true)))
+    }
+
+    /// The key of a live call (for its page link).
+    pub fn key(&self, id: &str) -> Option<String> {
+        self.lock().live.get(id).map(|c| c.key.clone())
+    }
+
+    /// Calls handed to `ext` that are still going on (for a screen-pop opened late).
+    pub fn for_extension(&self, ext: &str) -> Vec<Value> {
+        self.lock()
+            .live
+            .values()
+            .filter(|c| c.agent.as_deref() == Some(ext))
+            .map(|c| call_json(c, true))
+            .collect()
+    }
+
+    /// Screen-pop updates, for every extension.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentPop> {
+        self.pops.subscribe()
+    }
+
+    /// A trunk registered (`true`) or lost its registration.
+    pub fn registration(&self, trunk: &str, registered: bool) {
+        self.metrics
+            .registrations
+            .get_or_create(&vec![("trunk".into(), trunk.into())])
+            .set(i64::from(registered));
+    }
+
+    /// Prometheus text exposition; `asr_queue` is read at scrape time.
+    pub fn metrics_text(&self, asr_queue: Option<usize>) -> String {
+        self.metrics
+            .asr_queue
+            .set(asr_queue.unwrap_or(0).try_into().unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if encode(&mut out, &self.metrics.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// `sip:1001@pbx;transport=udp` → `1001`.
+fn extension(uri: &str) -> String {
+    let rest = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"))
+        .unwrap_or(uri);
+    rest.split(['@', ';', '>'])
+        .next()
+        .unwrap_or(rest)
+        .to_string()
+}
+
+fn call_json(c: &CallView, with_details: bool) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
+    if !with_details {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("transcript");
+            o.remove("decisions");
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_goes_from_live_to_recent_with_its_outcome_and_metrics() {
+        let board = CallBoard::new();
+        let key = board.open("c1", "sip", "555", "100", "local", 1);
+        assert_eq!(key.len(), 32);
+        board.event("c1", 0.0, "call.answered", &json!({}));
+        board.event(
+            "c1",
+            3.0,
+            "utterance",
+            &json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180}),
+        );
+        board.event(
+            "c1",
+            3.1,
+            "handover",
+            &json!({"reason": "frustration", "summary": {"text": "upset"}}),
+        );
+        let mut pops = board.subscribe();
+        board.event(
+            "c1",
+            3.2,
+            "transfer.dial",
+            &json!({"uri": "sip:1001@127.0.0.1:5070"}),
+        );
+        let pop = pops.try_recv().expect("a screen-pop for the extension");
+        assert_eq!(pop.ext, "1001");
+        assert_eq!(pop.call["summary"]["text"], "upset");
+        assert_eq!(pop.call["transcript"][0]["text"], "this is ridiculous");
+        board.event(
+            "c1",
+            9.0,
+            "transfer.bridged",
+            &json!({"uri": "sip:1001@pbx"}),
+        );
+        assert_eq!(board.for_extension("1001").len(), 1);
+        let m = board.metrics_text(Some(3));
+        assert!(m.contains("voicegate_active_calls 1"), "{m}");
+        assert!(
+            m.contains("voicegate_handovers_total{reason=\"frustration\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("voicegate_asr_queue_depth 3"), "{m}");
+        board.event(
+            "c1",
+            20.0,
+            "call.ended",
+            &json!({"reason": "caller_bye", "duration_s": 20.0,
+                    "media": {"jitter": {"received": 990, "lost": 10, "late": 2, "queued_sum": 1980, "played": 990}}}),
+        );
+        board.close("c1");
+        let m = board.metrics_text(None);
+        assert!(m.contains("voicegate_active_calls 0"), "{m}");
+        assert!(
+            m.contains("voicegate_calls_total{outcome=\"transferred\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("voicegate_rtp_packets_lost_total 10"), "{m}");
+        assert!(
+            m.contains("voicegate_wait_before_handover_seconds_count 1"),
+            "{m}"
+        );
+        assert!(m.contains("voicegate_rtp_packets_late_total 2"), "{m}");
+        assert!(
+            m.contains("voicegate_rtp_jitter_buffer_hold_seconds_sum 0.04"),
+            "{m}"
+        );
+        let list = board.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["outcome"], "transferred");
+        assert!(list[0].get("transcript").is_none(), "the list stays small");
+        let (view, full) = board.get("c1").expect("recent call");
+        assert_eq!(view.key, key);
+        assert_eq!(full["decisions"], json!([]));
+        assert!(full.get("key").is_none(), "the key never appears in JSON");
+    }
+
+    #[test]
+    fn extensions_come_from_agent_uris() {
+        assert_eq!(extension("sip:1001@127.0.0.1:5070"), "1001");
+        assert_eq!(extension("sips:alice@pbx;transport=tls"), "alice");
+        assert_eq!(extension("2002"), "2002");
+    }
+}
