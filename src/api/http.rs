@@ -11,8 +11,9 @@
 //!   link carries the key; the admin token opens it too).
 //! - `GET /agent?ext=1001` — the screen-pop page; `GET /agent/events?ext=1001`
 //!   its server-sent events.
-//! - `GET /call` — the browser caller's page; `POST /call/offer` takes its SDP
-//!   offer and answers with the gateway's SDP.
+//! - `GET /call` — the browser caller's page (`?autostart=1` calls on load,
+//!   `?raw=1` turns the browser's audio processing off); `POST /call/offer`
+//!   takes its SDP offer and answers with the gateway's SDP.
 
 use super::board::CallBoard;
 use crate::replay::report::esc;
@@ -376,11 +377,17 @@ button{font-size:1.4em;padding:.5em 1.5em;border-radius:2em}</style></head>
 <p id="status">Ready.</p><audio id="remote" autoplay></audio>
 <script>
 let pc = null;
+const params = new URLSearchParams(location.search);
 const status = (t) => { document.getElementById('status').textContent = t; };
 async function call() {
   document.getElementById('call').disabled = true;
   status('Asking for the microphone…');
-  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+  // ?raw=1 turns the browser's echo cancellation, noise suppression and gain
+  // control off (QA: the gateway then hears exactly the microphone).
+  const raw = params.has('raw');
+  const mic = await navigator.mediaDevices.getUserMedia({audio: raw
+    ? {echoCancellation: false, noiseSuppression: false, autoGainControl: false}
+    : true});
   pc = new RTCPeerConnection({iceServers: []});
   for (const t of mic.getTracks()) pc.addTrack(t, mic);
   pc.ontrack = (e) => { document.getElementById('remote').srcObject = e.streams[0] || new MediaStream([e.track]); };
@@ -408,5 +415,7 @@ function hangup() {
 }
 document.getElementById('call').onclick = () => call().catch((e) => { status('The call failed: ' + e); hangup(); });
 document.getElementById('hangup').onclick = () => { hangup(); status('Call ended.'); };
+// ?autostart=1 places the call on load (kiosks, tests).
+if (params.has('autostart')) document.getElementById('call').click();
 </script></body></html>
 "#;
