@@ -50,7 +50,10 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
             "--use-file-for-fake-audio-capture={}%noloop",
             mic.display()
         ))
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
         .arg(format!(
             "http://127.0.0.1:{}/call?autostart=1&raw=1",
             gw.http_port
@@ -59,6 +62,9 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium (make test installs it)");
+
+    // Agent 1001's screen-pop, open in a browser before the call comes in.
+    let mut pop = Browser::open(&format!("http://127.0.0.1:{}/agent?ext=1001", gw.http_port));
 
     // Wait for the browser call to be bridged to the agent.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -81,8 +87,15 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
     assert_eq!(call["trunk"], "webrtc");
     assert_eq!(call["handover_reason"], "negative_words", "{call}");
     assert_eq!(call["agent"], "1001");
+    // The screen-pop shows it live: who, the reason, the summary, the words.
+    let shown = pop.wait_text(
+        "document.getElementById('calls').innerText",
+        &["negative_words", "bridged", "negative words", "ridiculous"],
+        Duration::from_secs(10),
+    );
+    assert!(shown.contains("Anonymous caller"), "{shown}");
     // Let the bridged call run a little, then the browser hangs up.
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
     stop_child(&mut chromium);
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(40));
     let all = events(&dirs[0]);
@@ -139,4 +152,10 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
     assert!(!heard.is_empty(), "agent recorded nothing");
     let text = transcribe(&heard[0]);
     assert!(text.contains("negative"), "{text:?}");
+    // The screen-pop marks the call as ended.
+    pop.wait_text(
+        "document.querySelector('.call.ended') ? 'ended' : ''",
+        &["ended"],
+        Duration::from_secs(10),
+    );
 }

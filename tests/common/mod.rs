@@ -985,3 +985,120 @@ pub fn agents_at(cfg: &Path, members: &[String], accept_with_dtmf: bool) {
     );
     std::fs::write(cfg.join("agents.toml"), text).expect("agents.toml");
 }
+
+/// Headless Chromium driven over the DevTools protocol: a page is opened and
+/// JavaScript evaluated in it (for pages that update live, which
+/// `--dump-dom` cannot wait for).
+pub struct Browser {
+    child: Child,
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Open `url` in a new headless Chromium.
+    pub fn open(url: &str) -> Browser {
+        use std::io::BufRead;
+        let profile = tempfile::tempdir().expect("tmp");
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium (make test installs it)");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .expect("chromium exited before DevTools listened");
+            if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                break rest.split('/').next().unwrap_or("").to_string();
+            }
+        };
+        // Keep draining stderr so Chromium never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let target = loop {
+            let (_, body) = http(
+                "GET",
+                &format!("http://127.0.0.1:{port}/json/list"),
+                None,
+                None,
+            );
+            let list: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if let Some(ws) = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            }) {
+                break ws;
+            }
+            assert!(Instant::now() < deadline, "no page target: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (ws, _) = tungstenite::connect(target.as_str()).expect("DevTools websocket");
+        Browser {
+            child,
+            ws,
+            next_id: 1,
+            _profile: profile,
+        }
+    }
+
+    /// Evaluate `expression` in the page; its value.
+    pub fn eval(&mut self, expression: &str) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = serde_json::json!({"id": id, "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true}});
+        self.ws
+            .send(tungstenite::Message::Text(msg.to_string().into()))
+            .expect("send");
+        loop {
+            let reply = self.ws.read().expect("DevTools reply");
+            if let tungstenite::Message::Text(t) = reply {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                if v["id"] == id {
+                    return v["result"]["result"]["value"].clone();
+                }
+            }
+        }
+    }
+
+    /// Evaluate `expression` until it returns a string containing every one
+    /// of `needles`; that string.
+    pub fn wait_text(&mut self, expression: &str, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.eval(expression).as_str().unwrap_or("").to_string();
+            if needles.iter().all(|n| text.contains(n)) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "page never showed {needles:?}: {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
