@@ -217,9 +217,6 @@ fn a_served_caller_who_stays_silent_hears_goodbye_and_the_bot_hangs_up() {
 // Hand-over to a human: Kamailio as the PBX, baresip (or SIPp) as the agent.
 // ---------------------------------------------------------------------------
 
-/// Point `agents.toml` at `members` (one sequential group), with the whisper
-/// accept key on or off and a short ring timeout.
-
 fn kinds(all: &[serde_json::Value], prefix: &str) -> Vec<serde_json::Value> {
     all.iter()
         .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with(prefix)))

@@ -100,3 +100,57 @@ fn broken_files_get_file_line_messages_and_serve_refuses() {
     let serve_err = String::from_utf8_lossy(&out.stderr);
     assert!(serve_err.contains("bad address or CIDR"), "{serve_err}");
 }
+
+#[test]
+fn http_and_shutdown_settings_are_checked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cfg");
+    copy_dir(&root().join("sip-config"), &dir);
+    let gateway = std::fs::read_to_string(dir.join("gateway.toml")).expect("read");
+    let cases = [
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"localhost\"",
+            "bad http.listen address",
+        ),
+        (
+            "admin_token = \"change-me-now\"",
+            "admin_token = \"short\"",
+            "too short",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"0.0.0.0:8080\"",
+            "reachable from other hosts with the shipped admin_token",
+        ),
+        (
+            "# public_url = \"http://10.0.0.5:8080\"",
+            "public_url = \"10.0.0.5\"",
+            "not an http(s) URL",
+        ),
+        (
+            "grace_s = 30",
+            "grace_s = 86400",
+            "grace_s 86400 is out of range",
+        ),
+    ];
+    for (from, to, message) in cases {
+        assert!(gateway.contains(from), "gateway.toml lacks {from:?}");
+        std::fs::write(dir.join("gateway.toml"), gateway.replacen(from, to, 1)).expect("write");
+        let (code, _, err) = check(&dir);
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains("gateway.toml:") && l.contains(message) && l.contains(" — ")),
+            "{to}: {err}"
+        );
+    }
+    // HTTP can be turned off.
+    std::fs::write(
+        dir.join("gateway.toml"),
+        gateway.replacen("listen = \"127.0.0.1:8080\"", "listen = \"\"", 1),
+    )
+    .expect("write");
+    let (code, _, err) = check(&dir);
+    assert_eq!(code, 0, "{err}");
+}

@@ -469,6 +469,9 @@ pub(super) fn parse(
     })
 }
 
+/// The admin token `sip-config/gateway.toml` ships with.
+const SHIPPED_TOKEN: &str = "change-me-now";
+
 fn parse_http(
     src: &SourceFile,
     http: &HttpSection,
@@ -498,6 +501,20 @@ fn parse_http(
                 Some(span),
                 "http.admin_token is too short or has spaces",
                 "use at least 8 characters without spaces (or set VOICEGATE_ADMIN_TOKEN)",
+            ));
+            return None;
+        }
+    }
+    // The shipped token is public: fine on loopback, never elsewhere.
+    if let (Some(addr), Some(t)) = (listen, &http.admin_token) {
+        if !addr.ip().is_loopback()
+            && t.get_ref() == SHIPPED_TOKEN
+            && token.as_deref() == Some(SHIPPED_TOKEN)
+        {
+            problems.push(src.at(
+                Some(t.span()),
+                format!("http.listen {addr} is reachable from other hosts with the shipped admin_token"),
+                "set your own http.admin_token (or VOICEGATE_ADMIN_TOKEN) before listening beyond loopback",
             ));
             return None;
         }

@@ -975,7 +975,8 @@ pub fn write_wav_8k(path: &Path, samples: &[i16]) {
     w.finalize().expect("finalize wav");
 }
 
-/// Point `agents.toml` in `cfg` at `members` (one sequential group for every reason).
+/// Point `agents.toml` in `cfg` at `members` (one sequential group for every
+/// reason), with the whisper accept key on or off.
 pub fn agents_at(cfg: &Path, members: &[String], accept_with_dtmf: bool) {
     let list: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
     let text = format!(
