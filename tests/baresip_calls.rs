@@ -701,8 +701,13 @@ fn replaying_live_recordings_gives_the_live_utterances_decisions_and_outcomes() 
         assert_eq!(
             kinds(&live_decisions),
             kinds(&replay_decisions),
-            "{}: live vs replay decisions",
-            dir.display()
+            "{}: live vs replay decisions; live events:\n{}",
+            dir.display(),
+            live.iter()
+                .filter(|e| e["kind"] != "dtmf")
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         for (l, r) in live_decisions.iter().zip(&replay_decisions) {
             assert!(

@@ -435,4 +435,12 @@ fn outbound_register_answers_the_challenge_and_refreshes_before_expiry() {
         log.matches("registered").count() >= 2,
         "initial registration and refresh logged:\n{log}"
     );
+    // Operators see it in the metrics.
+    let (_, metrics) = gw.get("/metrics", None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("voicegate_registrations{trunk=") && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }

@@ -20,6 +20,9 @@ pub enum CoreEvent {
     },
     /// A final utterance.
     Utterance(UtteranceResult),
+    /// The caller started talking (voice activity, before any transcript):
+    /// a caller who talks is not silent, however long recognition takes.
+    SpeechStarted,
     /// A key press.
     Dtmf(char),
     /// Speech recognition overloaded or failing.
@@ -113,6 +116,9 @@ pub struct CallCore {
     callback_number: Option<String>,
     /// Since when the bot has been waiting for "anything else?".
     served_at: Option<Duration>,
+    /// The silence clock is paused: the caller is talking and the words are
+    /// not transcribed yet.
+    silence_paused: bool,
     ended: bool,
     /// Every decision so far.
     pub decisions: Vec<Decision>,
@@ -142,6 +148,7 @@ impl CallCore {
             callback_digits: None,
             callback_number: None,
             served_at: None,
+            silence_paused: false,
             ended: false,
             decisions: Vec::new(),
         }
@@ -260,14 +267,25 @@ impl CallCore {
                 self.on_intent(now, m, false)
             }
             CoreEvent::Utterance(u) => self.on_utterance(now, u),
+            CoreEvent::SpeechStarted => {
+                if self.served_at.take().is_some() {
+                    self.silence_paused = true;
+                }
+                Vec::new()
+            }
             CoreEvent::TransferFailed { .. } => Vec::new(),
         }
     }
 
     fn on_utterance(&mut self, now: Duration, u: UtteranceResult) -> Vec<CoreAction> {
         if u.text.trim().is_empty() {
+            // Noise, not words: the silence clock starts again from here.
+            if std::mem::take(&mut self.silence_paused) {
+                self.served_at = Some(now);
+            }
             return Vec::new();
         }
+        self.silence_paused = false;
         self.last_words = u.text.clone();
         self.served_at = None;
         if self.callback_digits.is_some() {
@@ -1059,6 +1077,37 @@ mod tests {
         assert!(
             a.contains(&CoreAction::HangUp {
                 reason: "caller_done".into()
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_caller_who_is_talking_is_not_silent_however_slow_recognition_is() {
+        // Served at 3 s; the caller starts talking at 9 s; recognition is slow
+        // and the words arrive at 20 s: no silent goodbye meanwhile.
+        let mut c = call(None);
+        c.handle(s(3.0), said("check my bill please", 3.0));
+        assert!(c.handle(s(9.0), CoreEvent::SpeechStarted).is_empty());
+        assert!(
+            c.handle(s(19.0), CoreEvent::Tick).is_empty(),
+            "still talking"
+        );
+        let a = c.handle(s(20.0), said("this is ridiculous I am so angry", 3.0));
+        assert!(
+            !a.iter().any(|a| matches!(a, CoreAction::HangUp { .. })),
+            "{a:?}"
+        );
+        // Noise (no words) restarts the silence clock from that moment.
+        let mut c = call(None);
+        c.handle(s(3.0), said("check my bill please", 3.0));
+        c.handle(s(9.0), CoreEvent::SpeechStarted);
+        c.handle(s(10.0), said("", 3.0));
+        assert!(c.handle(s(17.9), CoreEvent::Tick).is_empty());
+        let a = c.handle(s(18.0), CoreEvent::Tick);
+        assert!(
+            a.contains(&CoreAction::HangUp {
+                reason: "caller_silent".into()
             }),
             "{a:?}"
         );

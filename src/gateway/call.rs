@@ -434,7 +434,11 @@ pub(super) async fn converse(
                 if let Some(l) = listener.as_mut() {
                     // Barge-in stops the bot, not the hand-over notice: once a
                     // person is on the way the caller should hear so.
-                    if l.hear(&caller, &asr_tx, &mut log) && handover.is_none() {
+                    let talking = l.hear(&caller, &asr_tx, &mut log);
+                    if talking {
+                        decider.feed(now, CoreEvent::SpeechStarted, &mut log);
+                    }
+                    if talking && handover.is_none() {
                         // Barge-in: the caller talks, the bot stops.
                         if bot_player.as_ref().is_some_and(|p| !p.finished()) || !bot_queue.is_empty() {
                             log.event("bot.interrupted", json!({}));

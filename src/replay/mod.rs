@@ -136,6 +136,10 @@ pub fn replay(
         };
         let now = seg.now();
         for ev in events {
+            if let VadEvent::SpeechStarted { .. } = ev {
+                let actions = core.handle(now, CoreEvent::SpeechStarted);
+                apply(&mut core, now, actions, &mut summary);
+            }
             if let VadEvent::Utterance(u) = ev {
                 let r = recognizer.recognize_in(&u.samples, language)?;
                 let result = result_for(&u, r.text, r.language);
