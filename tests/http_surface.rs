@@ -55,6 +55,19 @@ fn health_metrics_and_the_call_api_follow_a_real_call() {
         (status, json(&body)["calls"].clone()),
         (200, Value::Array(vec![]))
     );
+    // The browser caller's page, and its signalling refusing what is not an offer.
+    let (status, page) = gw.get("/call", None);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("id=\"call\"") && page.contains("/call/offer"),
+        "{page}"
+    );
+    assert_eq!(gw.post("/call/offer", None, "hello").0, 400);
+    let (status, why) = gw.post("/call/offer", None, "v=0\r\nthis is not SDP\r\n");
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("offer"), "{why}");
+    assert_eq!(gw.get("/agent", None).0, 400, "the extension is required");
+    assert_eq!(gw.get("/agent?ext=1001", None).0, 200);
 
     // An angry caller: handed over (nobody answers at the default extension).
     let wav = root().join("tests/calls/angry_words.wav");
@@ -249,6 +262,11 @@ fn sigterm_refuses_new_calls_lets_calls_finish_then_ends_them_with_bye() {
     assert_eq!(
         (status, json(&body)["status"].clone()),
         (503, "draining".into())
+    );
+    assert_eq!(
+        gw.post("/call/offer", None, "v=0\r\n").0,
+        503,
+        "no browser calls either"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_voicegate"))
         .args([
