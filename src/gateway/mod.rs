@@ -5,6 +5,7 @@
 mod agent;
 mod call;
 mod handover;
+mod leg;
 mod register;
 mod webrtc;
 

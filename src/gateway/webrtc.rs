@@ -6,7 +6,8 @@
 //! itself, so the pipeline sees the same 20 ms frames as from G.711; a
 //! hand-over to a SIP agent bridges Opus ↔ G.711 through them.
 
-use super::call::{converse, CallerLeg, OnBoard, Parties};
+use super::call::{converse, OnBoard, Parties};
+use super::leg::CallerLeg;
 use super::Shared;
 use crate::config::TrunkConfig;
 use crate::media::jitter::{JitterStats, FRAME_8K};

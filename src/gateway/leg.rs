@@ -1,0 +1,294 @@
+//! The caller's side of a call: a SIP dialog with its RTP socket, or a
+//! browser's WebRTC peer connection, behind the same few verbs the call's
+//! media clock uses.
+
+use super::call::EventLog;
+use super::Shared;
+use crate::config::TrunkConfig;
+use crate::media::session::{Inbound, MediaSession};
+use crate::sip::sdp::{self, Direction};
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::{Header, StatusCode};
+use serde_json::json;
+use std::net::UdpSocket;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The caller's side of a call: a SIP dialog with RTP, or a browser's WebRTC
+/// peer connection. Both give the call 20 ms frames of 8 kHz audio and take
+/// the same back, so the bot, the hand-over and the recording are one code.
+pub(super) enum CallerLeg {
+    /// A SIP caller (trunk or PBX), G.711 over RTP.
+    Sip(Box<SipLeg>),
+    /// A browser caller, Opus over DTLS-SRTP.
+    Web(super::webrtc::WebLeg),
+}
+
+/// A SIP caller's dialog and RTP.
+pub(super) struct SipLeg {
+    pub(super) socket: UdpSocket,
+    pub(super) lease: crate::media::ports::PortLease,
+    pub(super) media: MediaSession,
+    pub(super) dialog: InviteDialog,
+    pub(super) states: rsipstack::dialog::dialog::DialogStateReceiver,
+    pub(super) held: bool,
+    pub(super) sdp_version: u64,
+    pub(super) session_id: u64,
+    pub(super) trunk: TrunkConfig,
+}
+
+/// Something the caller's signalling said.
+pub(super) enum LegSignal {
+    /// A SIP dialog state change.
+    Sip(Box<DialogState>),
+    /// The browser hung up or its connection failed.
+    WebEnded(&'static str),
+}
+
+impl CallerLeg {
+    /// What `call.answered` logs about the leg.
+    pub(super) fn describe(&self) -> serde_json::Value {
+        match self {
+            CallerLeg::Sip(s) => json!({"local_rtp_port": s.lease.port()}),
+            CallerLeg::Web(w) => w.describe(),
+        }
+    }
+
+    /// Take in what arrived since the last tick; the DTMF digits in it.
+    pub(super) fn receive(&mut self, now: Duration, buf: &mut [u8]) -> Vec<char> {
+        match self {
+            CallerLeg::Sip(s) => {
+                let mut digits = Vec::new();
+                // Drain what arrived since the last tick: one wake-up per
+                // 20 ms per call instead of one per packet.
+                while let Ok((n, from)) = s.socket.recv_from(buf) {
+                    if let Inbound::Digit(d) = s.media.on_datagram(now, from, &buf[..n]) {
+                        digits.push(d);
+                    }
+                }
+                digits
+            }
+            CallerLeg::Web(w) => w.receive(now),
+        }
+    }
+
+    /// The caller's next 20 ms, and an in-band digit.
+    pub(super) fn pull_frame(&mut self) -> (Vec<i16>, Option<char>) {
+        match self {
+            CallerLeg::Sip(s) => s.media.pull_frame(),
+            CallerLeg::Web(w) => (w.pull_frame(), None),
+        }
+    }
+
+    /// Send 20 ms to the caller (nothing while the caller holds).
+    pub(super) fn send_frame(&mut self, frame: &[i16]) {
+        match self {
+            CallerLeg::Sip(s) => {
+                if !s.held {
+                    let pkt = s.media.encode_frame(frame);
+                    let _ = s.socket.send_to(&pkt, s.media.destination());
+                }
+            }
+            CallerLeg::Web(w) => w.send_frame(frame),
+        }
+    }
+
+    pub(super) fn set_jitter_depth(&mut self, depth: Duration) {
+        match self {
+            CallerLeg::Sip(s) => s.media.set_jitter_depth(depth),
+            CallerLeg::Web(w) => w.set_jitter_depth(depth),
+        }
+    }
+
+    pub(super) fn jitter_stats(&self) -> crate::media::jitter::JitterStats {
+        match self {
+            CallerLeg::Sip(s) => s.media.stats().jitter,
+            CallerLeg::Web(w) => w.jitter_stats(),
+        }
+    }
+
+    /// How long the caller's media has been silent on the wire; `None` while
+    /// on hold (no media is expected).
+    pub(super) fn idle_for(&self, now: Duration) -> Option<Duration> {
+        match self {
+            CallerLeg::Sip(s) => (!s.held).then(|| s.media.idle_for(now)),
+            CallerLeg::Web(w) => Some(w.idle_for(now)),
+        }
+    }
+
+    /// The next signalling event; `None` when the signalling is gone.
+    pub(super) async fn signal(&mut self) -> Option<LegSignal> {
+        match self {
+            CallerLeg::Sip(s) => s.states.recv().await.map(|st| LegSignal::Sip(Box::new(st))),
+            CallerLeg::Web(w) => w.ended().await.map(LegSignal::WebEnded),
+        }
+    }
+
+    pub(super) async fn on_signal(
+        &mut self,
+        signal: LegSignal,
+        shared: &Shared,
+        log: &mut EventLog<'_>,
+    ) -> DialogOutcome {
+        match (self, signal) {
+            (CallerLeg::Sip(s), LegSignal::Sip(state)) => {
+                let port = s.lease.port();
+                on_dialog_state(
+                    *state,
+                    &s.dialog,
+                    &mut s.media,
+                    &mut s.held,
+                    &mut s.sdp_version,
+                    s.session_id,
+                    shared,
+                    port,
+                    &s.trunk,
+                    log,
+                )
+                .await
+            }
+            (_, LegSignal::WebEnded(reason)) => DialogOutcome::Ended(reason),
+            (_, LegSignal::Sip(_)) => DialogOutcome::Continue,
+        }
+    }
+
+    /// The gateway ends the call (BYE, or closing the peer connection).
+    pub(super) async fn hang_up(&mut self) {
+        match self {
+            CallerLeg::Sip(s) => {
+                if let Err(e) = s.dialog.bye().await {
+                    warn!(error = %e, "BYE failed");
+                }
+            }
+            CallerLeg::Web(w) => w.hang_up().await,
+        }
+    }
+
+    /// The leg's media counters for `call.ended`.
+    pub(super) fn stats_json(&self) -> serde_json::Value {
+        match self {
+            CallerLeg::Sip(s) => serde_json::to_value(s.media.stats()).unwrap_or_default(),
+            CallerLeg::Web(w) => w.stats_json(),
+        }
+    }
+}
+
+pub(super) enum DialogOutcome {
+    Continue,
+    Digit(char),
+    Ended(&'static str),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn on_dialog_state(
+    state: DialogState,
+    dialog: &InviteDialog,
+    media: &mut MediaSession,
+    held: &mut bool,
+    sdp_version: &mut u64,
+    session_id: u64,
+    shared: &Shared,
+    port: u16,
+    trunk: &TrunkConfig,
+    log: &mut EventLog<'_>,
+) -> DialogOutcome {
+    match state {
+        DialogState::Terminated(_, reason) => DialogOutcome::Ended(match reason {
+            TerminatedReason::UacBye => "caller_bye",
+            TerminatedReason::UacCancel => "caller_cancel",
+            TerminatedReason::Timeout => "sip_timeout",
+            _ => "terminated",
+        }),
+        DialogState::Confirmed(..) => {
+            log.event("call.confirmed", json!({}));
+            DialogOutcome::Continue
+        }
+        DialogState::Updated(_, req, handle) => {
+            if req.body.is_empty() {
+                // Offerless re-INVITE: offer what we have.
+                *sdp_version += 1;
+                let offer = sdp::build(
+                    session_id,
+                    *sdp_version,
+                    shared.config.gateway.media.sdp_address,
+                    port,
+                    media.params().codec,
+                    media.params().dtmf_payload_type,
+                    Direction::SendRecv,
+                );
+                let _ = handle
+                    .respond(
+                        StatusCode::OK,
+                        Some(vec![Header::ContentType("application/sdp".into())]),
+                        Some(offer.into_bytes()),
+                    )
+                    .await;
+                return DialogOutcome::Continue;
+            }
+            match sdp::negotiate(&req.body, &trunk.codecs) {
+                Ok(n) => {
+                    *held = n.direction.is_hold();
+                    *sdp_version += 1;
+                    let answer = sdp::build(
+                        session_id,
+                        *sdp_version,
+                        shared.config.gateway.media.sdp_address,
+                        port,
+                        n.params.codec,
+                        n.params.dtmf_payload_type,
+                        n.direction.answer(),
+                    );
+                    log.event("sip.reinvite", json!({
+                        "hold": *held, "direction": n.direction.attribute(),
+                        "codec": n.params.codec.name(), "remote_rtp": n.params.remote.to_string(),
+                    }));
+                    info!(hold = *held, codec = n.params.codec.name(), "re-INVITE");
+                    media.renegotiate(n.params);
+                    let _ = handle
+                        .respond(
+                            StatusCode::OK,
+                            Some(vec![Header::ContentType("application/sdp".into())]),
+                            Some(answer.into_bytes()),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "re-INVITE refused; the call goes on as before");
+                    log.event("sip.reinvite_refused", json!({"error": e.to_string()}));
+                    let status = if e.status() == 400 {
+                        StatusCode::BadRequest
+                    } else {
+                        StatusCode::NotAcceptableHere
+                    };
+                    let _ = handle.reply(status).await;
+                }
+            }
+            DialogOutcome::Continue
+        }
+        DialogState::Info(_, req, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
+            let body = String::from_utf8_lossy(&req.body);
+            let digit = body
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Signal="))
+                .and_then(|s| s.trim().chars().next());
+            digit.map_or(DialogOutcome::Continue, DialogOutcome::Digit)
+        }
+        DialogState::Options(_, _, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
+            DialogOutcome::Continue
+        }
+        DialogState::Message(_, _, handle)
+        | DialogState::Notify(_, _, handle)
+        | DialogState::Refer(_, _, handle)
+        | DialogState::Publish(_, _, handle) => {
+            let _ = handle.reply(StatusCode::NotImplemented).await;
+            DialogOutcome::Continue
+        }
+        _ => {
+            let _ = dialog;
+            DialogOutcome::Continue
+        }
+    }
+}
