@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -374,6 +375,8 @@ request_route {{
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: Kamailio forks workers, stopped with it.
+            .process_group(0)
             .spawn()
             .expect("kamailio (make test installs it)");
         let k = Kamailio { child, port, dir };
@@ -444,6 +447,10 @@ request_route {{
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--"])
+            .arg(format!("-{}", self.child.id()))
+            .status();
         stop_child(&mut self.child);
     }
 }
