@@ -345,6 +345,11 @@ pub(super) async fn converse(
     let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<HookReply>();
     let ended_by: &str;
 
+    // Made once: a `cancelled()` future registers with the token's waiter
+    // list, and re-making it on every 20 ms pass costs a lock per call per tick.
+    let shutdown = shared.shutdown.clone();
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         for action in actions.drain(..) {
             match action {
@@ -569,7 +574,7 @@ pub(super) async fn converse(
                     }
                 }
             }
-            _ = shared.shutdown.cancelled(), if hangup.is_none() => {
+            _ = &mut shutdown, if hangup.is_none() => {
                 hangup = Some("gateway_shutdown");
             }
         }
