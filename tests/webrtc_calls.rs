@@ -159,3 +159,59 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
         Duration::from_secs(10),
     );
 }
+
+/// A real WebRTC offer (webrtc crate: one audio transceiver, Opus, host
+/// candidates gathered) from a peer that never completes ICE.
+fn offer() -> String {
+    use webrtc::api::media_engine::MediaEngine;
+    use webrtc::api::APIBuilder;
+    use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().expect("codecs");
+        let api = APIBuilder::new().with_media_engine(media).build();
+        let pc = api
+            .new_peer_connection(Default::default())
+            .await
+            .expect("peer connection");
+        pc.add_transceiver_from_kind(RTPCodecType::Audio, None)
+            .await
+            .expect("audio");
+        let offer = pc.create_offer(None).await.expect("offer");
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await.expect("local");
+        let _ = tokio::time::timeout(Duration::from_secs(3), gathered.recv()).await;
+        let sdp = pc.local_description().await.expect("sdp").sdp;
+        let _ = pc.close().await;
+        sdp
+    })
+}
+
+#[test]
+fn a_flood_of_browser_offers_is_refused_beyond_the_set_up_limit() {
+    let gw = Gateway::start(|_, _| {});
+    let sdp = offer();
+    assert!(sdp.contains("m=audio"), "{sdp}");
+    // 32 offers answered (calls that will never connect), then 503.
+    for n in 0..32 {
+        let (status, answer) = gw.post("/call/offer", None, &sdp);
+        assert_eq!(status, 200, "offer {n}: {answer}");
+        assert!(
+            answer.contains("a=fingerprint") && answer.contains("opus"),
+            "{answer}"
+        );
+    }
+    let (status, why) = gw.post("/call/offer", None, &sdp);
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("being set up"), "{why}");
+    // The gateway serves on: SIP callers and health are unaffected.
+    assert_eq!(gw.get("/healthz", None).0, 200);
+    let (_, metrics) = gw.get("/metrics", None);
+    assert!(metrics.contains("voicegate_active_calls 0"), "{metrics}");
+    // Calls still being set up do not hold a shutdown up.
+    let mut gw = gw;
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(8)).expect("exited");
+    assert!(status.success(), "{status}");
+}

@@ -31,6 +31,15 @@ use std::sync::Arc;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 
+/// Why a browser's offer was not answered.
+#[derive(Debug)]
+pub enum OfferRefused {
+    /// The offer is unusable (HTTP 400).
+    Bad(String),
+    /// Too many browser calls are being set up right now (HTTP 503).
+    Busy(String),
+}
+
 /// A boxed future, for the [`Control`] hooks.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -46,7 +55,7 @@ pub trait Control: Send + Sync + 'static {
     /// The current admin token.
     fn admin_token(&self) -> Option<String>;
     /// A browser's SDP offer → the gateway's SDP answer (a new call).
-    fn webrtc_offer(&self, offer: String) -> BoxFuture<Result<String, String>>;
+    fn webrtc_offer(&self, offer: String) -> BoxFuture<Result<String, OfferRefused>>;
 }
 
 #[derive(Clone)]
@@ -332,7 +341,13 @@ async fn call_offer(State(s): State<AppState>, body: String) -> Response {
     }
     match s.control.webrtc_offer(body).await {
         Ok(answer) => ([(header::CONTENT_TYPE, "application/sdp")], answer).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(OfferRefused::Bad(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(OfferRefused::Busy(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            e,
+        )
+            .into_response(),
     }
 }
 

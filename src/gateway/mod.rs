@@ -149,7 +149,10 @@ impl crate::api::http::Control for Running {
     fn admin_token(&self) -> Option<String> {
         self.current.load().config.gateway.http.admin_token.clone()
     }
-    fn webrtc_offer(&self, offer: String) -> crate::api::http::BoxFuture<Result<String, String>> {
+    fn webrtc_offer(
+        &self,
+        offer: String,
+    ) -> crate::api::http::BoxFuture<Result<String, crate::api::http::OfferRefused>> {
         let shared = self.current.load_full();
         Box::pin(async move { webrtc::answer(shared, offer).await })
     }

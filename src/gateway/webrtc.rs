@@ -9,11 +9,13 @@
 use super::call::{converse, OnBoard, Parties};
 use super::leg::CallerLeg;
 use super::Shared;
+use crate::api::http::OfferRefused;
 use crate::config::TrunkConfig;
 use crate::media::jitter::{JitterStats, FRAME_8K};
 use crate::record::CallRecorder;
 use serde_json::json;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -134,9 +136,54 @@ fn frames_for(depth: Duration) -> usize {
     ((depth.as_millis() / 20) as usize).clamp(1, 25)
 }
 
+/// Browser calls answered but not yet connected, at most: each holds sockets
+/// and a task for up to [`CONNECT_TIMEOUT`], so a flood of offers is refused.
+pub(super) const MAX_PENDING: usize = 32;
+
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_PENDING`] set-up slots, freed when dropped.
+struct SetUpSlot;
+
+impl SetUpSlot {
+    fn take() -> Option<SetUpSlot> {
+        PENDING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_PENDING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SetUpSlot)
+    }
+}
+
+impl Drop for SetUpSlot {
+    fn drop(&mut self) {
+        PENDING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A browser's SDP offer → the gateway's SDP answer. The call itself runs on
 /// its own task once the peer connection is up.
-pub(super) async fn answer(shared: Arc<Shared>, offer: String) -> Result<String, String> {
+pub(super) async fn answer(shared: Arc<Shared>, offer: String) -> Result<String, OfferRefused> {
+    let Some(slot) = SetUpSlot::take() else {
+        warn!(
+            pending = MAX_PENDING,
+            "browser offer refused: too many calls being set up"
+        );
+        return Err(OfferRefused::Busy(format!(
+            "{MAX_PENDING} browser calls are being set up; try again in a few seconds"
+        )));
+    };
+    answer_with(shared, offer, slot)
+        .await
+        .map_err(OfferRefused::Bad)
+}
+
+async fn answer_with(
+    shared: Arc<Shared>,
+    offer: String,
+    slot: SetUpSlot,
+) -> Result<String, String> {
     let offer = RTCSessionDescription::offer(offer).map_err(|e| format!("bad SDP offer: {e}"))?;
     let mut media = MediaEngine::default();
     media
@@ -164,7 +211,7 @@ pub(super) async fn answer(shared: Arc<Shared>, offer: String) -> Result<String,
             .await
             .map_err(|e| format!("cannot create a peer connection: {e}"))?,
     );
-    let outcome = negotiate(&shared, pc.clone(), offer).await;
+    let outcome = negotiate(&shared, pc.clone(), offer, slot).await;
     if outcome.is_err() {
         let _ = pc.close().await;
     }
@@ -185,6 +232,7 @@ async fn negotiate(
     shared: &Arc<Shared>,
     pc: Arc<RTCPeerConnection>,
     offer: RTCSessionDescription,
+    slot: SetUpSlot,
 ) -> Result<String, String> {
     let track = Arc::new(TrackLocalStaticSample::new(
         opus_capability(),
@@ -249,9 +297,16 @@ async fn negotiate(
     shared.calls.spawn(
         async move {
             let shared = shared2;
-            // Wait until ICE and DTLS are up, so the caller hears the greeting.
+            // Wait until ICE and DTLS are up, so the caller hears the greeting
+            // (or the gateway stops).
+            let stop = shared.shutdown.clone();
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                while let Some(s) = states.recv().await {
+                loop {
+                    let s = tokio::select! {
+                        s = states.recv() => s,
+                        _ = stop.cancelled() => None,
+                    };
+                    let Some(s) = s else { return false };
                     match s {
                         RTCPeerConnectionState::Connected => return true,
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
@@ -260,10 +315,10 @@ async fn negotiate(
                         _ => {}
                     }
                 }
-                false
             })
             .await
             .unwrap_or(false);
+            drop(slot);
             if !connected {
                 warn!("browser call never connected (ICE/DTLS)");
                 let _ = pc.close().await;
