@@ -133,6 +133,11 @@ fn http_and_shutdown_settings_are_checked() {
             "grace_s = 86400",
             "grace_s 86400 is out of range",
         ),
+        (
+            "# agent_token = \"agents-only-token\"",
+            "agent_token = \"a b&c\"",
+            "agent_token is too short or has characters",
+        ),
     ];
     for (from, to, message) in cases {
         assert!(gateway.contains(from), "gateway.toml lacks {from:?}");

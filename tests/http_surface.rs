@@ -343,3 +343,35 @@ fn url_escape(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn the_screen_pop_wants_the_agent_token_when_one_is_set() {
+    let gw = Gateway::start(|g, _| {
+        *g = g.replace(
+            "# agent_token = \"agents-only-token\"",
+            "agent_token = \"agents-only-token\"",
+        )
+    });
+    assert_eq!(gw.get("/agent?ext=1001", None).0, 401);
+    assert_eq!(gw.get("/agent?ext=1001&token=wrong-token", None).0, 401);
+    let (status, page) = gw.get("/agent?ext=1001&token=agents-only-token", None);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("encodeURIComponent('agents-only-token')"),
+        "{page}"
+    );
+    let url = |query: &str| format!("http://127.0.0.1:{}/agent/events?{query}", gw.http_port);
+    match ureq::get(&url("ext=1001"))
+        .timeout(Duration::from_secs(5))
+        .call()
+    {
+        Err(ureq::Error::Status(code, _)) => assert_eq!(code, 401),
+        other => panic!("{:?}", other.map(|r| r.status())),
+    }
+    // The stream opens (headers only: it stays open for updates).
+    let stream = ureq::get(&url("ext=1001&token=agents-only-token"))
+        .call()
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.content_type(), "text/event-stream");
+}

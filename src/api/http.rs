@@ -54,6 +54,10 @@ pub trait Control: Send + Sync + 'static {
     fn asr_queued(&self) -> Option<usize>;
     /// The current admin token.
     fn admin_token(&self) -> Option<String>;
+    /// The screen-pop's token, when one is configured.
+    fn agent_token(&self) -> Option<String> {
+        None
+    }
     /// A browser's SDP offer → the gateway's SDP answer (a new call).
     fn webrtc_offer(&self, offer: String) -> BoxFuture<Result<String, OfferRefused>>;
 }
@@ -276,9 +280,41 @@ pub fn render_call(call: &Value) -> String {
 #[derive(Deserialize)]
 struct ExtQuery {
     ext: Option<String>,
+    token: Option<String>,
 }
 
-async fn agent_page(Query(q): Query<ExtQuery>) -> Response {
+/// The screen-pop is open unless `[http] agent_token` is set; then the page
+/// and its stream want `?token=`.
+fn agent_allowed(q: &ExtQuery, control: &dyn Control) -> bool {
+    match control.agent_token() {
+        None => true,
+        Some(want) => q
+            .token
+            .as_deref()
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())),
+    }
+}
+
+fn agent_refused() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "open the screen-pop as /agent?ext=EXT&token=AGENT_TOKEN",
+    )
+        .into_response()
+}
+
+async fn agent_page(State(s): State<AppState>, Query(q): Query<ExtQuery>) -> Response {
+    if !agent_allowed(&q, s.control.as_ref()) {
+        return agent_refused();
+    }
+    // Echoed into the page's script: URL-safe characters only.
+    let token: String = q
+        .token
+        .clone()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.~".contains(*c))
+        .collect();
     let Some(ext) = q.ext.filter(|e| valid_ext(e)) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -286,7 +322,12 @@ async fn agent_page(Query(q): Query<ExtQuery>) -> Response {
         )
             .into_response();
     };
-    Html(AGENT_PAGE.replace("{{EXT}}", &esc(&ext))).into_response()
+    Html(
+        AGENT_PAGE
+            .replace("{{EXT}}", &esc(&ext))
+            .replace("{{TOKEN}}", &esc(&token)),
+    )
+    .into_response()
 }
 
 fn valid_ext(ext: &str) -> bool {
@@ -298,6 +339,9 @@ fn valid_ext(ext: &str) -> bool {
 }
 
 async fn agent_events(State(s): State<AppState>, Query(q): Query<ExtQuery>) -> Response {
+    if !agent_allowed(&q, s.control.as_ref()) {
+        return agent_refused();
+    }
     let Some(ext) = q.ext.filter(|e| valid_ext(e)) else {
         return (StatusCode::BAD_REQUEST, "ext=EXTENSION is required").into_response();
     };
@@ -360,7 +404,8 @@ const AGENT_PAGE: &str = r#"<!doctype html>
 <script>
 const calls = document.getElementById('calls');
 const status = document.getElementById('status');
-const src = new EventSource('/agent/events?ext=' + encodeURIComponent('{{EXT}}'));
+const src = new EventSource('/agent/events?ext=' + encodeURIComponent('{{EXT}}')
+  + '&token=' + encodeURIComponent('{{TOKEN}}'));
 src.onopen = () => { status.textContent = 'Connected: calls handed to {{EXT}} appear here.'; };
 src.addEventListener('call', (e) => {
   const c = JSON.parse(e.data);

@@ -32,6 +32,8 @@ struct HttpSection {
     admin_token: Option<Spanned<String>>,
     #[serde(default)]
     public_url: Option<Spanned<String>>,
+    #[serde(default)]
+    agent_token: Option<Spanned<String>>,
 }
 
 impl Default for HttpSection {
@@ -40,6 +42,7 @@ impl Default for HttpSection {
             listen: default_http_listen(),
             admin_token: None,
             public_url: None,
+            agent_token: None,
         }
     }
 }
@@ -213,6 +216,9 @@ pub struct HttpConfig {
     pub admin_token: Option<String>,
     /// Base URL agents and browsers reach this server at (no trailing slash).
     pub public_url: String,
+    /// When set, the agents' screen-pop (`/agent`, `/agent/events`) wants
+    /// `?token=` with this value (`VOICEGATE_AGENT_TOKEN` overrides it).
+    pub agent_token: Option<String>,
 }
 
 /// Where SIP listens.
@@ -537,9 +543,29 @@ fn parse_http(
             listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
         ),
     };
+    let agent_token = std::env::var("VOICEGATE_AGENT_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| http.agent_token.as_ref().map(|t| t.get_ref().clone()));
+    if let Some(t) = &http.agent_token {
+        let v = t.get_ref();
+        if v.len() < 8
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+        {
+            problems.push(src.at(
+                Some(t.span()),
+                "http.agent_token is too short or has characters a URL would mangle",
+                "use at least 8 letters, digits, - _ . or ~ (it travels as ?token= in the page's URL)",
+            ));
+            return None;
+        }
+    }
     Some(HttpConfig {
         listen,
         admin_token: token,
         public_url,
+        agent_token,
     })
 }

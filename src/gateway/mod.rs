@@ -149,6 +149,9 @@ impl crate::api::http::Control for Running {
     fn admin_token(&self) -> Option<String> {
         self.current.load().config.gateway.http.admin_token.clone()
     }
+    fn agent_token(&self) -> Option<String> {
+        self.current.load().config.gateway.http.agent_token.clone()
+    }
     fn webrtc_offer(
         &self,
         offer: String,
