@@ -194,12 +194,33 @@ fn a_flood_of_browser_offers_is_refused_beyond_the_set_up_limit() {
     let sdp = offer();
     assert!(sdp.contains("m=audio"), "{sdp}");
     // 32 offers answered (calls that will never connect), then 503.
+    // Browser media stays inside the configured RTP port range.
+    let gateway_toml =
+        std::fs::read_to_string(gw.dir.path().join("config/gateway.toml")).expect("gateway.toml");
+    let setting = |key: &str| -> u16 {
+        gateway_toml
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_start_matches('=').trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {gateway_toml}"))
+    };
+    let range = setting("rtp_port_min")..=setting("rtp_port_max");
     for n in 0..32 {
         let (status, answer) = gw.post("/call/offer", None, &sdp);
         assert_eq!(status, 200, "offer {n}: {answer}");
         assert!(
             answer.contains("a=fingerprint") && answer.contains("opus"),
             "{answer}"
+        );
+        let ports: Vec<u16> = answer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .filter_map(|l| l.split_whitespace().nth(5)?.parse().ok())
+            .collect();
+        assert!(!ports.is_empty(), "{answer}");
+        assert!(
+            ports.iter().all(|p| range.contains(p)),
+            "{ports:?} outside {range:?}"
         );
     }
     let (status, why) = gw.post("/call/offer", None, &sdp);

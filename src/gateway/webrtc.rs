@@ -26,6 +26,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -201,6 +202,13 @@ async fn answer_with(
     let mut settings = SettingEngine::default();
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
     settings.set_include_loopback_candidate(true);
+    // Browser media inside the same firewall hole as RTP: the [media] range
+    // (ports taken by SIP calls are skipped, and the other way round).
+    let m = &shared.config.gateway.media;
+    match EphemeralUDP::new(m.rtp_port_min, m.rtp_port_max) {
+        Ok(range) => settings.set_udp_network(UDPNetwork::Ephemeral(range)),
+        Err(e) => warn!(error = %e, "browser media on OS-chosen ports"),
+    }
     let api = APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
