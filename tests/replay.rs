@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::root;
+use common::{headless_chromium, root};
 use std::process::Command;
 
 #[test]
@@ -274,13 +274,9 @@ fn batch_replay_checks_expectations_reports_bad_files_and_goes_on() {
 
 /// Headless Chromium (Debian's `chromium`) on a page from disk.
 fn chromium(args: &[&str], page: &std::path::Path) -> std::process::Output {
-    Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-        ])
+    let profile = tempfile::tempdir().expect("tmp");
+    headless_chromium(profile.path())
+        .arg("--hide-scrollbars")
         .args(args)
         .arg(format!("file://{}", page.display()))
         .output()

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn words(text: &str) -> Vec<String> {
@@ -32,15 +32,8 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
     audio.extend(std::iter::repeat_n(0i16, 8000 * 20));
     let mic = dir.path().join("mic.wav");
     write_wav_8k(&mic, &audio);
-    let mut chromium = Command::new("chromium")
+    let mut chromium = headless_chromium(&dir.path().join("profile"))
         .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             "--allow-loopback-in-peer-connection",
@@ -49,10 +42,6 @@ fn a_browser_caller_is_transcribed_like_the_replay_and_reaches_agent_1001() {
         .arg(format!(
             "--use-file-for-fake-audio-capture={}%noloop",
             mic.display()
-        ))
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
         ))
         .arg(format!(
             "http://127.0.0.1:{}/call?autostart=1&raw=1",

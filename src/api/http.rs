@@ -55,9 +55,7 @@ pub trait Control: Send + Sync + 'static {
     /// The current admin token.
     fn admin_token(&self) -> Option<String>;
     /// The screen-pop's token, when one is configured.
-    fn agent_token(&self) -> Option<String> {
-        None
-    }
+    fn agent_token(&self) -> Option<String>;
     /// A browser's SDP offer → the gateway's SDP answer (a new call).
     fn webrtc_offer(&self, offer: String) -> BoxFuture<Result<String, OfferRefused>>;
 }

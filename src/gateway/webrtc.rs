@@ -295,7 +295,7 @@ async fn negotiate(
         .await
         .ok_or("no local description")?
         .sdp;
-    let remote = offer_address(&pc).await;
+    let remote = browser_address(&pc).await;
 
     let id = format!("webrtc-{}", hex::encode(rand::random::<[u8; 8]>()));
     let (to_browser, frames) = mpsc::channel::<Vec<i16>>(50);
@@ -398,8 +398,8 @@ fn web_trunk() -> TrunkConfig {
     }
 }
 
-/// The browser's address as ICE selected it (for logs).
-async fn offer_address(pc: &RTCPeerConnection) -> String {
+/// The browser's first ICE candidate address, from its offer (for logs).
+async fn browser_address(pc: &RTCPeerConnection) -> String {
     pc.remote_description()
         .await
         .map(|d| {
@@ -424,41 +424,49 @@ async fn read_track(remote: Arc<TrackRemote>, received: Arc<Mutex<Received>>) {
     };
     // Up to 120 ms per packet at 8 kHz.
     let mut pcm = vec![0i16; 960];
+    // What one packet decodes to (concealment first), pushed in one lock.
+    let mut decoded: Vec<i16> = Vec::with_capacity(4 * 960);
     while let Ok((packet, _)) = remote.read_rtp().await {
         let seq = packet.header.sequence_number;
-        let mut r = received.lock().unwrap_or_else(|p| p.into_inner());
-        let gap = r.last_seq.map(|last| seq.wrapping_sub(last)).unwrap_or(1);
-        if gap == 0 || gap > 0x8000 {
-            // Duplicate or late (reordered behind a newer one): dropped.
-            if gap == 0 {
-                r.stats.duplicate += 1;
-            } else {
-                r.stats.late += 1;
+        let lost = {
+            let mut r = received.lock().unwrap_or_else(|p| p.into_inner());
+            let gap = r.last_seq.map(|last| seq.wrapping_sub(last)).unwrap_or(1);
+            if gap == 0 || gap > 0x8000 {
+                // Duplicate or late (reordered behind a newer one): dropped.
+                if gap == 0 {
+                    r.stats.duplicate += 1;
+                } else {
+                    r.stats.late += 1;
+                }
+                continue;
             }
-            continue;
-        }
-        r.last_seq = Some(seq);
-        r.last_rx = Some(Instant::now());
-        r.stats.received += 1;
+            r.last_seq = Some(seq);
+            r.last_rx = Some(Instant::now());
+            r.stats.received += 1;
+            let lost = u64::from(gap - 1);
+            r.stats.lost += lost;
+            lost
+        };
+        // Decode outside the lock the media clock takes every 20 ms.
         // Conceal up to 3 lost packets (Opus PLC); longer gaps are lost.
-        let lost = u64::from(gap - 1);
-        r.stats.lost += lost;
+        decoded.clear();
         for _ in 0..lost.min(3) {
             if let Ok(n) = decoder.decode(&[], &mut pcm[..FRAME_8K], false) {
-                let chunk = pcm[..n].to_vec();
-                push_samples(&mut r, &chunk);
+                decoded.extend_from_slice(&pcm[..n]);
             }
         }
-        if packet.payload.is_empty() {
-            continue;
-        }
-        match decoder.decode(&packet.payload, &mut pcm, false) {
-            Ok(n) => {
-                let chunk = pcm[..n].to_vec();
-                push_samples(&mut r, &chunk);
+        let mut failed = false;
+        if !packet.payload.is_empty() {
+            match decoder.decode(&packet.payload, &mut pcm, false) {
+                Ok(n) => decoded.extend_from_slice(&pcm[..n]),
+                Err(_) => failed = true,
             }
-            Err(_) => r.decode_errors += 1,
         }
+        let mut r = received.lock().unwrap_or_else(|p| p.into_inner());
+        if failed {
+            r.decode_errors += 1;
+        }
+        push_samples(&mut r, &decoded);
     }
 }
 

@@ -1004,23 +1004,30 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// Debian's Chromium, headless, with the flags this closed network needs
+/// (no background connections, no first-run work) and its own profile.
+pub fn headless_chromium(profile: &Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
 impl Browser {
     /// Open `url` in a new headless Chromium.
     pub fn open(url: &str) -> Browser {
         use std::io::BufRead;
         let profile = tempfile::tempdir().expect("tmp");
-        let mut child = Command::new("chromium")
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+        let mut child = headless_chromium(profile.path())
+            .arg("--remote-debugging-port=0")
             .arg(url)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
