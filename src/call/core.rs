@@ -2,7 +2,7 @@
 //! serves intents, tracks the caller's emotion and wait, and decides when —
 //! and why — the caller goes to a human. No I/O and no clock inside.
 
-use super::intents::{best_intent, IntentMatch};
+use super::intents::{understand, IntentMatch, SemanticSettings, Understanding};
 use super::policy::{Customer, Phrases, Policy};
 use crate::emotion::{EmotionConfig, EmotionTracker, Lexicon};
 use crate::speech::pipeline::UtteranceResult;
@@ -89,6 +89,54 @@ pub struct Decision {
     pub evidence: Vec<String>,
 }
 
+/// The answer to "is this about A, or about B?": whatever the caller now
+/// clearly asks for wins; otherwise the closer of the two by keywords or
+/// meaning, or an ordinal ("the first", "第二个"); else still not understood.
+fn resolve_confirmation(
+    understood: Understanding,
+    first: IntentMatch,
+    second: IntentMatch,
+    text: &str,
+) -> Understanding {
+    let pick = |mut m: IntentMatch, why: &str| {
+        m.evidence.push(why.to_string());
+        Understanding::Intent(m)
+    };
+    match understood {
+        Understanding::Intent(m) => Understanding::Intent(m),
+        Understanding::Unsure {
+            first: a,
+            second: b,
+        } => {
+            let is = |m: &IntentMatch, n: &IntentMatch| m.name == n.name;
+            if is(&a, &first) || is(&a, &second) {
+                pick(a, "answered the question")
+            } else {
+                Understanding::Unsure {
+                    first: a,
+                    second: b,
+                }
+            }
+        }
+        Understanding::Nothing { evidence } => {
+            let t = text.to_lowercase();
+            let has = |words: &[&str]| {
+                crate::emotion::tokens(&t)
+                    .iter()
+                    .any(|w| words.contains(&w.as_str()))
+                    || words.iter().any(|w| !w.is_ascii() && t.contains(w))
+            };
+            if has(&["first", "former", "one", "第一个", "第一", "前面"]) {
+                pick(first, "answered: the first")
+            } else if has(&["second", "latter", "two", "第二个", "第二", "后面"]) {
+                pick(second, "answered: the second")
+            } else {
+                Understanding::Nothing { evidence }
+            }
+        }
+    }
+}
+
 /// A call's decision state.
 #[derive(Debug)]
 pub struct CallCore {
@@ -119,6 +167,10 @@ pub struct CallCore {
     /// The silence clock is paused: the caller is talking and the words are
     /// not transcribed yet.
     silence_paused: bool,
+    /// The bot asked which of two intents the caller means (1 / 2).
+    confirming: Option<(IntentMatch, IntentMatch)>,
+    /// The call's language is taken from the first utterance (`auto`).
+    language_from_speech: bool,
     ended: bool,
     /// Every decision so far.
     pub decisions: Vec<Decision>,
@@ -149,6 +201,8 @@ impl CallCore {
             callback_number: None,
             served_at: None,
             silence_paused: false,
+            confirming: None,
+            language_from_speech: language == "auto",
             ended: false,
             decisions: Vec::new(),
         }
@@ -255,6 +309,14 @@ impl CallCore {
                 ),
             CoreEvent::AsrUnavailable => Vec::new(),
             CoreEvent::Dtmf(d) if self.callback_digits.is_some() => self.callback_key(now, d),
+            CoreEvent::Dtmf(d @ ('1' | '2')) if self.confirming.is_some() => {
+                let Some((first, second)) = self.confirming.take() else {
+                    return Vec::new();
+                };
+                let mut m = if d == '1' { first } else { second };
+                m.evidence.push(format!("confirmed with {d}"));
+                self.on_intent(now, m, false)
+            }
             CoreEvent::Dtmf(d) => {
                 let Some(name) = self.policy.flow.dtmf.get(&d.to_string()).cloned() else {
                     return Vec::new();
@@ -297,26 +359,49 @@ impl CallCore {
         if self.wait_since.is_none() {
             self.wait_since = Some(now);
         }
-        let matched = best_intent(
-            &self.policy.flow.intent,
+        if std::mem::take(&mut self.language_from_speech) {
+            self.adopt_language(&u.language);
+        }
+        let flow = &self.policy.flow;
+        let settings = SemanticSettings {
+            match_threshold: flow.match_threshold,
+            threshold: flow.semantic_threshold,
+            margin: flow.semantic_margin,
+        };
+        let mut understood = understand(
+            &flow.intent,
+            self.policy.semantic.as_deref(),
+            settings,
             &u.text,
-            self.policy.flow.match_threshold,
+            u.embedding.as_deref(),
         );
+        if let Some((first, second)) = self.confirming.take() {
+            understood = resolve_confirmation(understood, first, second, &u.text);
+        }
+        let matched = match &understood {
+            Understanding::Intent(m) => Some(m.clone()),
+            _ => None,
+        };
         let repeated = matched
             .as_ref()
             .is_some_and(|m| self.intents.last() == Some(&m.name));
         let r = &self.policy.rules.frustration;
         let cfg = EmotionConfig {
             rate_rise: r.rate_rise,
+            rate_alone: r.rate_alone,
             loudness_rise_db: r.loudness_rise_db,
         };
+        let not_understood =
+            matches!(understood, Understanding::Nothing { .. }) && self.unrecognized_run >= 1;
         let signals = self.emotion.observe(
             &cfg,
             &self.lexicon,
             &u.text,
-            u.words_per_s,
+            u.syllables_per_s,
+            u.voiced_s,
             f64::from(u.loudness_dbfs),
             repeated,
+            not_understood,
         );
         if !signals.negative.is_empty() || self.emotion.score > 0.0 {
             self.decisions.push(Decision {
@@ -328,25 +413,8 @@ impl CallCore {
             });
         }
         let rules = &self.policy.rules;
-        if let Some(m) = &matched {
-            let intent = self.policy.flow.intent.iter().find(|i| i.name == m.name);
-            if intent.is_some_and(|i| i.handover) && rules.requested.enabled {
-                return self.hand_over(
-                    now,
-                    "requested",
-                    Some(m.score),
-                    vec![format!("asked for a person: \"{}\"", u.text)],
-                );
-            }
-            if intent.is_some_and(|i| i.urgent) && rules.urgent_intent.enabled {
-                return self.hand_over(
-                    now,
-                    "urgent_intent",
-                    Some(m.score),
-                    vec![format!("urgent: {} (\"{}\")", m.name, u.text)],
-                );
-            }
-        }
+        // Two negative words hand over as such, even when the same words
+        // also name an urgent request ("I want to complain, this is awful").
         if rules.negative_words.enabled && self.emotion.negative_weight >= rules.negative_words.hits
         {
             let ev = vec![format!(
@@ -356,20 +424,65 @@ impl CallCore {
             )];
             return self.hand_over(now, "negative_words", Some(self.emotion.score), ev);
         }
-        if rules.frustration.enabled && self.emotion.score >= rules.frustration.threshold {
+        if let Some(m) = &matched {
+            let intent = self.policy.flow.intent.iter().find(|i| i.name == m.name);
+            if intent.is_some_and(|i| i.handover) && rules.requested.enabled {
+                let mut ev = vec![format!("asked for a person: \"{}\"", u.text)];
+                ev.extend(m.evidence.iter().cloned());
+                return self.hand_over(now, "requested", Some(m.score), ev);
+            }
+            if intent.is_some_and(|i| i.urgent) && rules.urgent_intent.enabled {
+                let mut ev = vec![format!("urgent: {} (\"{}\")", m.name, u.text)];
+                ev.extend(m.evidence.iter().cloned());
+                return self.hand_over(now, "urgent_intent", Some(m.score), ev);
+            }
+        }
+        // The third request in a row not understood is that, whatever else
+        // adds to the frustration score.
+        let third_unrecognized = matches!(understood, Understanding::Nothing { .. })
+            && rules.unrecognized.enabled
+            && self.unrecognized_run + 1 >= rules.unrecognized.consecutive;
+        if !third_unrecognized
+            && rules.frustration.enabled
+            && self.emotion.score >= rules.frustration.threshold
+        {
             let ev = self.emotion.reasons.clone();
             return self.hand_over(now, "frustration", Some(self.emotion.score), ev);
         }
-        match matched {
-            Some(m) => self.on_intent(now, m, repeated),
-            None => {
+        match understood {
+            Understanding::Intent(m) => self.on_intent(now, m, repeated),
+            Understanding::Unsure { first, second } => {
+                // One short question instead of "not understood": it does not
+                // count toward `unrecognized` unless the answer leaves it open.
+                let phrase = self
+                    .phrases
+                    .confirm
+                    .replace("{first}", &self.topic(&first.name))
+                    .replace("{second}", &self.topic(&second.name));
+                self.decisions.push(Decision {
+                    t_s: now.as_secs_f64(),
+                    kind: "confirm".into(),
+                    reason: Some(format!("{} or {}", first.name, second.name)),
+                    score: Some(first.score),
+                    evidence: vec![
+                        format!("\"{}\"", u.text),
+                        format!("{} {:.2}", first.name, first.score),
+                        format!("{} {:.2}", second.name, second.score),
+                    ],
+                });
+                self.confirming = Some((first, second));
+                vec![CoreAction::Say(phrase)]
+            }
+            Understanding::Nothing { evidence } => {
                 self.unrecognized_run += 1;
+                let mut ev = vec![format!("\"{}\"", u.text)];
+                ev.extend(evidence);
                 self.decisions.push(Decision {
                     t_s: now.as_secs_f64(),
                     kind: "no_intent".into(),
                     reason: None,
                     score: None,
-                    evidence: vec![format!("\"{}\"", u.text)],
+                    evidence: ev,
                 });
                 if rules.unrecognized.enabled
                     && self.unrecognized_run >= rules.unrecognized.consecutive
@@ -434,6 +547,40 @@ impl CallCore {
             }];
         }
         self.served(now, intent.reply_in(&self.language).to_string())
+    }
+
+    /// How the bot names an intent to this caller.
+    fn topic(&self, intent: &str) -> String {
+        self.policy
+            .flow
+            .intent
+            .iter()
+            .find(|i| i.name == intent)
+            .map(|i| i.topic_in(&self.language))
+            .unwrap_or_else(|| intent.replace('_', " "))
+    }
+
+    /// The call's language was `auto`: take the one the first utterance was
+    /// recognised in, with its lexicon and phrases.
+    fn adopt_language(&mut self, language: &str) {
+        if language.is_empty() || language == "auto" {
+            return;
+        }
+        self.language = language.to_string();
+        self.lexicon = self.policy.lexicon(language);
+        self.phrases = self.policy.flow.phrases(language);
+        self.decisions.push(Decision {
+            t_s: 0.0,
+            kind: "language".into(),
+            reason: Some(language.to_string()),
+            score: None,
+            evidence: vec![format!("detected from the first utterance: {language}")],
+        });
+    }
+
+    /// The caller's language (as configured, or detected).
+    pub fn language(&self) -> &str {
+        &self.language
     }
 
     /// The caller got their answer: the wait clock stops until their next request.

@@ -33,6 +33,18 @@ pub struct Intent {
     /// Ask the operator's service what to say instead of `reply`.
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// How the bot names this intent in a question ("your bill"); default:
+    /// the name.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `topic` in other languages (`zh = "账单"`).
+    #[serde(default)]
+    pub topics: std::collections::BTreeMap<String, String>,
+    /// Recorded replies by language (`en = "prompts/billing.wav"`, `zh = …`),
+    /// played instead of the synthesised `reply`/`replies` text; paths are
+    /// relative to the configuration directory.
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
 }
 
 /// An intent's HTTP webhook: `POST url` with the caller, intent and
@@ -53,6 +65,15 @@ fn default_webhook_timeout() -> u64 {
 }
 
 impl Intent {
+    /// How the bot names this intent in `language`.
+    pub fn topic_in(&self, language: &str) -> String {
+        self.topics
+            .get(language)
+            .or(self.topic.as_ref())
+            .cloned()
+            .unwrap_or_else(|| self.name.replace('_', " "))
+    }
+
     /// The reply in `language`, falling back to `reply`.
     pub fn reply_in(&self, language: &str) -> &str {
         self.replies
@@ -145,17 +166,21 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
     for intent in intents {
         let mut score: f64 = 0.0;
         let mut evidence = Vec::new();
+        let mut heard: Vec<String> = Vec::new();
         for kw in &intent.keywords {
             let phrase = stems(kw);
             if phrase.is_empty() {
                 continue;
             }
             let s = if is_cjk(kw) {
-                let kw: String = kw.chars().filter(|c| !c.is_whitespace()).collect();
-                if squashed.contains(&kw) {
-                    1.0
-                } else {
-                    0.0
+                // By character, or by sound where Whisper wrote a homophone.
+                match crate::speech::chinese::find_by_sound(&squashed, kw) {
+                    Some(m) if m.heard == kw.trim() => m.score,
+                    Some(m) => {
+                        heard.push(format!("{kw} (heard {}, by sound {:.2})", m.heard, m.score));
+                        m.score
+                    }
+                    None => 0.0,
                 }
             } else if phrase.len() > 1 {
                 let hit = words.windows(phrase.len()).any(|w| w == &phrase[..]);
@@ -180,7 +205,10 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
                     .fold(0.0, f64::max)
             };
             if s > 0.0 {
-                evidence.push(kw.clone());
+                match heard.pop() {
+                    Some(h) => evidence.push(h),
+                    None => evidence.push(kw.clone()),
+                }
                 score = if score == 0.0 {
                     s
                 } else {
@@ -232,6 +260,136 @@ pub fn best_intent(intents: &[Intent], text: &str, threshold: f64) -> Option<Int
         }
     }
     best
+}
+
+/// What the bot made of an utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Understanding {
+    /// One intent.
+    Intent(IntentMatch),
+    /// Two intents equally likely: ask which one.
+    Unsure {
+        /// The closer one.
+        first: IntentMatch,
+        /// The runner-up.
+        second: IntentMatch,
+    },
+    /// Nothing the bot serves.
+    Nothing {
+        /// Why, when the sentence encoder had a view ("nearest: …").
+        evidence: Vec<String>,
+    },
+}
+
+/// Thresholds for semantic matching (from `flow.toml`).
+#[derive(Debug, Clone, Copy)]
+pub struct SemanticSettings {
+    /// Keyword/overlap score threshold.
+    pub match_threshold: f64,
+    /// Least similarity to an intent's nearest examples.
+    pub threshold: f64,
+    /// Least lead over the runner-up.
+    pub margin: f64,
+}
+
+fn sem_match(
+    n: &super::semantic::Nearest,
+    runner_up: Option<&super::semantic::Nearest>,
+) -> IntentMatch {
+    let mut evidence = vec![format!("semantic {:.2}: like \"{}\"", n.score, n.example)];
+    if let Some(r) = runner_up {
+        evidence.push(format!("runner-up {} {:.2}", r.intent, r.score));
+    }
+    IntentMatch {
+        name: n.intent.clone(),
+        score: (n.score * 100.0).round() / 100.0,
+        evidence,
+    }
+}
+
+/// Understand an utterance: keywords first (high precision), then the
+/// nearest examples by meaning (`embedding` against `index`). Urgent and
+/// hand-over intents found by meaning win over an ordinary keyword: a caller
+/// who says both is served by a person.
+pub fn understand(
+    intents: &[Intent],
+    index: Option<&super::semantic::SemanticIndex>,
+    settings: SemanticSettings,
+    text: &str,
+    embedding: Option<&[f32]>,
+) -> Understanding {
+    let keyword = best_intent(intents, text, settings.match_threshold);
+    let (Some(index), Some(embedding)) = (index, embedding) else {
+        return match keyword {
+            Some(m) => Understanding::Intent(m),
+            None => Understanding::Nothing { evidence: vec![] },
+        };
+    };
+    let ranked = index.rank(embedding);
+    let off_topic = ranked
+        .iter()
+        .find(|n| n.intent == super::semantic::OFF_TOPIC)
+        .map_or(f64::MIN, |n| n.score);
+    let real: Vec<&super::semantic::Nearest> = ranked
+        .iter()
+        .filter(|n| n.intent != super::semantic::OFF_TOPIC)
+        .collect();
+    let top = real.first().copied();
+    let second = real.get(1).copied();
+    let serious = |name: &str| {
+        intents
+            .iter()
+            .any(|i| i.name == name && (i.urgent || i.handover))
+    };
+    let lead = |n: &super::semantic::Nearest, other: Option<&super::semantic::Nearest>| {
+        n.score - other.map_or(f64::MIN, |o| o.score).max(off_topic)
+    };
+    if let Some(mut k) = keyword {
+        // Keywords decide; the encoder may only add an urgent or hand-over
+        // intent it is sure of, or its agreement.
+        if let Some(t) = top {
+            // Overriding a keyword takes a clear lead: twice the margin.
+            if t.intent != k.name
+                && serious(&t.intent)
+                && !serious(&k.name)
+                && t.score >= settings.threshold
+                && lead(t, second) >= 2.0 * settings.margin
+            {
+                let mut m = sem_match(t, second);
+                m.evidence.push(format!("keywords said {}", k.name));
+                return Understanding::Intent(m);
+            }
+            if t.intent == k.name {
+                k.evidence.push(format!("semantic {:.2}", t.score));
+            }
+        }
+        return Understanding::Intent(k);
+    }
+    let Some(t) = top else {
+        return Understanding::Nothing { evidence: vec![] };
+    };
+    let mut nearest = vec![format!(
+        "nearest: {} {:.2} (\"{}\")",
+        t.intent, t.score, t.example
+    )];
+    if off_topic > f64::MIN {
+        nearest.push(format!("off-topic {off_topic:.2}"));
+    }
+    if t.score < settings.threshold || off_topic >= t.score {
+        return Understanding::Nothing { evidence: nearest };
+    }
+    if lead(t, second) >= settings.margin {
+        return Understanding::Intent(sem_match(t, second));
+    }
+    match second {
+        Some(s) if s.score >= settings.threshold && t.score - s.score < settings.margin => {
+            Understanding::Unsure {
+                first: sem_match(t, Some(s)),
+                second: sem_match(s, Some(t)),
+            }
+        }
+        _ => Understanding::Nothing { evidence: nearest },
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod core;
 pub mod greeting;
 pub mod intents;
 pub mod policy;
+pub mod semantic;
 pub mod transfer;
 
 pub use greeting::{CallAction, CallEvent, GreetingFlow};

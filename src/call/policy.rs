@@ -34,6 +34,23 @@ pub struct Flow {
     pub callback_thanks: String,
     /// Minimum intent score.
     pub match_threshold: f64,
+    /// Semantic intents: the least cosine similarity between what the caller
+    /// said and an intent's nearest examples for the intent to count.
+    #[serde(default = "default_semantic_threshold")]
+    pub semantic_threshold: f64,
+    /// Semantic intents: how far the best intent must be ahead of the
+    /// runner-up (and of the off-topic examples); closer than this, the bot
+    /// asks which one the caller means.
+    #[serde(default = "default_semantic_margin")]
+    pub semantic_margin: f64,
+    /// Sentences that are no request of this bot (weather, pets, small talk),
+    /// in any language: an utterance nearest to these is not understood.
+    #[serde(default)]
+    pub off_topic: Vec<String>,
+    /// The question when two intents are equally likely; `{first}` and
+    /// `{second}` are their topics. Answered by speech, or 1 / 2 on the keypad.
+    #[serde(default = "default_confirm")]
+    pub confirm: String,
     /// After a served answer, this much silence means the caller is done:
     /// goodbye and hang up.
     #[serde(default = "default_silence_goodbye")]
@@ -70,6 +87,8 @@ pub struct FlowTexts {
     pub callback: Option<String>,
     /// The callback number was taken.
     pub callback_thanks: Option<String>,
+    /// Which of two intents the caller means.
+    pub confirm: Option<String>,
 }
 
 /// The bot's phrases in one language.
@@ -91,6 +110,8 @@ pub struct Phrases {
     pub callback: String,
     /// The callback number was taken.
     pub callback_thanks: String,
+    /// Which of two intents the caller means (`{first}`, `{second}`).
+    pub confirm: String,
 }
 
 impl Flow {
@@ -112,10 +133,20 @@ impl Flow {
             callback_thanks: t
                 .callback_thanks
                 .unwrap_or_else(|| self.callback_thanks.clone()),
+            confirm: t.confirm.unwrap_or_else(|| self.confirm.clone()),
         }
     }
 }
 
+fn default_semantic_threshold() -> f64 {
+    0.86
+}
+fn default_semantic_margin() -> f64 {
+    0.015
+}
+fn default_confirm() -> String {
+    "Is this about {first}, or about {second}?".into()
+}
 fn default_connecting() -> String {
     "Please hold, I am connecting you to a colleague.".into()
 }
@@ -166,10 +197,18 @@ pub struct FrustrationRule {
     pub enabled: bool,
     /// Score that triggers it.
     pub threshold: f64,
-    /// Rate ratio counted as agitation.
+    /// A sustained speech-rate ratio (against the caller's own start) that
+    /// counts as agitation: with any other signal it hands the caller over.
     pub rate_rise: f64,
+    /// A sustained ratio this high hands the caller over on its own.
+    #[serde(default = "default_rate_alone")]
+    pub rate_alone: f64,
     /// Loudness rise counted as agitation.
     pub loudness_rise_db: f64,
+}
+
+fn default_rate_alone() -> f64 {
+    1.6
 }
 
 /// `[unrecognized]`.
@@ -246,6 +285,9 @@ pub struct Policy {
     pub lexicons: BTreeMap<String, Lexicon>,
     /// Known callers.
     pub customers: Vec<Customer>,
+    /// The intents' examples embedded for semantic matching (`None`: no
+    /// sentence encoder installed — keywords alone decide).
+    pub semantic: Option<std::sync::Arc<super::semantic::SemanticIndex>>,
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Diagnostic> {
@@ -343,9 +385,26 @@ impl Policy {
                 rules,
                 lexicons,
                 customers: c.customer,
+                semantic: None,
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Every example sentence to embed for semantic matching: each intent's
+    /// `examples`, then the flow's `off_topic` ones.
+    pub fn example_sentences(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for i in &self.flow.intent {
+            out.extend(i.examples.iter().map(|e| (i.name.clone(), e.clone())));
+        }
+        out.extend(
+            self.flow
+                .off_topic
+                .iter()
+                .map(|e| (super::semantic::OFF_TOPIC.to_string(), e.clone())),
+        );
+        out
     }
 
     /// The lexicon for a language (falls back to English).

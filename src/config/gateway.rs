@@ -93,6 +93,10 @@ struct SpeechSection {
     max_utterance_s: u64,
     #[serde(default = "default_partial")]
     partial_interval_ms: u64,
+    #[serde(default = "default_multilingual")]
+    multilingual_model: String,
+    #[serde(default = "default_encoder")]
+    encoder: String,
 }
 
 impl Default for SpeechSection {
@@ -108,6 +112,8 @@ impl Default for SpeechSection {
             vad_hangover_ms: default_hangover(),
             max_utterance_s: default_max_utt(),
             partial_interval_ms: default_partial(),
+            multilingual_model: default_multilingual(),
+            encoder: default_encoder(),
         }
     }
 }
@@ -117,6 +123,12 @@ fn default_true() -> bool {
 }
 fn default_model() -> Spanned<String> {
     Spanned::new(0..0, "models/ggml-tiny.en.bin".into())
+}
+fn default_multilingual() -> String {
+    "models/ggml-base.bin".into()
+}
+fn default_encoder() -> String {
+    format!("models/{}", crate::speech::encoder::MODEL_FILE)
 }
 fn default_language() -> String {
     "en".into()
@@ -281,6 +293,23 @@ pub struct SpeechConfig {
     pub max_utterance: Duration,
     /// Interval between partial results of a long utterance.
     pub partial_interval: Duration,
+    /// A multilingual Whisper model for callers in other languages than
+    /// English when `model` is English-only (`None`: no such callers).
+    pub multilingual_model: Option<PathBuf>,
+    /// The sentence encoder behind semantic intents (`None`: keywords only).
+    pub encoder: Option<PathBuf>,
+}
+
+impl SpeechConfig {
+    /// The voice activity detector these settings describe — the same for a
+    /// live call and its offline replay.
+    pub fn vad(&self) -> crate::speech::vad::VadConfig {
+        crate::speech::vad::VadConfig {
+            hangover: self.vad_hangover,
+            max_utterance: self.max_utterance,
+            ..crate::speech::vad::VadConfig::default()
+        }
+    }
 }
 
 /// Validated `gateway.toml`.
@@ -449,6 +478,9 @@ pub(super) fn parse(
         vad_hangover: Duration::from_millis(hangover),
         max_utterance: Duration::from_secs(sp.max_utterance_s.clamp(2, 30)),
         partial_interval: Duration::from_millis(sp.partial_interval_ms.max(250)),
+        multilingual_model: (!sp.multilingual_model.is_empty())
+            .then(|| PathBuf::from(&sp.multilingual_model)),
+        encoder: (!sp.encoder.is_empty()).then(|| PathBuf::from(&sp.encoder)),
     };
     Some(GatewayConfig {
         sip: SipListen {

@@ -26,6 +26,9 @@ pub struct Config {
     pub agents: AgentsConfig,
     /// The bot, rules, lexicons and customers.
     pub policy: std::sync::Arc<crate::call::policy::Policy>,
+    /// The sentence encoder behind semantic intents, when installed (shared
+    /// by every configuration generation and call).
+    pub encoder: Option<std::sync::Arc<crate::speech::encoder::SentenceEncoder>>,
 }
 
 /// Loading failed: every problem found, each with its file and line.
@@ -64,12 +67,14 @@ impl Config {
             (gateway, trunks, agents, policy)
         {
             if problems.is_empty() {
+                let (policy, encoder) = with_semantic_intents(policy, &gateway);
                 return Ok(Config {
                     dir: dir.to_path_buf(),
                     gateway,
                     trunks,
                     agents,
                     policy: std::sync::Arc::new(policy),
+                    encoder,
                 });
             }
         }
@@ -79,6 +84,50 @@ impl Config {
     /// The trunk whose ACL admits `ip`, first match in file order.
     pub fn trunk_for(&self, ip: std::net::IpAddr) -> Option<&TrunkConfig> {
         self.trunks.iter().find(|t| t.admits(ip))
+    }
+}
+
+/// Embed the flow's examples with the sentence encoder `[speech] encoder`
+/// names, when it is installed; without it keywords alone decide (logged).
+fn with_semantic_intents(
+    mut policy: crate::call::policy::Policy,
+    gateway: &GatewayConfig,
+) -> (
+    crate::call::policy::Policy,
+    Option<std::sync::Arc<crate::speech::encoder::SentenceEncoder>>,
+) {
+    use crate::call::semantic::{Example, SemanticIndex};
+    use crate::speech::encoder::SentenceEncoder;
+    let Some(path) = gateway.speech.encoder.as_ref() else {
+        return (policy, None);
+    };
+    let encoder = match SentenceEncoder::shared(path) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "semantic intents off: keywords alone decide");
+            return (policy, None);
+        }
+    };
+    let sentences = policy.example_sentences();
+    let texts: Vec<&str> = sentences.iter().map(|(_, t)| t.as_str()).collect();
+    match encoder.embed_remembered(&texts) {
+        Ok(vectors) => {
+            let examples = sentences
+                .into_iter()
+                .zip(vectors)
+                .map(|((intent, text), vector)| Example {
+                    intent,
+                    text,
+                    vector,
+                })
+                .collect();
+            policy.semantic = Some(std::sync::Arc::new(SemanticIndex::new(examples)));
+            (policy, Some(encoder))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "semantic intents off: the examples could not be embedded");
+            (policy, None)
+        }
     }
 }
 

@@ -56,11 +56,21 @@ impl Lexicon {
                 continue;
             }
             if phrase.iter().any(|t| t.chars().any(|c| c as u32 >= 0x3000)) {
-                // CJK: substring match, negation by a preceding 不/没.
-                if let Some(pos) = joined.find(name.as_str()) {
-                    let before: String = joined[..pos].chars().rev().take(1).collect();
-                    if before != "不" && before != "没" {
-                        out.push((name.clone(), *weight));
+                // CJK: by character or by sound (a homophone Whisper wrote),
+                // negation by a preceding 不/没.
+                let squashed: String = joined.chars().filter(|c| !c.is_whitespace()).collect();
+                if let Some(m) = crate::speech::chinese::find_by_sound(&squashed, name) {
+                    let negated = squashed
+                        .find(m.heard.as_str())
+                        .and_then(|pos| crate::speech::chinese::char_before(&squashed, pos))
+                        .is_some_and(|c| c == '不' || c == '没');
+                    if !negated {
+                        let label = if m.heard == *name {
+                            name.clone()
+                        } else {
+                            format!("{name} (heard {})", m.heard)
+                        };
+                        out.push((label, *weight));
                     }
                 }
                 continue;
@@ -101,11 +111,33 @@ pub struct Signals {
 /// Thresholds for the frustration score.
 #[derive(Debug, Clone, Copy)]
 pub struct EmotionConfig {
-    /// Rate ratio counted as agitation.
+    /// Sustained rate ratio counted as agitation (0.3 of the score: enough
+    /// with any other signal).
     pub rate_rise: f64,
+    /// Sustained rate ratio that is enough on its own (0.5 of the score).
+    pub rate_alone: f64,
     /// Loudness rise counted as agitation.
     pub loudness_rise_db: f64,
 }
+
+/// Weights of the frustration score (the hand-over threshold is 0.5 in the
+/// shipped rules.toml): each negative word 0.35, a repeated request 0.3,
+/// not understood again 0.2, louder 0.2, and a sustained speech-rate rise:
+/// 0.3 at `rate_rise` (so a moderate rise plus any other signal reaches 0.5),
+/// rising to 0.5 at `rate_alone` (enough alone).
+const NEGATIVE_WEIGHT: f64 = 0.35;
+const REPEATED_WEIGHT: f64 = 0.3;
+const NOT_UNDERSTOOD_WEIGHT: f64 = 0.2;
+const LOUDER_WEIGHT: f64 = 0.2;
+const RATE_AT_RISE: f64 = 0.3;
+const RATE_ALONE: f64 = 0.5;
+
+/// Least syllables for an utterance to set the caller's baseline rate:
+/// "hello?" says little about how someone talks.
+const BASELINE_MIN_SYLLABLES: f64 = 4.0;
+/// An utterance with this much voiced time shows a sustained rate alone;
+/// shorter ones need the next one to agree.
+const SUSTAINED_VOICED_S: f64 = 2.0;
 
 /// The caller's emotional state through the call.
 #[derive(Debug, Clone, Default)]
@@ -116,10 +148,14 @@ pub struct EmotionTracker {
     pub negative_words: Vec<String>,
     /// Summed negative weight so far.
     pub negative_weight: f64,
-    /// Highest rate ratio seen after the baseline.
+    /// Highest sustained rate ratio seen after the baseline.
     peak_rate_ratio: f64,
+    /// The previous utterance's rate ratio (after the baseline).
+    previous_ratio: Option<f64>,
     agitated_loudness: bool,
     repeated: bool,
+    /// Times in a row the bot did not understand (beyond the first).
+    not_understood: u32,
     /// Last score.
     pub score: f64,
     /// Last reasons, in plain words.
@@ -129,15 +165,19 @@ pub struct EmotionTracker {
 }
 
 impl EmotionTracker {
-    /// Take one utterance's measures; returns its signals and updates the score.
+    /// Take one utterance's measures; returns its signals and updates the
+    /// score. `not_understood`: the bot failed to understand this caller again.
+    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         cfg: &EmotionConfig,
         lexicon: &Lexicon,
         text: &str,
-        words_per_s: f64,
+        syllables_per_s: f64,
+        voiced_s: f64,
         loudness_dbfs: f64,
         repeated_request: bool,
+        not_understood: bool,
     ) -> Signals {
         let hits = lexicon.hits(text);
         let weight: f64 = hits.iter().map(|h| h.1).sum();
@@ -148,10 +188,23 @@ impl EmotionTracker {
             loudness_rise_db: 0.0,
             repeated_request,
         };
-        let speech = words_per_s > 0.5;
+        let speech = syllables_per_s > 0.5;
+        let syllables = syllables_per_s * voiced_s;
         match (self.baseline_rate, speech) {
-            (Some(b), true) => s.rate_ratio = words_per_s / b.max(0.5),
-            (None, true) => self.baseline_rate = Some(words_per_s),
+            (Some(b), true) => {
+                s.rate_ratio = syllables_per_s / b.max(0.5);
+                // Sustained: a long stretch at that pace, or two in a row.
+                let sustained = if voiced_s >= SUSTAINED_VOICED_S {
+                    s.rate_ratio
+                } else {
+                    self.previous_ratio.map_or(1.0, |p| p.min(s.rate_ratio))
+                };
+                self.previous_ratio = Some(s.rate_ratio);
+                self.peak_rate_ratio = self.peak_rate_ratio.max(sustained);
+            }
+            (None, true) if syllables >= BASELINE_MIN_SYLLABLES => {
+                self.baseline_rate = Some(syllables_per_s)
+            }
             _ => {}
         }
         match self.baseline_loudness {
@@ -161,19 +214,34 @@ impl EmotionTracker {
         }
         self.negative_words.extend(s.negative.iter().cloned());
         self.negative_weight += weight;
-        self.peak_rate_ratio = self.peak_rate_ratio.max(s.rate_ratio);
         self.agitated_loudness |= s.loudness_rise_db >= cfg.loudness_rise_db;
         self.repeated |= repeated_request;
+        if not_understood {
+            self.not_understood += 1;
+        }
         self.rate_ratio = s.rate_ratio;
         self.rescore(cfg);
         s
+    }
+
+    /// The speech-rate part of the score for a sustained ratio.
+    fn rate_weight(cfg: &EmotionConfig, ratio: f64) -> f64 {
+        let rise = (cfg.rate_rise - 1.0).max(0.01);
+        if ratio < 1.1 {
+            0.0
+        } else if ratio < cfg.rate_rise {
+            RATE_AT_RISE * (ratio - 1.0) / rise
+        } else {
+            let span = (cfg.rate_alone - cfg.rate_rise).max(0.01);
+            RATE_AT_RISE + (RATE_ALONE - RATE_AT_RISE) * ((ratio - cfg.rate_rise) / span).min(1.0)
+        }
     }
 
     fn rescore(&mut self, cfg: &EmotionConfig) {
         let mut score = 0.0;
         let mut reasons = Vec::new();
         if self.negative_weight > 0.0 {
-            score += 0.35 * self.negative_weight.min(2.0);
+            score += NEGATIVE_WEIGHT * self.negative_weight.min(2.0);
             reasons.push(format!(
                 "{} negative word{}: {}",
                 self.negative_words.len(),
@@ -185,23 +253,27 @@ impl EmotionTracker {
                 self.negative_words.join(", ")
             ));
         }
-        // Speech rate counts in proportion: full weight at `rate_rise` times
-        // the caller's own baseline, nothing at or below it.
-        let rise = ((self.peak_rate_ratio - 1.0) / (cfg.rate_rise - 1.0).max(0.01)).clamp(0.0, 1.0);
-        if rise > 0.0 && self.peak_rate_ratio >= 1.1 {
-            score += 0.35 * rise;
+        // Speech rate against the caller's own start: a fast talker from the
+        // first word is not agitated; one who speeds up is.
+        let rate = Self::rate_weight(cfg, self.peak_rate_ratio);
+        if rate > 0.0 {
+            score += rate;
             reasons.push(format!(
-                "speaking {:.1}x faster than at the start",
+                "speaking {:.1}× faster than at the start",
                 self.peak_rate_ratio
             ));
         }
         if self.agitated_loudness {
-            score += 0.2;
+            score += LOUDER_WEIGHT;
             reasons.push("speaking louder than at the start".into());
         }
         if self.repeated {
-            score += 0.3;
+            score += REPEATED_WEIGHT;
             reasons.push("repeated the same request".into());
+        }
+        if self.not_understood > 0 {
+            score += NOT_UNDERSTOOD_WEIGHT;
+            reasons.push("the bot did not understand them again".into());
         }
         self.score = (score * 100.0_f64).round().min(100.0) / 100.0;
         self.reasons = reasons;

@@ -16,7 +16,7 @@ use crate::media::session::MediaSession;
 use crate::record::CallRecorder;
 use crate::sip::sdp::{self, Negotiated};
 use crate::speech::pool::{AsrReply, JobKind};
-use crate::speech::vad::{Segmenter, VadConfig, VadEvent};
+use crate::speech::vad::{Segmenter, VadEvent};
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, StatusCode};
@@ -680,11 +680,7 @@ impl Listener {
             pool,
             language,
             upsampler,
-            segmenter: Segmenter::new(VadConfig {
-                hangover: sp.vad_hangover,
-                max_utterance: sp.max_utterance,
-                ..VadConfig::default()
-            }),
+            segmenter: Segmenter::new(sp.vad()),
             wideband: Vec::with_capacity(320),
             partial_interval: sp.partial_interval,
             last_partial: Duration::ZERO,

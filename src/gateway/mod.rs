@@ -180,8 +180,33 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
     let sp = &config.gateway.speech;
     let asr = if sp.enabled {
         let model = crate::speech::asr::WhisperModel::load(&sp.model)?;
-        let pool = crate::speech::pool::AsrPool::start(
+        // Callers in other languages (a trunk's or number's `language`) need
+        // a multilingual model when the main one is English-only.
+        let languages: Vec<&str> = config
+            .trunks
+            .iter()
+            .flat_map(|t| t.language.iter().chain(t.languages.values()))
+            .map(String::as_str)
+            .chain(sp.language.as_deref())
+            .collect();
+        let multilingual = match &sp.multilingual_model {
+            Some(path) if !model.is_multilingual() && languages.iter().any(|l| *l != "en") => {
+                match crate::speech::asr::WhisperModel::load(path) {
+                    Ok(m) => {
+                        info!(model = %path.display(), "multilingual model ready for callers in other languages");
+                        Some(m)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "callers in other languages will be transcribed as English");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let pool = crate::speech::pool::AsrPool::start_full(
             model,
+            multilingual,
             sp.language.clone(),
             crate::speech::pool::PoolConfig {
                 workers: sp.workers,
@@ -189,6 +214,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
                 queue: sp.queue,
                 max_wait: sp.max_latency,
             },
+            config.encoder.clone(),
         )?;
         info!(model = %sp.model.display(), workers = sp.workers, "speech recognition ready");
         Some(pool)

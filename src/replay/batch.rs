@@ -41,6 +41,16 @@ pub struct Expect {
     pub transcript_contains: Vec<String>,
 }
 
+/// The callers' language a call's `.toml` states (`language = "zh"`), if any.
+pub fn call_language(wav: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(wav.with_extension("toml")).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    value
+        .get("language")
+        .and_then(|l| l.as_str())
+        .map(str::to_string)
+}
+
 impl Expectation {
     /// The `.toml` beside `wav`, if there is one.
     pub fn beside(wav: &Path) -> Option<Result<Expectation, String>> {

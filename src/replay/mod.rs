@@ -9,7 +9,8 @@ pub mod report;
 use crate::call::core::{CallCore, CoreAction, CoreEvent, Decision};
 use crate::call::policy::Policy;
 use crate::speech::asr::{AsrError, Recognizer};
-use crate::speech::pipeline::{result_for, Track, UtteranceResult};
+use crate::speech::encoder::SentenceEncoder;
+use crate::speech::pipeline::{embed_result, result_for, Track, UtteranceResult};
 use crate::speech::vad::{Segmenter, VadConfig, VadEvent};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -66,16 +67,33 @@ impl ReplayReport {
     }
 }
 
+/// How replay hears the caller: the same pieces a live call uses.
+pub struct Listening<'a> {
+    /// Whisper.
+    pub recognizer: &'a mut Recognizer,
+    /// The callers' language (`auto`: detected from the first utterance).
+    pub language: Option<&'a str>,
+    /// The sentence encoder for semantic intents, if installed.
+    pub encoder: Option<&'a SentenceEncoder>,
+    /// The voice activity detector, from `[speech]` as on a live call.
+    pub vad: VadConfig,
+}
+
 /// Replay `track` as a call from `caller`.
 pub fn replay(
     track: &Track,
     caller: Option<String>,
     policy: Arc<Policy>,
-    recognizer: &mut Recognizer,
-    language: Option<&str>,
+    listening: Listening<'_>,
 ) -> Result<ReplayReport, AsrError> {
+    let Listening {
+        recognizer,
+        language,
+        encoder,
+        vad,
+    } = listening;
     let mut core = CallCore::new(policy, language.unwrap_or("en"));
-    let mut seg = Segmenter::new(VadConfig::default());
+    let mut seg = Segmenter::new(vad);
     let mut utterances: Vec<ReplayUtterance> = Vec::new();
     let mut summary = None;
     // Webhooks are asked for real, as on a live call; the answer arrives at the
@@ -142,7 +160,7 @@ pub fn replay(
             }
             if let VadEvent::Utterance(u) = ev {
                 let r = recognizer.recognize_in(&u.samples, language)?;
-                let result = result_for(&u, r.text, r.language);
+                let result = embed_result(result_for(&u, r.text, r.language), encoder);
                 let before = core.intents().len();
                 let actions = core.handle(now, CoreEvent::Utterance(result.clone()));
                 apply(&mut core, now, actions, &mut summary);

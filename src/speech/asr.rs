@@ -99,6 +99,9 @@ pub fn clean_text(raw: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Whisper's initial prompt for Mandarin: a sentence in Simplified characters.
+const SIMPLIFIED_PROMPT: &str = "以下是普通话的句子，使用简体中文。";
+
 /// A decoding state bound to a model; one per worker thread.
 pub struct Recognizer {
     state: WhisperState,
@@ -170,6 +173,11 @@ impl Recognizer {
         params.set_max_tokens(((samples.len() as f64 / 16000.0) * 12.0) as i32 + 16);
         params.set_language(language.as_deref());
         params.set_detect_language(false);
+        if language.as_deref() == Some("zh") {
+            // A Simplified prompt steers Whisper away from Traditional output
+            // (it writes Traditional about half the time without one).
+            params.set_initial_prompt(SIMPLIFIED_PROMPT);
+        }
         // Decode only as much encoder context as the audio needs (50 frames/s),
         // with headroom; whisper.cpp pads the rest.
         let secs = samples.len() as f64 / 16000.0;
@@ -198,15 +206,85 @@ impl Recognizer {
                 text: t.trim().to_string(),
             });
         }
+        let language = language.unwrap_or_else(|| {
+            whisper_rs::get_lang_str(self.state.full_lang_id_from_state())
+                .unwrap_or("auto")
+                .to_string()
+        });
+        let mut text = clean_text(&text);
+        if language == "zh" {
+            // Everything downstream (intents, lexicons, the agent) reads Simplified.
+            text = super::chinese::to_simplified(&text);
+            for s in &mut segments {
+                s.text = super::chinese::to_simplified(&s.text);
+            }
+        }
         Ok(Recognition {
-            text: clean_text(&text),
+            text,
             segments,
-            language: language.unwrap_or_else(|| {
-                whisper_rs::get_lang_str(self.state.full_lang_id_from_state())
-                    .unwrap_or("auto")
-                    .to_string()
-            }),
+            language,
         })
+    }
+}
+
+/// The recognisers a batch tool needs (replay, transcribe, mine): the
+/// `[speech]` model, and the multilingual one for callers in other languages
+/// when that model is English-only — each loaded on first use.
+pub struct Recognizers {
+    main: std::path::PathBuf,
+    multilingual: Option<std::path::PathBuf>,
+    threads: usize,
+    default_language: Option<String>,
+    loaded: Vec<(std::path::PathBuf, bool, Recognizer)>,
+}
+
+impl Recognizers {
+    /// For `model` (and `multilingual` for other languages), `threads`
+    /// threads, callers in `language` unless told otherwise.
+    pub fn new(
+        model: &Path,
+        multilingual: Option<&Path>,
+        threads: usize,
+        language: Option<&str>,
+    ) -> Self {
+        Self {
+            main: model.to_path_buf(),
+            multilingual: multilingual.map(Path::to_path_buf),
+            threads,
+            default_language: language.map(str::to_string),
+            loaded: Vec::new(),
+        }
+    }
+
+    /// The recogniser for callers in `language` (`None`: the default).
+    pub fn get(&mut self, language: Option<&str>) -> Result<&mut Recognizer, AsrError> {
+        let language = language
+            .map(str::to_string)
+            .or_else(|| self.default_language.clone());
+        let english = language.as_deref().is_none_or(|l| l == "en");
+        let main = self.load(&self.main.clone())?;
+        let use_main = english || self.loaded[main].1 || self.multilingual.is_none();
+        let at = if use_main {
+            main
+        } else {
+            let path = self
+                .multilingual
+                .clone()
+                .unwrap_or_else(|| self.main.clone());
+            self.load(&path)?
+        };
+        Ok(&mut self.loaded[at].2)
+    }
+
+    fn load(&mut self, path: &Path) -> Result<usize, AsrError> {
+        if let Some(at) = self.loaded.iter().position(|(p, _, _)| p == path) {
+            return Ok(at);
+        }
+        let model = WhisperModel::load(path)?;
+        let rec = Recognizer::new(&model, self.threads, self.default_language.as_deref())?;
+        self.loaded
+            .push((path.to_path_buf(), model.is_multilingual(), rec));
+        Ok(self.loaded.len() - 1)
     }
 }
 

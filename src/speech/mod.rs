@@ -2,7 +2,9 @@
 //! own code), voice activity detection, the ASR worker pool, speech rate.
 
 pub mod asr;
+pub mod chinese;
 pub mod convert;
+pub mod encoder;
 pub mod models;
 pub mod pipeline;
 pub mod pool;

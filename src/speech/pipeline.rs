@@ -19,6 +19,10 @@ pub struct UtteranceResult {
     pub text: String,
     /// Words per second over voiced time (characters per second for CJK text).
     pub words_per_s: f64,
+    /// Syllables per second over voiced time (a CJK character is one
+    /// syllable): the pace the emotion layer compares, steadier than words
+    /// ("blue" and "relevant" take different time).
+    pub syllables_per_s: f64,
     /// RMS level of the voiced audio, dBFS.
     pub loudness_dbfs: f32,
     /// Voiced time inside the utterance (s).
@@ -29,6 +33,11 @@ pub struct UtteranceResult {
     pub language: String,
     /// When the VAD closed the utterance (s): the moment a call can act on it.
     pub closed_at_s: f64,
+    /// The text's sentence embedding (semantic intents), made beside Whisper
+    /// on the same worker; `None` without a sentence encoder. Not logged: it
+    /// is made again from the text on replay.
+    #[serde(skip)]
+    pub embedding: Option<std::sync::Arc<[f32]>>,
 }
 
 fn is_cjk(c: char) -> bool {
@@ -45,6 +54,63 @@ pub fn word_count(text: &str) -> usize {
     cjk + words
 }
 
+/// Syllables in one English word, estimated from its spelling: groups of
+/// vowels, less a silent final e ("change", not "table"); at least one.
+fn word_syllables(word: &str) -> usize {
+    let w: Vec<char> = word
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .collect();
+    if w.is_empty() {
+        return usize::from(word.chars().any(|c| c.is_ascii_digit()));
+    }
+    let vowel = |c: char| matches!(c, 'a' | 'e' | 'i' | 'o' | 'u' | 'y');
+    let mut groups = 0;
+    let mut prev = false;
+    for &c in &w {
+        let v = vowel(c);
+        if v && !prev {
+            groups += 1;
+        }
+        prev = v;
+    }
+    let n = w.len();
+    let silent_e = |end: usize| {
+        // "change", "likes", "moved": a final e (before s/d) after a
+        // consonant is not voiced — but "table", "wanted", "boxes" are.
+        end >= 2
+            && w[end] == 'e'
+            && !vowel(w[end - 1])
+            && !(w[end - 1] == 'l' && !vowel(w[end - 2]))
+    };
+    let last = n - 1;
+    if n > 2 && silent_e(last) {
+        groups -= 1;
+    } else if n > 3
+        && w[last] == 's'
+        && silent_e(last - 1)
+        && !matches!(w[last - 2], 's' | 'x' | 'z' | 'c' | 'g' | 'h')
+    {
+        groups -= 1;
+    } else if n > 3 && w[last] == 'd' && silent_e(last - 1) && !matches!(w[last - 2], 't' | 'd') {
+        groups -= 1;
+    }
+    groups.max(1)
+}
+
+/// Syllables in `text`: CJK characters one each, other words by spelling.
+pub fn syllable_count(text: &str) -> usize {
+    let cjk = text.chars().filter(|c| is_cjk(*c)).count();
+    let other: usize = text
+        .split(|c: char| c.is_whitespace() || is_cjk(c))
+        .flat_map(|w| w.split(|c: char| !(c.is_alphanumeric() || c == '\'')))
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .map(word_syllables)
+        .sum();
+    cjk + other
+}
+
 /// Speech rate: words (or CJK characters) per voiced second.
 pub fn speech_rate(text: &str, voiced: Duration) -> f64 {
     let secs = voiced.as_secs_f64().max(0.2);
@@ -57,13 +123,32 @@ pub fn result_for(u: &Utterance, text: String, language: String) -> UtteranceRes
         start_s: u.start.as_secs_f64(),
         end_s: u.end.as_secs_f64(),
         words_per_s: (speech_rate(&text, u.voiced) * 100.0).round() / 100.0,
+        syllables_per_s: (syllable_count(&text) as f64 / u.voiced.as_secs_f64().max(0.2) * 100.0)
+            .round()
+            / 100.0,
         text,
         loudness_dbfs: (u.loudness_dbfs * 10.0).round() / 10.0,
         voiced_s: u.voiced.as_secs_f64(),
         forced_cut: u.forced_cut,
         language,
         closed_at_s: u.closed_at.as_secs_f64(),
+        embedding: None,
     }
+}
+
+/// Add the sentence embedding of a final utterance's text (a failure, or no
+/// encoder, leaves the keywords alone to decide).
+pub fn embed_result(
+    mut result: UtteranceResult,
+    encoder: Option<&super::encoder::SentenceEncoder>,
+) -> UtteranceResult {
+    if let Some(enc) = encoder.filter(|_| !result.text.trim().is_empty()) {
+        match enc.embed(&result.text) {
+            Ok(v) => result.embedding = Some(v),
+            Err(e) => tracing::warn!(error = %e, "sentence embedding failed"),
+        }
+    }
+    result
 }
 
 /// Why an audio file cannot be used.

@@ -100,6 +100,30 @@ impl AsrPool {
         language: Option<String>,
         config: PoolConfig,
     ) -> Result<AsrPool, super::asr::AsrError> {
+        Self::start_with_encoder(model, language, config, None)
+    }
+
+    /// As [`AsrPool::start`]; each final text is also embedded by `encoder`
+    /// on the same worker (semantic intents), off the media path.
+    pub fn start_with_encoder(
+        model: WhisperModel,
+        language: Option<String>,
+        config: PoolConfig,
+        encoder: Option<Arc<super::encoder::SentenceEncoder>>,
+    ) -> Result<AsrPool, super::asr::AsrError> {
+        Self::start_full(model, None, language, config, encoder)
+    }
+
+    /// As [`AsrPool::start_with_encoder`], with a multilingual model for
+    /// jobs in other languages than English when `model` is English-only.
+    pub fn start_full(
+        model: WhisperModel,
+        multilingual: Option<WhisperModel>,
+        language: Option<String>,
+        config: PoolConfig,
+        encoder: Option<Arc<super::encoder::SentenceEncoder>>,
+    ) -> Result<AsrPool, super::asr::AsrError> {
+        let multilingual = multilingual.filter(|_| !model.is_multilingual());
         let (tx, rx) = sync_channel::<Job>(config.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -107,13 +131,32 @@ impl AsrPool {
         for i in 0..config.workers.max(1) {
             let recognizer =
                 Recognizer::new(&model, config.threads_per_worker, language.as_deref())?;
+            let other = match &multilingual {
+                Some(m) => Some(Recognizer::new(
+                    m,
+                    config.threads_per_worker,
+                    language.as_deref(),
+                )?),
+                None => None,
+            };
             let rx = rx.clone();
             let queued = queued.clone();
             let busy = busy.clone();
             let max_wait = config.max_wait;
+            let encoder = encoder.clone();
+            let default_language = language.clone();
             std::thread::Builder::new()
                 .name(format!("asr-{i}"))
-                .spawn(move || worker(recognizer, rx, queued, busy, max_wait))
+                .spawn(move || {
+                    worker(
+                        (recognizer, other, default_language),
+                        encoder,
+                        rx,
+                        queued,
+                        busy,
+                        max_wait,
+                    )
+                })
                 .map_err(|e| {
                     super::asr::AsrError::Decode(format!("cannot start ASR worker: {e}"))
                 })?;
@@ -172,8 +215,13 @@ impl AsrPool {
     }
 }
 
+/// A worker's recognisers: the main one, the multilingual one for other
+/// languages (if the main one is English-only), and the pool's language.
+type WorkerRecognizers = (Recognizer, Option<Recognizer>, Option<String>);
+
 fn worker(
-    mut recognizer: Recognizer,
+    (mut recognizer, mut multilingual, default_language): WorkerRecognizers,
+    encoder: Option<Arc<super::encoder::SentenceEncoder>>,
     rx: Arc<Mutex<Receiver<Job>>>,
     queued: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
@@ -198,10 +246,27 @@ fn worker(
         }
         busy.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let reply = match recognizer.recognize_in(&job.utterance.samples, job.language.as_deref()) {
+        // Callers in another language than English go to the multilingual
+        // model when the main one is English-only.
+        let english = job
+            .language
+            .as_ref()
+            .or(default_language.as_ref())
+            .is_some_and(|l| l == "en");
+        let rec = match multilingual.as_mut() {
+            Some(m) if !english => m,
+            _ => &mut recognizer,
+        };
+        let reply = match rec.recognize_in(&job.utterance.samples, job.language.as_deref()) {
             Ok(r) => AsrReply::Done {
                 kind: job.kind,
-                result: result_for(&job.utterance, r.text, r.language),
+                result: match job.kind {
+                    JobKind::Final => super::pipeline::embed_result(
+                        result_for(&job.utterance, r.text, r.language),
+                        encoder.as_deref(),
+                    ),
+                    _ => result_for(&job.utterance, r.text, r.language),
+                },
                 latency: job.submitted.elapsed(),
                 decode: started.elapsed(),
             },
