@@ -102,38 +102,29 @@ fn resolve_confirmation(
         m.evidence.push(why.to_string());
         Understanding::Intent(m)
     };
+    let t = text.to_lowercase();
+    let has = |words: &[&str]| {
+        crate::emotion::tokens(&t)
+            .iter()
+            .any(|w| words.contains(&w.as_str()))
+            || words.iter().any(|w| !w.is_ascii() && t.contains(w))
+    };
     match understood {
         Understanding::Intent(m) => Understanding::Intent(m),
+        _ if has(&["first", "former", "第一个", "第一", "前面那个", "前者"]) => {
+            pick(first, "answered: the first")
+        }
+        _ if has(&["second", "latter", "第二个", "第二", "后面那个", "后者"]) => {
+            pick(second, "answered: the second")
+        }
+        // Still between two: the question did not help; no second one.
         Understanding::Unsure {
             first: a,
             second: b,
-        } => {
-            let is = |m: &IntentMatch, n: &IntentMatch| m.name == n.name;
-            if is(&a, &first) || is(&a, &second) {
-                pick(a, "answered the question")
-            } else {
-                Understanding::Unsure {
-                    first: a,
-                    second: b,
-                }
-            }
-        }
-        Understanding::Nothing { evidence } => {
-            let t = text.to_lowercase();
-            let has = |words: &[&str]| {
-                crate::emotion::tokens(&t)
-                    .iter()
-                    .any(|w| words.contains(&w.as_str()))
-                    || words.iter().any(|w| !w.is_ascii() && t.contains(w))
-            };
-            if has(&["first", "former", "one", "第一个", "第一", "前面"]) {
-                pick(first, "answered: the first")
-            } else if has(&["second", "latter", "two", "第二个", "第二", "后面"]) {
-                pick(second, "answered: the second")
-            } else {
-                Understanding::Nothing { evidence }
-            }
-        }
+        } => Understanding::Nothing {
+            evidence: vec![format!("still unsure: {} or {}", a.name, b.name)],
+        },
+        nothing => nothing,
     }
 }
 
@@ -377,6 +368,14 @@ impl CallCore {
         );
         if let Some((first, second)) = self.confirming.take() {
             understood = resolve_confirmation(understood, first, second, &u.text);
+        } else if let Understanding::Unsure { first, second } = &understood {
+            // Ask only a caller the bot has been following: in a run of
+            // not-understood turns, unsure is one more of them.
+            if self.unrecognized_run > 0 {
+                understood = Understanding::Nothing {
+                    evidence: vec![format!("unsure: {} or {}", first.name, second.name)],
+                };
+            }
         }
         let matched = match &understood {
             Understanding::Intent(m) => Some(m.clone()),
@@ -856,11 +855,13 @@ mod tests {
             end_s: 0.0,
             text: text.into(),
             words_per_s: wps,
+            syllables_per_s: wps * 1.4,
             loudness_dbfs: -25.0,
             voiced_s: 2.0,
             forced_cut: false,
             language: "en".into(),
             closed_at_s: 0.0,
+            embedding: None,
         })
     }
 
@@ -1176,6 +1177,143 @@ mod tests {
         fast.handle(s(3.0), said("I need to change my address", 5.0));
         let a = fast.handle(s(8.0), said("the new address is twelve oak street", 5.2));
         assert_eq!(transfer_reason(&a), None);
+    }
+
+    /// A policy whose semantic index is three hand-made directions: bill,
+    /// order, off topic — enough to drive the core without the encoder.
+    fn semantic_call() -> CallCore {
+        use crate::call::semantic::{Example, SemanticIndex, OFF_TOPIC};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");
+        let mut p = Policy::load(&dir).expect("shipped policy");
+        let ex = |intent: &str, v: [f32; 3]| Example {
+            intent: intent.into(),
+            text: format!("{intent} example"),
+            vector: unit(v),
+        };
+        p.semantic = Some(Arc::new(SemanticIndex::new(vec![
+            ex("billing", [1.0, 0.0, 0.0]),
+            ex("tracking", [0.0, 1.0, 0.0]),
+            ex("payment_failure", [0.0, 0.0, 1.0]),
+            ex(OFF_TOPIC, [-1.0, -1.0, 0.0]),
+        ])));
+        p.flow.semantic_threshold = 0.6;
+        p.flow.semantic_margin = 0.05;
+        let mut c = CallCore::new(Arc::new(p), "en");
+        c.handle(Duration::ZERO, CoreEvent::Answered { caller: None });
+        c
+    }
+
+    fn unit(v: [f32; 3]) -> Arc<[f32]> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect::<Vec<f32>>().into()
+    }
+
+    fn meant(text: &str, v: [f32; 3]) -> CoreEvent {
+        let CoreEvent::Utterance(mut u) = said(text, 3.0) else {
+            unreachable!()
+        };
+        u.embedding = Some(unit(v));
+        CoreEvent::Utterance(u)
+    }
+
+    #[test]
+    fn meaning_finds_intents_without_keywords_and_urgent_ones_hand_over() {
+        let mut c = semantic_call();
+        let a = c.handle(
+            s(2.0),
+            meant("what do I have to pay you", [0.95, 0.1, 0.05]),
+        );
+        assert_eq!(c.intents(), ["billing"]);
+        assert!(
+            matches!(&a[0], CoreAction::Say(t) if t.contains("balance")),
+            "{a:?}"
+        );
+        let d = c.decisions.iter().find(|d| d.kind == "intent").unwrap();
+        assert!(d.evidence[0].starts_with("semantic"), "{:?}", d.evidence);
+        assert!(
+            d.evidence.iter().any(|e| e.starts_with("runner-up")),
+            "{:?}",
+            d.evidence
+        );
+        let a = c.handle(
+            s(9.0),
+            meant(
+                "the system won't let me do it, it keeps failing",
+                [0.1, 0.0, 1.0],
+            ),
+        );
+        assert_eq!(transfer_reason(&a).as_deref(), Some("urgent_intent"));
+        // Nearest the off-topic examples: not understood, whatever else is near.
+        let mut c = semantic_call();
+        let a = c.handle(s(2.0), meant("lovely weather", [-0.9, -0.8, 0.2]));
+        assert!(
+            matches!(&a[0], CoreAction::Say(t) if t.contains("did not catch")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn two_close_intents_get_one_question_answered_by_speech_or_keys() {
+        let mut c = semantic_call();
+        let a = c.handle(
+            s(2.0),
+            meant("it's about the thing from last week", [1.0, 0.97, 0.0]),
+        );
+        assert!(
+            matches!(&a[..], [CoreAction::Say(t)] if t.contains("your bill") && t.contains("an order")),
+            "{a:?}"
+        );
+        assert!(c.decisions.iter().any(|d| d.kind == "confirm"));
+        assert!(c.intents().is_empty());
+        // Keys: 2 is the second topic (not the DTMF menu's "tracking" by luck:
+        // the order of the question decides).
+        c.handle(s(5.0), CoreEvent::Dtmf('2'));
+        assert_eq!(c.intents(), ["tracking"]);
+
+        let mut c = semantic_call();
+        c.handle(
+            s(2.0),
+            meant("it's about the thing from last week", [1.0, 0.97, 0.0]),
+        );
+        c.handle(s(6.0), meant("the bill one", [0.7, 0.7, 0.1]));
+        assert_eq!(c.intents(), ["billing"], "answered by a keyword");
+
+        let mut c = semantic_call();
+        c.handle(
+            s(2.0),
+            meant("it's about the thing from last week", [1.0, 0.97, 0.0]),
+        );
+        c.handle(s(6.0), meant("the second", [0.7, 0.7, 0.1]));
+        assert_eq!(c.intents(), ["tracking"], "answered by an ordinal");
+
+        // Left open, the answer counts as one not understood — the question did not.
+        let mut c = semantic_call();
+        c.handle(
+            s(2.0),
+            meant("it's about the thing from last week", [1.0, 0.97, 0.0]),
+        );
+        c.handle(s(6.0), meant("hmm I don't know", [0.7, 0.7, 0.1]));
+        c.handle(s(9.0), meant("hmm", [0.7, 0.7, 0.1]));
+        assert_eq!(c.handover(), None, "only two turns count as not understood");
+        let a = c.handle(s(12.0), meant("what", [0.7, 0.7, 0.1]));
+        assert_eq!(transfer_reason(&a).as_deref(), Some("unrecognized"));
+    }
+
+    #[test]
+    fn a_call_in_auto_takes_the_language_of_its_first_utterance() {
+        let mut c = CallCore::new(policy(), "auto");
+        c.handle(Duration::ZERO, CoreEvent::Answered { caller: None });
+        let CoreEvent::Utterance(mut u) = said("我想查一下账单", 4.0) else {
+            unreachable!()
+        };
+        u.language = "zh".into();
+        let a = c.handle(s(3.0), CoreEvent::Utterance(u));
+        assert_eq!(c.language(), "zh");
+        assert!(
+            matches!(&a[0], CoreAction::Say(t) if t.contains("余额")),
+            "{a:?}"
+        );
+        assert!(c.decisions.iter().any(|d| d.kind == "language"));
     }
 
     #[test]

@@ -300,25 +300,157 @@ mod tests {
         assert!(zh.hits("我不投诉").is_empty());
     }
 
+    const CFG: EmotionConfig = EmotionConfig {
+        rate_rise: 1.35,
+        rate_alone: 1.6,
+        loudness_rise_db: 6.0,
+    };
+
     #[test]
     fn fast_from_the_start_is_not_agitation_but_a_rise_is() {
-        let cfg = EmotionConfig {
-            rate_rise: 1.35,
-            loudness_rise_db: 6.0,
-        };
         let l = en();
         let mut calm_fast = EmotionTracker::default();
-        calm_fast.observe(&cfg, &l, "hello there", 4.5, -20.0, false);
-        calm_fast.observe(&cfg, &l, "my new address is here", 4.6, -20.0, false);
+        calm_fast.observe(
+            &CFG,
+            &l,
+            "hello there my friend",
+            5.5,
+            2.0,
+            -20.0,
+            false,
+            false,
+        );
+        calm_fast.observe(
+            &CFG,
+            &l,
+            "my new address is here",
+            5.6,
+            2.0,
+            -20.0,
+            false,
+            false,
+        );
         assert_eq!(calm_fast.score, 0.0);
         let mut rising = EmotionTracker::default();
-        rising.observe(&cfg, &l, "hello", 3.0, -25.0, false);
-        rising.observe(&cfg, &l, "this is ridiculous", 4.2, -25.0, false);
-        assert!(rising.score >= 0.7, "{}", rising.score);
+        rising.observe(&CFG, &l, "hello I need help", 4.0, 2.0, -25.0, false, false);
+        rising.observe(
+            &CFG,
+            &l,
+            "this is ridiculous",
+            5.6,
+            2.0,
+            -25.0,
+            false,
+            false,
+        );
+        assert!(rising.score >= 0.6, "{}", rising.score);
         assert!(
-            rising.reasons.iter().any(|r| r.contains("faster")),
+            rising
+                .reasons
+                .iter()
+                .any(|r| r.contains("1.4× faster than at the start")),
             "{:?}",
             rising.reasons
         );
+    }
+
+    #[test]
+    fn a_strong_sustained_rise_is_enough_alone_a_moderate_one_needs_company() {
+        let l = en();
+        let strong = |second_voiced: f64| {
+            let mut t = EmotionTracker::default();
+            t.observe(
+                &CFG,
+                &l,
+                "I want to change my plan",
+                4.0,
+                2.5,
+                -25.0,
+                false,
+                false,
+            );
+            t.observe(
+                &CFG,
+                &l,
+                "change it now now now",
+                6.6,
+                second_voiced,
+                -25.0,
+                false,
+                false,
+            );
+            t
+        };
+        let t = strong(2.5);
+        assert!(t.score >= 0.5, "1.65× over 2.5 s alone: {}", t.score);
+        assert!(t.reasons[0].contains("1.6× faster"), "{:?}", t.reasons);
+        // One short burst is not sustained: it needs the next utterance too.
+        assert_eq!(strong(1.0).score, 0.0);
+        let mut twice = strong(1.0);
+        twice.observe(&CFG, &l, "right now please", 6.5, 1.0, -25.0, false, false);
+        assert!(twice.score >= 0.5, "two short fast ones: {}", twice.score);
+
+        let moderate = |not_understood: bool, louder: f64| {
+            let mut t = EmotionTracker::default();
+            t.observe(
+                &CFG,
+                &l,
+                "I want to change my plan",
+                4.0,
+                2.5,
+                -25.0,
+                false,
+                false,
+            );
+            t.observe(
+                &CFG,
+                &l,
+                "the thing with the plan",
+                5.5,
+                2.5,
+                louder,
+                false,
+                not_understood,
+            );
+            t.score
+        };
+        assert!(moderate(false, -25.0) < 0.5, "1.375× alone is not enough");
+        assert!(
+            moderate(true, -25.0) >= 0.5,
+            "1.375× and not understood again"
+        );
+        assert!(moderate(false, -18.0) >= 0.5, "1.375× and louder");
+        // Everyday variation with one other signal stays with the bot.
+        let mut t = EmotionTracker::default();
+        t.observe(
+            &CFG,
+            &l,
+            "I want to change my plan",
+            4.0,
+            2.5,
+            -25.0,
+            false,
+            false,
+        );
+        t.observe(
+            &CFG,
+            &l,
+            "the thing with the plan",
+            5.0,
+            2.5,
+            -25.0,
+            false,
+            true,
+        );
+        assert!(t.score < 0.5, "1.25× and not understood: {}", t.score);
+    }
+
+    #[test]
+    fn chinese_negative_words_are_found_by_sound_too() {
+        let zh = Lexicon::parse("[words]\n\"生气\" = 1.0\n\"投诉\" = 1.0\n").unwrap();
+        let hits = zh.hits("我真的很生汽，我要投述");
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        assert!(hits[0].0.contains("heard"), "{hits:?}");
+        assert!(zh.hits("我没生气").is_empty(), "negated");
     }
 }

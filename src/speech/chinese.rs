@@ -210,7 +210,10 @@ mod tests {
 
     #[test]
     fn traditional_transcripts_become_simplified() {
-        assert_eq!(to_simplified("我想查一下帳單"), "我想查一下账单");
+        // 帳 becomes 帐 (a Simplified form too): the keyword 账单 meets it by sound.
+        let bill = to_simplified("我想查一下帳單");
+        assert_eq!(bill, "我想查一下帐单");
+        assert!(find_by_sound(&bill, "账单").is_some());
         assert_eq!(to_simplified("我的快遞到哪裡了"), "我的快递到哪里了");
         assert_eq!(to_simplified("付款失敗，我很生氣"), "付款失败，我很生气");
         assert_eq!(to_simplified("hello there"), "hello there");
