@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONFIG ?= sip-config
 SHELL := /bin/bash
 
-.PHONY: run test bootstrap build models lint bench load clean
+.PHONY: run test bootstrap build models lint bench load calls clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -34,6 +34,13 @@ bench: bootstrap
 
 load: build
 	./benches/load/sipp_load.sh
+
+# Regenerate our own regression calls (tests/calls/generated) from
+# tests/calls/generate.py with flite, festival and espeak-ng voices.
+calls:
+	@command -v flite >/dev/null && command -v text2wave >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends flite festival festvox-kallpc16k >/dev/null)
+	python3 tests/calls/generate.py
 
 clean:
 	$(CARGO) clean

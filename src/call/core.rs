@@ -550,13 +550,7 @@ impl CallCore {
 
     /// How the bot names an intent to this caller.
     fn topic(&self, intent: &str) -> String {
-        self.policy
-            .flow
-            .intent
-            .iter()
-            .find(|i| i.name == intent)
-            .map(|i| i.topic_in(&self.language))
-            .unwrap_or_else(|| intent.replace('_', " "))
+        self.topic_in(intent, &self.language)
     }
 
     /// The call's language was `auto`: take the one the first utterance was
@@ -726,6 +720,33 @@ impl CallCore {
 
     /// The agent's summary: short text (≤ 25 words) and data.
     pub fn summary(&self, now: Duration, reason: &str, evidence: &[String]) -> Value {
+        let waited = now.as_secs_f64();
+        let texts = json!({
+            "en": self.summary_en(waited, reason),
+            "zh": self.summary_zh(waited, reason),
+        });
+        // The caller's language when the bot has a summary in it, else English.
+        let text = texts
+            .get(self.language.as_str())
+            .unwrap_or(&texts["en"])
+            .clone();
+        json!({
+            "text": text,
+            "texts": texts,
+            "language": self.language,
+            "caller": self.caller,
+            "customer": self.customer,
+            "intents": self.intents,
+            "last_words": self.last_words,
+            "frustration": self.emotion.score,
+            "reasons": if self.emotion.reasons.is_empty() { evidence.to_vec() } else { self.emotion.reasons.clone() },
+            "evidence": evidence,
+            "waited_s": (waited * 10.0).round() / 10.0,
+            "reason": reason,
+        })
+    }
+
+    fn summary_en(&self, waited: f64, reason: &str) -> String {
         let who = match &self.customer {
             Some(c) if c.tier == "vip" => format!("VIP {}", c.name),
             Some(c) => c.name.clone(),
@@ -739,7 +760,6 @@ impl CallCore {
             .last()
             .cloned()
             .unwrap_or_else(|| "unknown request".into());
-        let waited = now.as_secs_f64();
         let words: Vec<&str> = self
             .last_words
             .split_whitespace()
@@ -761,18 +781,50 @@ impl CallCore {
             ws.truncate(25);
             text = ws.join(" ") + "…\"";
         }
-        json!({
-            "text": text,
-            "caller": self.caller,
-            "customer": self.customer,
-            "intents": self.intents,
-            "last_words": self.last_words,
-            "frustration": self.emotion.score,
-            "reasons": if self.emotion.reasons.is_empty() { evidence.to_vec() } else { self.emotion.reasons.clone() },
-            "evidence": evidence,
-            "waited_s": (waited * 10.0).round() / 10.0,
-            "reason": reason,
-        })
+        text
+    }
+
+    /// The same summary in Mandarin, for Chinese-speaking agents.
+    fn summary_zh(&self, waited: f64, reason: &str) -> String {
+        let who = match &self.customer {
+            Some(c) if c.tier == "vip" => format!("VIP客户{}", c.name),
+            Some(c) => c.name.clone(),
+            None => self.caller.clone().unwrap_or_else(|| "匿名来电".into()),
+        };
+        let wants = self
+            .intents
+            .last()
+            .map(|i| self.topic_in(i, "zh"))
+            .unwrap_or_else(|| "未知需求".into());
+        let why = match reason {
+            "negative_words" => "负面用语",
+            "frustration" => "情绪激动",
+            "unrecognized" => "多次未能识别",
+            "urgent_intent" => "紧急事项",
+            "vip" => "VIP客户",
+            "requested" => "要求人工",
+            "wait_timeout" => "等待超时",
+            "asr_unavailable" => "语音识别不可用",
+            "webhook_failed" => "业务查询失败",
+            other => other,
+        };
+        let chars: Vec<char> = self.last_words.chars().collect();
+        let said: String = chars[chars.len().saturating_sub(30)..].iter().collect();
+        format!(
+            "{who}，{wants}，{why}——不满程度{:.0}%，已等待{:.0}秒。原话：“{said}”",
+            self.emotion.score * 100.0,
+            waited
+        )
+    }
+
+    fn topic_in(&self, intent: &str, language: &str) -> String {
+        self.policy
+            .flow
+            .intent
+            .iter()
+            .find(|i| i.name == intent)
+            .map(|i| i.topic_in(language))
+            .unwrap_or_else(|| intent.replace('_', " "))
     }
 }
 

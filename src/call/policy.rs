@@ -378,6 +378,65 @@ impl Policy {
                     });
                 }
             }
+            let line_of = |needle: &str| {
+                text.find(needle)
+                    .map(|at| crate::config::SourceFile::new(&path, &text).line_of(at))
+                    .unwrap_or(1)
+            };
+            for intent in &flow.intent {
+                for (language, file) in &intent.prompts {
+                    if !dir.join(file).is_file() {
+                        errors.push(Diagnostic {
+                            file: path.clone(),
+                            line: line_of(file),
+                            problem: format!(
+                                "intent {:?}: recorded prompt {file:?} ({language}) not found",
+                                intent.name
+                            ),
+                            fix: "record it as a WAV file there (path relative to the configuration directory), or remove it to synthesise the reply".into(),
+                        });
+                    }
+                }
+            }
+            if !(0.0..1.0).contains(&flow.semantic_threshold) {
+                errors.push(Diagnostic {
+                    file: path.clone(),
+                    line: line_of("semantic_threshold"),
+                    problem: format!(
+                        "semantic_threshold {} is not a similarity",
+                        flow.semantic_threshold
+                    ),
+                    fix: "use a value between 0 and 1 (shipped: 0.86)".into(),
+                });
+            }
+            if !(0.0..=0.5).contains(&flow.semantic_margin) {
+                errors.push(Diagnostic {
+                    file: path.clone(),
+                    line: line_of("semantic_margin"),
+                    problem: format!("semantic_margin {} is out of range", flow.semantic_margin),
+                    fix: "use 0 to 0.5 (shipped: 0.015)".into(),
+                });
+            }
+        }
+        if let Some(r) = &rules {
+            let f = &r.frustration;
+            if f.rate_alone <= f.rate_rise {
+                let path = dir.join("rules.toml");
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let line = text
+                    .find("rate_alone")
+                    .map(|at| crate::config::SourceFile::new(&path, &text).line_of(at))
+                    .unwrap_or(1);
+                errors.push(Diagnostic {
+                    file: path,
+                    line,
+                    problem: format!(
+                        "[frustration] rate_alone {} is not above rate_rise {}",
+                        f.rate_alone, f.rate_rise
+                    ),
+                    fix: "a rise strong enough alone must be above the moderate one (shipped: 1.35 and 1.6)".into(),
+                });
+            }
         }
         match (flow, rules, customers) {
             (Some(flow), Some(rules), Some(c)) if errors.is_empty() => Ok(Policy {

@@ -51,6 +51,8 @@ struct WhisperEntry {
     accept_with_dtmf: bool,
     #[serde(default = "default_accept_timeout")]
     accept_timeout_s: f64,
+    #[serde(default = "default_whisper_language")]
+    language: String,
 }
 
 impl Default for WhisperEntry {
@@ -60,6 +62,7 @@ impl Default for WhisperEntry {
             voice: default_voice(),
             accept_with_dtmf: false,
             accept_timeout_s: default_accept_timeout(),
+            language: default_whisper_language(),
         }
     }
 }
@@ -69,6 +72,9 @@ fn on() -> bool {
 }
 fn default_voice() -> String {
     "en-us".into()
+}
+fn default_whisper_language() -> String {
+    "caller".into()
 }
 fn default_accept_timeout() -> f64 {
     10.0
@@ -127,6 +133,9 @@ pub struct WhisperConfig {
     pub accept_with_dtmf: bool,
     /// How long the agent has to press a key after the whisper.
     pub accept_timeout: Duration,
+    /// The summary's language: `caller` (the caller's own, default) or the
+    /// agents' (`en`, `zh`).
+    pub language: String,
 }
 
 /// `agents.toml`, validated.
@@ -160,6 +169,7 @@ impl Default for AgentsConfig {
                 enabled: true,
                 voice: default_voice(),
                 accept_with_dtmf: false,
+                language: default_whisper_language(),
                 accept_timeout: Duration::from_secs(10),
             },
             hold_music: None,
@@ -256,6 +266,7 @@ pub(super) fn parse(
         voice: w.voice,
         accept_with_dtmf: w.accept_with_dtmf,
         accept_timeout: Duration::from_secs_f64(w.accept_timeout_s.clamp(0.5, 120.0)),
+        language: w.language,
     };
     if let Some(music) = &file.hold_music {
         let p = dir.join(music.get_ref());

@@ -246,39 +246,30 @@ pub(super) async fn converse(
         start,
         board: Some((shared.board.clone(), who.call_id.clone())),
     };
-    log.event("call.answered", leg.describe());
+    // The callers' language: the number's or trunk's, else `[speech]`
+    // (`auto`: the core takes it from the first utterance).
+    let call_language = trunk
+        .language_for(&who.to_user)
+        .or(gw.speech.language.as_deref())
+        .unwrap_or("auto")
+        .to_string();
+    let mut answered = leg.describe();
+    if let Some(fields) = answered.as_object_mut() {
+        fields.insert("language".into(), json!(call_language));
+    }
+    log.event("call.answered", answered);
     let mut flow = GreetingFlow::default();
     let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
     let mut decider = Decider {
-        core: CallCore::new(
-            shared.config.policy.clone(),
-            trunk
-                .language_for(&who.to_user)
-                .or(gw.speech.language.as_deref())
-                .unwrap_or("en"),
-        ),
+        core: CallCore::new(shared.config.policy.clone(), &call_language),
         logged: 0,
-        greeting: shared
-            .config
-            .policy
-            .flow
-            .phrases(
-                trunk
-                    .language_for(&who.to_user)
-                    .or(gw.speech.language.as_deref())
-                    .unwrap_or("en"),
-            )
-            .greeting,
+        greeting: shared.config.policy.flow.phrases(&call_language).greeting,
         to_say: Vec::new(),
         to_ask: Vec::new(),
         to_transfer: None,
         hang_up: None,
     };
-    let voice = match trunk
-        .language_for(&who.to_user)
-        .or(gw.speech.language.as_deref())
-        .unwrap_or("en")
-    {
+    let voice = match call_language.as_str() {
         "zh" => "cmn",
         "en" | "auto" => "en-us",
         other => other,
@@ -375,12 +366,22 @@ pub(super) async fn converse(
                 gw.http.public_url,
                 url_escape(&who.call_id)
             ));
+            // In the agents' language when agents.toml names one, else the caller's.
+            let whisper = &shared.config.agents.whisper;
+            let language = match whisper.language.as_str() {
+                "caller" => summary["language"].as_str().unwrap_or("en").to_string(),
+                other => other.to_string(),
+            };
+            if let Some(t) = summary["texts"].get(&language).cloned() {
+                summary["text"] = t;
+            }
             let text = summary["text"].as_str().unwrap_or_default().to_string();
-            let (tts, voice, tx) = (
-                shared.tts.clone(),
-                shared.config.agents.whisper.voice.clone(),
-                whisper_tx.clone(),
-            );
+            let voice = if language == "zh" && !whisper.voice.starts_with("cmn") {
+                "cmn".to_string()
+            } else {
+                whisper.voice.clone()
+            };
+            let (tts, tx) = (shared.tts.clone(), whisper_tx.clone());
             tokio::task::spawn_blocking(move || {
                 let prompt = tts
                     .synthesize(&text, &voice)

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub calls: tokio_util::task::TaskTracker,
     /// The bot's voice.
     pub tts: Arc<dyn crate::speech::tts::Synthesizer>,
+    /// espeak-ng with its cache, shared by every configuration generation.
+    pub synthesizer: Arc<dyn crate::speech::tts::Synthesizer>,
     /// The ASR pool; `None` when `[speech] enabled = false`.
     pub asr: Option<crate::speech::pool::AsrPool>,
     /// Live and recent calls for the HTTP surface, and the metrics.
@@ -66,7 +68,11 @@ impl Shared {
             shutdown: self.shutdown.clone(),
             draining: self.draining.clone(),
             calls: self.calls.clone(),
-            tts: self.tts.clone(),
+            tts: Arc::new(crate::speech::tts::RecordedFirst::new(
+                crate::speech::tts::RecordedFirst::load(&config.dir, &config.policy.flow.intent),
+                self.synthesizer.clone(),
+            )),
+            synthesizer: self.synthesizer.clone(),
             asr: self.asr.clone(),
             board: self.board.clone(),
             config,
@@ -262,6 +268,9 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
     });
     let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
     let media = &config.gateway.media;
+    let synthesizer: Arc<dyn crate::speech::tts::Synthesizer> = Arc::new(
+        crate::speech::tts::CachedSynthesizer::new(crate::speech::tts::Espeak, 256),
+    );
     let shared = Arc::new(Shared {
         ports: PortPool::new(media.rtp_port_min, media.rtp_port_max),
         dialogs: dialogs.clone(),
@@ -271,10 +280,11 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         shutdown: shutdown.clone(),
         draining: drain.clone(),
         calls: tokio_util::task::TaskTracker::new(),
-        tts: Arc::new(crate::speech::tts::CachedSynthesizer::new(
-            crate::speech::tts::Espeak,
-            256,
+        tts: Arc::new(crate::speech::tts::RecordedFirst::new(
+            crate::speech::tts::RecordedFirst::load(&config.dir, &config.policy.flow.intent),
+            synthesizer.clone(),
         )),
+        synthesizer,
         asr,
         board: CallBoard::new(),
         config,

@@ -41,14 +41,23 @@ pub struct Expect {
     pub transcript_contains: Vec<String>,
 }
 
-/// The callers' language a call's `.toml` states (`language = "zh"`), if any.
+/// The callers' language of a call: what its `.toml` states
+/// (`language = "zh"`), or for a gateway recording what the live call used
+/// (`call.answered` in `events.jsonl`).
 pub fn call_language(wav: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(wav.with_extension("toml")).ok()?;
-    let value: toml::Value = toml::from_str(&text).ok()?;
-    value
-        .get("language")
-        .and_then(|l| l.as_str())
-        .map(str::to_string)
+    if let Ok(text) = std::fs::read_to_string(wav.with_extension("toml")) {
+        let value: toml::Value = toml::from_str(&text).ok()?;
+        return value
+            .get("language")
+            .and_then(|l| l.as_str())
+            .map(str::to_string);
+    }
+    let events = std::fs::read_to_string(wav.parent()?.join("events.jsonl")).ok()?;
+    events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["kind"] == "call.answered")
+        .and_then(|e| e["language"].as_str().map(str::to_string))
 }
 
 impl Expectation {

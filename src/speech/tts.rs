@@ -192,6 +192,58 @@ impl<S: Synthesizer> Synthesizer for CachedSynthesizer<S> {
     }
 }
 
+/// The operator's recorded prompts first (`prompts = { zh = "…wav" }` on an
+/// intent: a recording of that reply in that language), synthesis for the rest.
+pub struct RecordedFirst {
+    recorded: HashMap<String, Prompt>,
+    synthesizer: std::sync::Arc<dyn Synthesizer>,
+}
+
+impl RecordedFirst {
+    /// `recorded`: reply text → its recording.
+    pub fn new(
+        recorded: HashMap<String, Prompt>,
+        synthesizer: std::sync::Arc<dyn Synthesizer>,
+    ) -> Self {
+        Self {
+            recorded,
+            synthesizer,
+        }
+    }
+
+    /// The recordings an intent list names, relative to `config_dir`, by the
+    /// reply text they stand for; unreadable ones are logged and skipped
+    /// (`config check` reports them before).
+    pub fn load(
+        config_dir: &std::path::Path,
+        intents: &[crate::call::intents::Intent],
+    ) -> HashMap<String, Prompt> {
+        let mut out = HashMap::new();
+        for intent in intents {
+            for (language, file) in &intent.prompts {
+                match Prompt::load(&config_dir.join(file)) {
+                    Ok(p) => {
+                        out.insert(intent.reply_in(language).to_string(), p);
+                    }
+                    Err(e) => {
+                        tracing::warn!(intent = %intent.name, %language, error = %e, "recorded prompt unusable: synthesising the reply")
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Synthesizer for RecordedFirst {
+    fn synthesize(&self, text: &str, voice: &str) -> Result<Prompt, TtsError> {
+        match self.recorded.get(text) {
+            Some(p) => Ok(p.clone()),
+            None => self.synthesizer.synthesize(text, voice),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
