@@ -447,6 +447,7 @@ mod tests {
             voice: "en-us".into(),
             accept_with_dtmf: accept,
             accept_timeout: s(5.0),
+            language: "caller".into(),
         }
     }
 

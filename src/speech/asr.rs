@@ -214,9 +214,9 @@ impl Recognizer {
         let mut text = clean_text(&text);
         if language == "zh" {
             // Everything downstream (intents, lexicons, the agent) reads Simplified.
-            text = super::chinese::to_simplified(&text);
+            text = super::chinese::collapse_loops(&super::chinese::to_simplified(&text));
             for s in &mut segments {
-                s.text = super::chinese::to_simplified(&s.text);
+                s.text = super::chinese::collapse_loops(&super::chinese::to_simplified(&s.text));
             }
         }
         Ok(Recognition {

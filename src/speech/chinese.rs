@@ -39,6 +39,27 @@ pub fn to_simplified(text: &str) -> String {
     }
 }
 
+/// Whisper's repetition loops on short Chinese audio ("微微微微微…" for 喂):
+/// a run of three or more of the same Han character becomes one, so the
+/// text — and the speech rate measured from it — says what was said.
+pub fn collapse_loops(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let mut j = i + 1;
+        while j < chars.len() && chars[j] == c {
+            j += 1;
+        }
+        let run = j - i;
+        let keep = if is_han(c) && run >= 3 { 1 } else { run };
+        out.extend(std::iter::repeat_n(c, keep));
+        i = j;
+    }
+    out
+}
+
 /// A toneless pinyin syllable split into initial and final.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Syllable {
@@ -217,6 +238,14 @@ mod tests {
         assert_eq!(to_simplified("我的快遞到哪裡了"), "我的快递到哪里了");
         assert_eq!(to_simplified("付款失敗，我很生氣"), "付款失败，我很生气");
         assert_eq!(to_simplified("hello there"), "hello there");
+    }
+
+    #[test]
+    fn repetition_loops_collapse_but_words_stay() {
+        assert_eq!(collapse_loops("微微微微微微微微"), "微");
+        assert_eq!(collapse_loops("清清清清清清好。"), "清好。");
+        assert_eq!(collapse_loops("谢谢你，天天开心"), "谢谢你，天天开心");
+        assert_eq!(collapse_loops("hello  all"), "hello  all");
     }
 
     #[test]
