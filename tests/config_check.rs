@@ -159,3 +159,60 @@ fn http_and_shutdown_settings_are_checked() {
     let (code, _, err) = check(&dir);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn semantic_intent_speech_rate_and_recorded_prompt_settings_are_checked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cfg");
+    copy_dir(&root().join("sip-config"), &dir);
+    let edit = |name: &str, from: &str, to: &str| {
+        let p = dir.join(name);
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(text.contains(from), "{name} lacks {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
+    };
+    edit(
+        "flow.toml",
+        "semantic_threshold = 0.86",
+        "semantic_threshold = 1.5",
+    );
+    edit(
+        "flow.toml",
+        "name = \"billing\"\n",
+        "name = \"billing\"\nprompts = { zh = \"prompts/zh/billing.wav\" }\n",
+    );
+    edit("rules.toml", "rate_alone = 1.6", "rate_alone = 1.2");
+    let (code, _, err) = check(&dir);
+    assert_eq!(code, 2, "{err}");
+    let line_with = |file: &str, words: &str| {
+        err.lines()
+            .any(|l| l.contains(&format!("{file}:")) && l.contains(words) && l.contains(" — "))
+    };
+    assert!(line_with("flow.toml", "semantic_threshold 1.5"), "{err}");
+    assert!(
+        line_with(
+            "flow.toml",
+            "recorded prompt \"prompts/zh/billing.wav\" (zh) not found"
+        ),
+        "{err}"
+    );
+    assert!(
+        line_with("rules.toml", "rate_alone 1.2 is not above rate_rise"),
+        "{err}"
+    );
+    // With the recording in place (and the other two mended) it passes.
+    edit(
+        "flow.toml",
+        "semantic_threshold = 1.5",
+        "semantic_threshold = 0.86",
+    );
+    edit("rules.toml", "rate_alone = 1.2", "rate_alone = 1.6");
+    std::fs::create_dir_all(dir.join("prompts/zh")).expect("mkdir");
+    std::fs::copy(
+        dir.join("prompts/greeting.wav"),
+        dir.join("prompts/zh/billing.wav"),
+    )
+    .expect("copy");
+    let (code, _, err) = check(&dir);
+    assert_eq!(code, 0, "{err}");
+}

@@ -1352,6 +1352,36 @@ mod tests {
     }
 
     #[test]
+    fn a_mandarin_callers_summary_is_in_mandarin_with_the_english_one_beside() {
+        let mut c = CallCore::new(policy(), "zh");
+        c.handle(Duration::ZERO, CoreEvent::Answered { caller: None });
+        let said_zh = |t: &str| {
+            let CoreEvent::Utterance(mut u) = said(t, 4.0) else {
+                unreachable!()
+            };
+            u.language = "zh".into();
+            CoreEvent::Utterance(u)
+        };
+        c.handle(s(3.0), said_zh("我想查一下账单"));
+        let a = c.handle(s(9.0), said_zh("这太离谱了，服务太差了"));
+        let summary = a
+            .iter()
+            .find_map(|x| match x {
+                CoreAction::Transfer { summary, .. } => Some(summary.clone()),
+                _ => None,
+            })
+            .expect("handed over");
+        let text = summary["text"].as_str().unwrap_or("");
+        assert!(
+            text.contains("账单") && text.contains("负面用语") && text.contains("原话"),
+            "{text}"
+        );
+        assert_eq!(summary["language"], "zh");
+        let en = summary["texts"]["en"].as_str().unwrap_or("");
+        assert!(en.contains("negative words"), "{en}");
+    }
+
+    #[test]
     fn a_call_in_auto_takes_the_language_of_its_first_utterance() {
         let mut c = CallCore::new(policy(), "auto");
         c.handle(Duration::ZERO, CoreEvent::Answered { caller: None });

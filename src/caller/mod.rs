@@ -193,7 +193,12 @@ impl Caller {
             credential: None,
             headers: None,
             support_prack: false,
-            call_id: None,
+            // Our own host in the Call-ID (the SIP library's default names its vendor's domain).
+            call_id: Some(format!(
+                "{:032x}@{}",
+                rand::random::<u128>(),
+                self.local.ip()
+            )),
             session_id: None,
             route_set: vec![],
         };

@@ -163,7 +163,12 @@ impl AgentLeg {
             credential,
             headers: Some(summary_headers(summary, summary["page"].as_str())),
             support_prack: false,
-            call_id: None,
+            // Our own host in the Call-ID (the SIP library's default names its vendor's domain).
+            call_id: Some(format!(
+                "{:032x}@{}",
+                rand::random::<u128>(),
+                gw.media.sdp_address
+            )),
             session_id: None,
             route_set: vec![],
         };

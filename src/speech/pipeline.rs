@@ -79,21 +79,27 @@ fn word_syllables(word: &str) -> usize {
     let silent_e = |end: usize| {
         // "change", "likes", "moved": a final e (before s/d) after a
         // consonant is not voiced — but "table", "wanted", "boxes" are.
-        end >= 2
-            && w[end] == 'e'
-            && !vowel(w[end - 1])
-            && !(w[end - 1] == 'l' && !vowel(w[end - 2]))
+        end >= 2 && w[end] == 'e' && !vowel(w[end - 1]) && (w[end - 1] != 'l' || vowel(w[end - 2]))
     };
     let last = n - 1;
-    if n > 2 && silent_e(last) {
-        groups -= 1;
-    } else if n > 3
+    let final_e = n > 2 && silent_e(last);
+    let before_s = n > 3
         && w[last] == 's'
         && silent_e(last - 1)
-        && !matches!(w[last - 2], 's' | 'x' | 'z' | 'c' | 'g' | 'h')
-    {
+        && !matches!(w[last - 2], 's' | 'x' | 'z' | 'c' | 'g' | 'h');
+    let before_d =
+        n > 3 && w[last] == 'd' && silent_e(last - 1) && !matches!(w[last - 2], 't' | 'd');
+    // "lovely", "movement", "careful": the e before these endings is silent too.
+    let word: String = w.iter().collect();
+    let before_suffix = ["ely", "ement", "eful", "eness"].iter().any(|suffix| {
+        word.strip_suffix(suffix)
+            .and_then(|stem| stem.chars().last())
+            .is_some_and(|c| !vowel(c) && word.len() > suffix.len() + 1)
+    });
+    if final_e || before_s || before_d {
         groups -= 1;
-    } else if n > 3 && w[last] == 'd' && silent_e(last - 1) && !matches!(w[last - 2], 't' | 'd') {
+    }
+    if before_suffix && groups > 1 {
         groups -= 1;
     }
     groups.max(1)
@@ -276,5 +282,24 @@ mod tests {
         assert_eq!(word_count("我要投诉"), 4);
         assert_eq!(word_count("I want 退款 now"), 5);
         assert!((speech_rate("one two three", Duration::from_secs(2)) - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn syllables_from_spelling_and_one_per_han_character() {
+        for (text, n) in [
+            ("change", 1),
+            ("likes", 1),
+            ("moved", 1),
+            ("table", 2),
+            ("wanted", 2),
+            ("boxes", 2),
+            ("relevant", 3),
+            ("lovely", 2),
+            ("the weather in the mountains is lovely", 10),
+            ("我要投诉", 4),
+            ("I want 退款", 4),
+        ] {
+            assert_eq!(syllable_count(text), n, "{text}");
+        }
     }
 }

@@ -248,6 +248,67 @@ impl Synthesizer for RecordedFirst {
 mod tests {
     use super::*;
 
+    /// Any text as one second of a 440 Hz tone: stands in for espeak-ng
+    /// where only the choice between recording and synthesis is tested.
+    struct Tone;
+    impl Synthesizer for Tone {
+        fn synthesize(&self, _: &str, _: &str) -> Result<Prompt, TtsError> {
+            Ok(Prompt::from_samples(
+                (0..8000)
+                    .map(|i| {
+                        ((i as f32 * 440.0 * std::f32::consts::TAU / 8000.0).sin() * 8000.0) as i16
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    #[test]
+    fn an_operators_recording_replaces_the_synthesised_reply_in_its_language() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("prompts/zh")).expect("mkdir");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w =
+            hound::WavWriter::create(dir.path().join("prompts/zh/billing.wav"), spec).expect("wav");
+        for _ in 0..12000 {
+            w.write_sample(1000i16).expect("sample");
+        }
+        w.finalize().expect("finalize");
+        let flow: toml::Value = toml::from_str(
+            r#"[[intent]]
+name = "billing"
+reply = "Your balance is ten dollars."
+replies = { zh = "您的余额是十元。" }
+prompts = { zh = "prompts/zh/billing.wav", en = "prompts/missing.wav" }
+"#,
+        )
+        .expect("toml");
+        let intents: Vec<crate::call::intents::Intent> =
+            flow["intent"].clone().try_into().expect("intents");
+        let recorded = RecordedFirst::load(dir.path(), &intents);
+        assert_eq!(
+            recorded.len(),
+            1,
+            "the missing English recording is skipped"
+        );
+        let tts = RecordedFirst::new(recorded, std::sync::Arc::new(Tone));
+        let zh = tts.synthesize("您的余额是十元。", "cmn").expect("recorded");
+        assert_eq!(zh.samples().len(), 12000, "the operator's recording");
+        let en = tts
+            .synthesize("Your balance is ten dollars.", "en-us")
+            .expect("synth");
+        assert_eq!(
+            en.samples().len(),
+            8000,
+            "synthesised: no usable English recording"
+        );
+    }
+
     #[test]
     fn speaks_at_8k_and_caches() {
         let tts = CachedSynthesizer::new(Espeak, 16);
