@@ -43,7 +43,12 @@ fn intents(c: &mut Criterion) {
                     .ok()
                     .and_then(|t| toml::from_str(&t).ok())
                     .unwrap_or(toml::Value::Integer(0));
-                for s in spec.get("speech").and_then(|s| s.as_array()).into_iter().flatten() {
+                for s in spec
+                    .get("speech")
+                    .and_then(|s| s.as_array())
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(t) = s.get("text").and_then(|t| t.as_str()) {
                         sentences.push(t.to_string());
                     }
