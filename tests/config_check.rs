@@ -21,6 +21,14 @@ fn check(dir: &std::path::Path) -> (i32, String, String) {
     )
 }
 
+/// Replace the first `from` with `to` in `dir/name` (which must hold it).
+fn edit_file(dir: &std::path::Path, name: &str, from: &str, to: &str) {
+    let p = dir.join(name);
+    let text = std::fs::read_to_string(&p).expect("read");
+    assert!(text.contains(from), "{name} lacks {from:?}");
+    std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
+}
+
 #[test]
 fn shipped_configuration_passes() {
     let (code, out, err) = check(&root().join("sip-config"));
@@ -33,12 +41,7 @@ fn broken_files_get_file_line_messages_and_serve_refuses() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cfg");
     copy_dir(&root().join("sip-config"), &dir);
-    let edit = |name: &str, from: &str, to: &str| {
-        let p = dir.join(name);
-        let text = std::fs::read_to_string(&p).expect("read");
-        assert!(text.contains(from), "{name} lacks {from:?}");
-        std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
-    };
+    let edit = |name: &str, from: &str, to: &str| edit_file(&dir, name, from, to);
     edit(
         "gateway.toml",
         "rtp_port_max = 29999",
@@ -165,12 +168,7 @@ fn semantic_intent_speech_rate_and_recorded_prompt_settings_are_checked() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cfg");
     copy_dir(&root().join("sip-config"), &dir);
-    let edit = |name: &str, from: &str, to: &str| {
-        let p = dir.join(name);
-        let text = std::fs::read_to_string(&p).expect("read");
-        assert!(text.contains(from), "{name} lacks {from:?}");
-        std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
-    };
+    let edit = |name: &str, from: &str, to: &str| edit_file(&dir, name, from, to);
     edit(
         "flow.toml",
         "semantic_threshold = 0.86",

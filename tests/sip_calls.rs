@@ -444,3 +444,69 @@ fn outbound_register_answers_the_challenge_and_refreshes_before_expiry() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_via_received_written_by_the_sender_does_not_pass_the_trunk_acl() {
+    // The trunk admits 127.0.0.1 only; the attacker sends from 127.0.0.2 and
+    // writes `received=127.0.0.1` into its Via — once with its real address as
+    // the sent-by (the stack then keeps the parameter), once with another.
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
+        *t = t.replace(
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"127.0.0.1/32\"]",
+        );
+    });
+    let sock = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let me = sock.local_addr().expect("addr");
+    // Responses follow the Via's received=: listen there too.
+    let decoy = std::net::UdpSocket::bind(("127.0.0.1", me.port())).ok();
+    for s in std::iter::once(&sock).chain(decoy.as_ref()) {
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    }
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
+    let mut statuses = Vec::new();
+    for (n, sent_by) in [me.to_string(), "127.0.0.1:5999".to_string()]
+        .iter()
+        .enumerate()
+    {
+        let invite = format!(
+            "INVITE sip:bot@{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {sent_by};received=127.0.0.1;branch=z9hG4bKspoof{n}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:attacker@127.0.0.1>;tag=spoof{n}\r\n\
+             To: <sip:bot@{target}>\r\n\
+             Call-ID: spoof-{n}@127.0.0.2\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:attacker@{me}>\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sock.send_to(invite.as_bytes(), &target).expect("send");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline
+            && gw.log().matches("outside every trunk ACL").count() <= n
+        {
+            for s in std::iter::once(&sock).chain(decoy.as_ref()) {
+                if let Ok((len, _)) = s.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                    statuses.push(text.split_whitespace().nth(1).unwrap_or("").to_string());
+                }
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !statuses.iter().any(|s| s == "180" || s.starts_with('2')),
+        "a spoofed Via was answered: {statuses:?}"
+    );
+    assert!(
+        gw.log().matches("outside every trunk ACL").count() >= 2,
+        "both attempts refused by the ACL:\n{}",
+        gw.log()
+    );
+    assert!(gw.call_dirs().is_empty(), "no call was answered");
+}

@@ -245,6 +245,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         info!(%addr, "SIP listening on TCP");
     }
     let endpoint = EndpointBuilder::new()
+        .with_inspector(Box::new(crate::sip::source::SourceStamp))
         .with_user_agent(&config.gateway.sip.user_agent)
         .with_transport_layer(transport)
         .with_cancel_token(sip_stop.child_token())
@@ -445,12 +446,10 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
     }
 }
 
-/// Where a request really came from (Via with received/rport applied).
+/// Where a request really came from: the packet's source address as the
+/// transport saw it (never a `Via` parameter the sender wrote).
 fn source_ip(tx: &Transaction) -> Option<IpAddr> {
-    let via = tx.original.via_header().ok()?;
-    let (_, host) = SipConnection::parse_target_from_via(via).ok()?;
-    let addr: std::net::SocketAddr = host.try_into().ok()?;
-    Some(addr.ip())
+    crate::sip::source::stamped_source(&tx.original.headers).map(|a| a.ip())
 }
 
 async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: Vec<Header>) {

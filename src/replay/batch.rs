@@ -52,12 +52,7 @@ pub fn call_language(wav: &Path) -> Option<String> {
             .and_then(|l| l.as_str())
             .map(str::to_string);
     }
-    let events = std::fs::read_to_string(wav.parent()?.join("events.jsonl")).ok()?;
-    events
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["kind"] == "call.answered")
-        .and_then(|e| e["language"].as_str().map(str::to_string))
+    recorded_event(wav, "call.answered").and_then(|e| e["language"].as_str().map(str::to_string))
 }
 
 impl Expectation {
@@ -158,13 +153,19 @@ pub fn inputs(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// The caller ID of a gateway recording (`events.jsonl` beside `call.wav`).
-pub fn recorded_caller(wav: &Path) -> Option<String> {
+/// The first event of `kind` in a gateway recording's `events.jsonl`
+/// (beside `call.wav`).
+fn recorded_event(wav: &Path, kind: &str) -> Option<Value> {
     let events = std::fs::read_to_string(wav.parent()?.join("events.jsonl")).ok()?;
     events
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["kind"] == "call.invite")
+        .find(|e| e["kind"] == kind)
+}
+
+/// The caller ID of a gateway recording.
+pub fn recorded_caller(wav: &Path) -> Option<String> {
+    recorded_event(wav, "call.invite")
         .and_then(|e| e["from"].as_str().map(str::to_string))
         .filter(|c| c != "anonymous")
 }

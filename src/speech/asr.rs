@@ -166,10 +166,13 @@ impl Recognizer {
         params.set_print_timestamps(false);
         params.set_suppress_blank(true);
         params.set_temperature(0.0);
-        // Fall back to sampling only when greedy output looks degenerate
-        // (whisper.cpp's entropy check), and cap tokens to what a person can
-        // say in this much audio, so a repetition loop cannot run away.
-        params.set_temperature_inc(0.2);
+        // Greedy only, no temperature fallback: whisper.cpp samples its
+        // fallback from a random generator that lives in the decoding state
+        // and is never reset, so the same audio could read differently after
+        // other callers' utterances — and replay would not reproduce a live
+        // call. Tokens are capped to what a person can say in this much
+        // audio, so a repetition loop cannot run away.
+        params.set_temperature_inc(0.0);
         params.set_max_tokens(((samples.len() as f64 / 16000.0) * 12.0) as i32 + 16);
         params.set_language(language.as_deref());
         params.set_detect_language(false);
