@@ -198,6 +198,44 @@ fn source_outside_every_acl_gets_403() {
 }
 
 #[test]
+fn an_acl_refusal_tells_the_sender_nothing_more_than_403() {
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
+        *t = t.replace(
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"192.0.2.10\"]",
+        );
+    });
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let me = sock.local_addr().expect("addr");
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
+    let invite = format!(
+        "INVITE sip:bot@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKprobe1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=p1\r\nTo: <sip:bot@{target}>\r\n\
+         Call-ID: probe-1@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:probe@{me}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), &target).expect("send");
+    let mut buf = [0u8; 4096];
+    let mut answer = String::new();
+    while let Ok((len, _)) = sock.recv_from(&mut buf) {
+        answer = String::from_utf8_lossy(&buf[..len]).to_string();
+        if !answer.starts_with("SIP/2.0 100") {
+            break;
+        }
+    }
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+    assert!(
+        !answer.contains("Warning"),
+        "the reason stays in the log: {answer}"
+    );
+    assert!(gw.log().contains("outside every trunk ACL"));
+}
+
+#[test]
 fn digest_wrong_password_is_401_then_403_and_right_one_is_answered() {
     let gw = Gateway::start(|g, t| {
         no_speech(g);

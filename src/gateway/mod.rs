@@ -476,12 +476,15 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         return;
     }
     let Some(ip) = source_ip(&tx) else {
-        reject(&mut tx, StatusCode::BadRequest, "unreadable Via", vec![]).await;
+        reject(&mut tx, StatusCode::BadRequest, "unknown source", vec![]).await;
         return;
     };
     let Some(trunk) = shared.config.trunk_for(ip).cloned() else {
         warn!(%ip, "INVITE from a source outside every trunk ACL");
-        reject(&mut tx, StatusCode::Forbidden, "source not allowed", vec![]).await;
+        // The reason stays in the log: a prober learns nothing from the wire.
+        if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+            warn!(error = %e, "could not send 403");
+        }
         return;
     };
     if let Some(auth) = &trunk.auth {
@@ -512,7 +515,9 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
             }
             AuthVerdict::Rejected => {
                 warn!(trunk = %trunk.name, %ip, "wrong credentials");
-                reject(&mut tx, StatusCode::Forbidden, "wrong credentials", vec![]).await;
+                if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+                    warn!(error = %e, "could not send 403");
+                }
                 return;
             }
         }
