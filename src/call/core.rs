@@ -1295,6 +1295,19 @@ mod tests {
             ),
         );
         assert_eq!(transfer_reason(&a).as_deref(), Some("urgent_intent"));
+        // Keywords of two intents ("bill" and "order"): meaning picks among them.
+        let mut c = semantic_call();
+        c.handle(
+            s(2.0),
+            meant("the bill says my order is on its way", [0.05, 1.0, 0.0]),
+        );
+        assert_eq!(c.intents(), ["tracking"]);
+        let d = c.decisions.iter().find(|d| d.kind == "intent").unwrap();
+        assert!(
+            d.evidence.iter().any(|e| e.contains("over billing")),
+            "{:?}",
+            d.evidence
+        );
         // Nearest the off-topic examples: not understood, whatever else is near.
         let mut c = semantic_call();
         let a = c.handle(s(2.0), meant("lovely weather", [-0.9, -0.8, 0.2]));

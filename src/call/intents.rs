@@ -361,6 +361,19 @@ pub fn understand(
             }
             if t.intent == k.name {
                 k.evidence.push(format!("semantic {:.2}", t.score));
+            } else if t.score >= settings.threshold && lead(t, second) >= settings.margin {
+                // Keywords of two intents ("change my delivery address"):
+                // meaning picks among the intents the caller's words name.
+                let own: Vec<Intent> = intents
+                    .iter()
+                    .filter(|i| i.name == t.intent)
+                    .cloned()
+                    .collect();
+                if let Some(mut m) = best_intent(&own, text, settings.match_threshold) {
+                    m.evidence
+                        .push(format!("semantic {:.2} over {}", t.score, k.name));
+                    return Understanding::Intent(m);
+                }
             }
         }
         return Understanding::Intent(k);
