@@ -289,7 +289,14 @@ pub(super) async fn converse(
         let voice = voice.clone();
         tokio::spawn(async move {
             while let Some(text) = say_rx.recv().await {
-                let (tts, voice) = (tts.clone(), voice.clone());
+                // Chinese text in the Mandarin voice, whatever the call
+                // started as (an `auto` call turns Chinese with its caller).
+                let voice = if crate::speech::chinese::has_han(&text) {
+                    "cmn".to_string()
+                } else {
+                    voice.clone()
+                };
+                let tts = tts.clone();
                 match tokio::task::spawn_blocking(move || tts.synthesize(&text, &voice)).await {
                     Ok(Ok(p)) => {
                         if tts_tx.send(p).is_err() {
