@@ -74,6 +74,14 @@ impl Intent {
             .unwrap_or_else(|| self.name.replace('_', " "))
     }
 
+    /// Its recorded replies: (the reply text a recording stands for, its file).
+    pub fn recorded_replies(&self) -> Vec<(String, String)> {
+        self.prompts
+            .iter()
+            .map(|(language, file)| (self.reply_in(language).to_string(), file.clone()))
+            .collect()
+    }
+
     /// The reply in `language`, falling back to `reply`.
     pub fn reply_in(&self, language: &str) -> &str {
         self.replies

@@ -211,23 +211,21 @@ impl RecordedFirst {
         }
     }
 
-    /// The recordings an intent list names, relative to `config_dir`, by the
-    /// reply text they stand for; unreadable ones are logged and skipped
-    /// (`config check` reports them before).
+    /// Load `(reply text, file)` recordings (files relative to `config_dir`)
+    /// by the reply text they stand for; unreadable ones are logged and
+    /// skipped (`config check` reports them before).
     pub fn load(
         config_dir: &std::path::Path,
-        intents: &[crate::call::intents::Intent],
+        replies: &[(String, String)],
     ) -> HashMap<String, Prompt> {
         let mut out = HashMap::new();
-        for intent in intents {
-            for (language, file) in &intent.prompts {
-                match Prompt::load(&config_dir.join(file)) {
-                    Ok(p) => {
-                        out.insert(intent.reply_in(language).to_string(), p);
-                    }
-                    Err(e) => {
-                        tracing::warn!(intent = %intent.name, %language, error = %e, "recorded prompt unusable: synthesising the reply")
-                    }
+        for (text, file) in replies {
+            match Prompt::load(&config_dir.join(file)) {
+                Ok(p) => {
+                    out.insert(text.clone(), p);
+                }
+                Err(e) => {
+                    tracing::warn!(%file, error = %e, "recorded prompt unusable: synthesising the reply")
                 }
             }
         }
@@ -290,7 +288,9 @@ prompts = { zh = "prompts/zh/billing.wav", en = "prompts/missing.wav" }
         .expect("toml");
         let intents: Vec<crate::call::intents::Intent> =
             flow["intent"].clone().try_into().expect("intents");
-        let recorded = RecordedFirst::load(dir.path(), &intents);
+        let replies: Vec<(String, String)> =
+            intents.iter().flat_map(|i| i.recorded_replies()).collect();
+        let recorded = RecordedFirst::load(dir.path(), &replies);
         assert_eq!(
             recorded.len(),
             1,
