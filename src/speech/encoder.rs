@@ -165,8 +165,12 @@ impl SentenceEncoder {
         Ok(out)
     }
 
+    /// Where the examples' embeddings are cached: beside the model, keyed by
+    /// the engine's kernel and revision (their last bits differ), so a rebuilt
+    /// engine never reads another's vectors.
     fn memo_path(&self) -> PathBuf {
-        self.path.with_extension("examples.json")
+        self.path
+            .with_extension(format!("{}.examples.json", env!("VOICEGATE_E5_KERNEL")))
     }
 
     fn read_memo(&self) {

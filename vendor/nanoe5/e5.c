@@ -99,6 +99,42 @@ static inline __m256i load_w(const block_q4_0 *RESTRICT w) {
 static void quantize_acts(const float *RESTRICT X, int L, int nin,
                           int8_t *RESTRICT q, float *RESTRICT d, int32_t *RESTRICT s) {
     int nb = nin / QK;
+#if defined(__AVX2__)
+    /* voicegate: the same quantisation, 8 lanes at a time (cvtps rounds to
+     * nearest-even like lrintf; packs saturates like the clamp): bit-identical */
+    const __m256 signbit = _mm256_set1_ps(-0.f);
+    for (int t = 0; t < L; t++) {
+        for (int b = 0; b < nb; b++) {
+            const float *x = X + (size_t)t * nin + b * QK;
+            __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+            __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+            __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(signbit, v0), _mm256_andnot_ps(signbit, v1)),
+                                     _mm256_max_ps(_mm256_andnot_ps(signbit, v2), _mm256_andnot_ps(signbit, v3)));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+            float amax = _mm_cvtss_f32(m4);
+            float dd = amax / 127.f, id = dd > 0.f ? 1.f / dd : 0.f;
+            __m256 vid = _mm256_set1_ps(id);
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+            __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid));
+            __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+            __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+            __m256i p16a = _mm256_packs_epi32(i0, i1), p16b = _mm256_packs_epi32(i2, i3);
+            __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+            /* undo the lane interleave of the two packs */
+            p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(q + ((size_t)t * nb + b) * QK), p8);
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+            d[(size_t)t * nb + b] = dd;
+            s[(size_t)t * nb + b] = _mm_cvtsi128_si32(s4);
+        }
+    }
+    return;
+#endif
 #pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int t = 0; t < L; t++) {
         for (int b = 0; b < nb; b++) {
@@ -157,19 +193,61 @@ static void matmul_q4q8(const block_q4_0 *W, const float *bias,
                 const float *dT = ad + (size_t)t * nb;
                 const int32_t *sT = as + (size_t)t * nb;
 #if defined(__AVX2__)
+                if (ro == RO) {
+                    /* voicegate: all 8 rows unrolled so the accumulators stay in
+                     * registers (the generic loop below spills them every block) */
+                    const __m256i ones = _mm256_set1_epi16(1);
+                    __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
+                    for (int b = 0; b < nb; b++) {
+                        __m256i av = _mm256_loadu_si256((const __m256i *)(a + b * QK));
+                        float da = dT[b];
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define VG_DOT(w, x, out) __m256i out = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x); (void)ones;
+#else
+#define VG_DOT(w, x, out) __m256i out = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+#endif
+#define VG_ROW(r, f) { \
+                        __m256i wv = _mm256_loadu_si256((const __m256i *)(wexp + (size_t)(r) * nin + b * QK)); \
+                        VG_DOT(wv, av, s) \
+                        f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dwf[r][b] * da), f); }
+                        VG_ROW(0, f0) VG_ROW(1, f1) VG_ROW(2, f2) VG_ROW(3, f3)
+                        VG_ROW(4, f4) VG_ROW(5, f5) VG_ROW(6, f6) VG_ROW(7, f7)
+#undef VG_ROW
+#undef VG_DOT
+                    }
+                    float corr[RO] = {0};
+                    for (int b = 0; b < nb; b++) {
+                        float dsa = dT[b] * (float)sT[b];
+                        for (int r = 0; r < RO; r++) corr[r] += dwf[r][b] * dsa;
+                    }
+                    float *y = Y + (size_t)t * nout + oo;
+                    y[0] = (bias ? bias[oo + 0] : 0.f) + hsum256(f0) - 8.f * corr[0];
+                    y[1] = (bias ? bias[oo + 1] : 0.f) + hsum256(f1) - 8.f * corr[1];
+                    y[2] = (bias ? bias[oo + 2] : 0.f) + hsum256(f2) - 8.f * corr[2];
+                    y[3] = (bias ? bias[oo + 3] : 0.f) + hsum256(f3) - 8.f * corr[3];
+                    y[4] = (bias ? bias[oo + 4] : 0.f) + hsum256(f4) - 8.f * corr[4];
+                    y[5] = (bias ? bias[oo + 5] : 0.f) + hsum256(f5) - 8.f * corr[5];
+                    y[6] = (bias ? bias[oo + 6] : 0.f) + hsum256(f6) - 8.f * corr[6];
+                    y[7] = (bias ? bias[oo + 7] : 0.f) + hsum256(f7) - 8.f * corr[7];
+                    continue;
+                }
                 __m256 facc[RO]; float corr[RO];
                 for (int r = 0; r < ro; r++) { facc[r] = _mm256_setzero_ps(); corr[r] = 0.f; }
                 const __m256i ones = _mm256_set1_epi16(1);
                 for (int b = 0; b < nb; b++) {
                     __m256i av = _mm256_loadu_si256((const __m256i *)(a + b * QK));
-                    float da = dT[b]; float sa = (float)sT[b];
+                    float da = dT[b];
                     for (int r = 0; r < ro; r++) {
                         __m256i wv = _mm256_loadu_si256((const __m256i *)(wexp + (size_t)r * nin + b * QK));
                         __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones);
                         float scale = dwf[r][b] * da;
                         facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), facc[r]);
-                        corr[r] += scale * sa;
                     }
+                }
+                /* voicegate: the -8 offset term, sum_b dw*da*sa, outside the hot loop */
+                for (int b = 0; b < nb; b++) {
+                    float dsa = dT[b] * (float)sT[b];
+                    for (int r = 0; r < ro; r++) corr[r] += dwf[r][b] * dsa;
                 }
                 for (int r = 0; r < ro; r++)
                     Y[(size_t)t * nout + oo + r] =
@@ -212,6 +290,35 @@ static void add_layernorm(float *x, const float *y, const float *w,
 
 static inline float gelu(float x) {
     return 0.5f * x * (1.f + erff(x * 0.70710678118654752440f));
+}
+
+/* voicegate: GELU over a buffer; with AVX2 erf is a rational approximation
+ * (Eigen's fast erf, |error| <= 4e-7 against erff), 8 lanes at a time. */
+static void gelu_inplace(float *x, size_t n) {
+    size_t i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_loadu_ps(x + i);
+        __m256 z = _mm256_mul_ps(a, _mm256_set1_ps(0.70710678118654752440f));
+        z = _mm256_max_ps(_mm256_min_ps(z, _mm256_set1_ps(4.f)), _mm256_set1_ps(-4.f));
+        __m256 z2 = _mm256_mul_ps(z, z);
+        __m256 p = _mm256_fmadd_ps(z2, _mm256_set1_ps(-2.72614225801306e-10f), _mm256_set1_ps(2.77068142495902e-08f));
+        p = _mm256_fmadd_ps(z2, p, _mm256_set1_ps(-2.10102402082508e-06f));
+        p = _mm256_fmadd_ps(z2, p, _mm256_set1_ps(-5.69250639462346e-05f));
+        p = _mm256_fmadd_ps(z2, p, _mm256_set1_ps(-7.34990630326855e-04f));
+        p = _mm256_fmadd_ps(z2, p, _mm256_set1_ps(-2.95459980854025e-03f));
+        p = _mm256_fmadd_ps(z2, p, _mm256_set1_ps(-1.60960333262415e-02f));
+        p = _mm256_mul_ps(z, p);
+        __m256 q = _mm256_fmadd_ps(z2, _mm256_set1_ps(-1.45660718464996e-05f), _mm256_set1_ps(-2.13374055278905e-04f));
+        q = _mm256_fmadd_ps(z2, q, _mm256_set1_ps(-1.68282697438203e-03f));
+        q = _mm256_fmadd_ps(z2, q, _mm256_set1_ps(-7.37332916720468e-03f));
+        q = _mm256_fmadd_ps(z2, q, _mm256_set1_ps(-1.42647390514189e-02f));
+        __m256 erf = _mm256_div_ps(p, q);
+        __m256 half_a = _mm256_mul_ps(a, _mm256_set1_ps(0.5f));
+        _mm256_storeu_ps(x + i, _mm256_fmadd_ps(half_a, erf, half_a));
+    }
+#endif
+    for (; i < n; i++) x[i] = gelu(x[i]);
 }
 
 /* ============================== model ================================== */
@@ -490,8 +597,7 @@ static int forward_batch(e5_model *m, const int *ids, const int *pos,
         add_layernorm(x, ao, ly->aln_w, ly->aln_b, T, H, m->eps);   /* x = LN(x+attn) */
 
         QUANT(x, H); MAT(ly->fiw, ly->fib, mid, FF, H);
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < (size_t)T * FF; i++) mid[i] = gelu(mid[i]);
+        gelu_inplace(mid, (size_t)T * FF);
         QUANT(mid, FF); MAT(ly->fow, ly->fob, fo, H, FF);
         add_layernorm(x, fo, ly->oln_w, ly->oln_b, T, H, m->eps);   /* x = LN(x+ffn) */
     }
