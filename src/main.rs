@@ -363,6 +363,18 @@ fn replay(
         eprintln!("voicegate replay: {e}");
         return ExitCode::FAILURE;
     }
+    // The bot speaks in replay as it does live (its voice decides when it is
+    // talking: barge-in, the goodbye hold), and greets with the same prompt.
+    let voice = voicegate::config::bot_voice(
+        &cfg,
+        std::sync::Arc::new(voicegate::speech::tts::CachedSynthesizer::new(
+            voicegate::speech::tts::Espeak,
+            256,
+        )),
+    );
+    let greeting = voicegate::media::prompt::Prompt::load(&cfg.gateway.greeting)
+        .map_err(|e| eprintln!("voicegate replay: greeting: {e}"))
+        .ok();
     let single = files.len() == 1 && path.is_file();
     let progress = !single && std::io::stderr().is_terminal();
     let mut items = Vec::new();
@@ -409,6 +421,9 @@ fn replay(
                     language: Some(&call_language),
                     encoder: cfg.encoder.as_deref(),
                     vad: sp.vad(),
+                    voice: Some(voice.clone()),
+                    greeting: greeting.clone(),
+                    keys: batch::recorded_keys(file),
                 },
             )
             .map_err(|e| e.to_string())

@@ -2,6 +2,7 @@
 //! passed in, returning actions. No sockets, no tokio, no wall clock — the
 //! live gateway and offline replay drive the same code.
 
+pub mod conversation;
 pub mod core;
 pub mod greeting;
 pub mod intents;
@@ -9,4 +10,5 @@ pub mod policy;
 pub mod semantic;
 pub mod transfer;
 
+pub use conversation::{Call, CallSetup, Input, Output};
 pub use greeting::{CallAction, CallEvent, GreetingFlow};

@@ -146,3 +146,23 @@ fn read_file(dir: &Path, name: &str, problems: &mut Vec<Diagnostic>) -> Option<(
         }
     }
 }
+
+/// The bot's voice for a configuration generation: the operator's recorded
+/// replies first, then `synthesizer` (shared, with its cache, by every
+/// generation). Live calls and replay speak with it alike.
+pub fn bot_voice(
+    config: &Config,
+    synthesizer: std::sync::Arc<dyn crate::speech::tts::Synthesizer>,
+) -> std::sync::Arc<dyn crate::speech::tts::Synthesizer> {
+    let replies: Vec<(String, String)> = config
+        .policy
+        .flow
+        .intent
+        .iter()
+        .flat_map(|i| i.recorded_replies())
+        .collect();
+    std::sync::Arc::new(crate::speech::tts::RecordedFirst::new(
+        crate::speech::tts::RecordedFirst::load(&config.dir, &replies),
+        synthesizer,
+    ))
+}

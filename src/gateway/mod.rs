@@ -68,32 +68,13 @@ impl Shared {
             shutdown: self.shutdown.clone(),
             draining: self.draining.clone(),
             calls: self.calls.clone(),
-            tts: voice_of(&config, self.synthesizer.clone()),
+            tts: crate::config::bot_voice(&config, self.synthesizer.clone()),
             synthesizer: self.synthesizer.clone(),
             asr: self.asr.clone(),
             board: self.board.clone(),
             config,
         })
     }
-}
-
-/// The bot's voice for a configuration generation: the operator's recorded
-/// replies first, then `synthesizer` (shared, with its cache, by every generation).
-fn voice_of(
-    config: &Config,
-    synthesizer: Arc<dyn crate::speech::tts::Synthesizer>,
-) -> Arc<dyn crate::speech::tts::Synthesizer> {
-    let replies: Vec<(String, String)> = config
-        .policy
-        .flow
-        .intent
-        .iter()
-        .flat_map(|i| i.recorded_replies())
-        .collect();
-    Arc::new(crate::speech::tts::RecordedFirst::new(
-        crate::speech::tts::RecordedFirst::load(&config.dir, &replies),
-        synthesizer,
-    ))
 }
 
 fn load_hold_music(config: &Config) -> Option<Prompt> {
@@ -297,7 +278,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         shutdown: shutdown.clone(),
         draining: drain.clone(),
         calls: tokio_util::task::TaskTracker::new(),
-        tts: voice_of(&config, synthesizer.clone()),
+        tts: crate::config::bot_voice(&config, synthesizer.clone()),
         synthesizer,
         asr,
         board: CallBoard::new(),

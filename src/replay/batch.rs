@@ -6,6 +6,7 @@ use super::ReplayReport;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// What a call's `.toml` expects (the format of the public test calls;
 /// see `docs/expectations.md`). Unknown keys (`[[speech]]`, `voice`, …) are
@@ -161,6 +162,33 @@ fn recorded_event(wav: &Path, kind: &str) -> Option<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|e| e["kind"] == kind)
+}
+
+/// The keys the caller pressed on a gateway recording (its `dtmf` events),
+/// with the time since answer: RFC 4733 and SIP INFO keys are not in the
+/// audio, so a replay takes them from here. Empty for a plain WAV.
+pub fn recorded_keys(wav: &Path) -> Vec<(Duration, char, &'static str)> {
+    let Some(events) = wav
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
+    else {
+        return Vec::new();
+    };
+    events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "dtmf")
+        .filter_map(|e| {
+            let t = e["t_s"].as_f64().filter(|t| t.is_finite() && *t >= 0.0)?;
+            let digit = e["digit"].as_str()?.chars().next()?;
+            let source = match e["source"].as_str() {
+                Some("inband") => "inband",
+                Some("sip_info") => "sip_info",
+                _ => "rfc4733",
+            };
+            Some((Duration::from_secs_f64(t), digit, source))
+        })
+        .collect()
 }
 
 /// The caller ID of a gateway recording.

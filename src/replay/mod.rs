@@ -6,12 +6,16 @@ pub mod batch;
 pub mod mine;
 pub mod report;
 
-use crate::call::core::{CallCore, CoreAction, CoreEvent, Decision};
+use crate::call::core::Decision;
 use crate::call::policy::Policy;
+use crate::call::{Call, CallSetup, Input, Output};
+use crate::media::prompt::Prompt;
 use crate::speech::asr::{AsrError, Recognizer};
 use crate::speech::encoder::SentenceEncoder;
 use crate::speech::pipeline::{embed_result, result_for, Track, UtteranceResult};
-use crate::speech::vad::{Segmenter, VadConfig, VadEvent};
+use crate::speech::pool::{AsrReply, JobKind};
+use crate::speech::tts::Synthesizer;
+use crate::speech::vad::VadConfig;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +51,9 @@ pub struct ReplayReport {
     pub intents: Vec<String>,
     /// What the bot said, with the time.
     pub bot_said: Vec<Value>,
+    /// Every event the call wrote, as a live call's `events.jsonl` has them
+    /// (barge-in, goodbye, DTMF, hang-up included).
+    pub events: Vec<Value>,
 }
 
 impl ReplayReport {
@@ -63,11 +70,13 @@ impl ReplayReport {
             "transfer_at_s": self.transfer_at_s,
             "summary": self.summary,
             "bot_said": self.bot_said,
+            "events": self.events,
         })
     }
 }
 
-/// How replay hears the caller: the same pieces a live call uses.
+/// How replay hears the caller and speaks to them: the same pieces a live
+/// call uses.
 pub struct Listening<'a> {
     /// Whisper.
     pub recognizer: &'a mut Recognizer,
@@ -77,9 +86,21 @@ pub struct Listening<'a> {
     pub encoder: Option<&'a SentenceEncoder>,
     /// The voice activity detector, from `[speech]` as on a live call.
     pub vad: VadConfig,
+    /// The bot's voice (recorded replies, then the synthesiser), so replay
+    /// knows when the bot is speaking — barge-in and the goodbye hold depend
+    /// on it. `None`: the bot is silent (its replies are still reported).
+    pub voice: Option<Arc<dyn Synthesizer>>,
+    /// The greeting played at answer.
+    pub greeting: Option<Prompt>,
+    /// Keys the caller pressed, with the time since answer (from a
+    /// recording's `dtmf` events: RFC 4733 and SIP INFO keys are not in the
+    /// audio).
+    pub keys: Vec<(Duration, char, &'static str)>,
 }
 
-/// Replay `track` as a call from `caller`.
+/// Replay `track` as a call from `caller`: the same sans-IO [`Call`] a live
+/// call runs, fed the track 20 ms at a time on a virtual clock, with Whisper,
+/// the synthesiser and webhooks answered at once.
 pub fn replay(
     track: &Track,
     caller: Option<String>,
@@ -91,92 +112,52 @@ pub fn replay(
         language,
         encoder,
         vad,
+        voice,
+        greeting,
+        keys,
     } = listening;
-    let mut core = CallCore::new(policy, language.unwrap_or("en"));
-    let mut seg = Segmenter::new(vad);
-    let mut utterances: Vec<ReplayUtterance> = Vec::new();
-    let mut summary = None;
-    // Webhooks are asked for real, as on a live call; the answer arrives at the
-    // same virtual moment (or, past its timeout, the core's deadline decides).
-    let mut bot_said = Vec::new();
-    let mut apply = |core: &mut CallCore,
-                     now: Duration,
-                     actions: Vec<CoreAction>,
-                     summary: &mut Option<Value>| {
-        let mut queue = actions;
-        while !queue.is_empty() {
-            let mut next = Vec::new();
-            for a in queue {
-                match a {
-                    CoreAction::Transfer { summary: s, .. } => *summary = Some(s),
-                    CoreAction::Say(text) => bot_said.push(
-                        json!({"t_s": (now.as_secs_f64() * 1000.0).round() / 1000.0, "text": text}),
-                    ),
-                    CoreAction::CallWebhook {
-                        intent,
-                        url,
-                        timeout,
-                        body,
-                    } => {
-                        let asked = std::time::Instant::now();
-                        let reply = crate::api::webhook::ask(&url, timeout, &body);
-                        next.extend(if asked.elapsed() < timeout {
-                            core.handle(now, CoreEvent::WebhookReply { intent, reply })
-                        } else {
-                            core.handle(now + timeout, CoreEvent::Tick)
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            queue = next;
-        }
+    let mut call = Call::new(CallSetup {
+        policy,
+        language: language.unwrap_or("en").to_string(),
+        asr_language: language.map(str::to_string),
+        caller: caller.clone(),
+        vad,
+        partial_interval: Duration::from_secs(3600),
+        greeting,
+        listen: true,
+    });
+    let mut io = ReplayIo {
+        recognizer,
+        language,
+        encoder,
+        voice,
+        events: Vec::new(),
     };
-    let answered = core.handle(
-        Duration::ZERO,
-        CoreEvent::Answered {
-            caller: caller.clone(),
-        },
-    );
-    apply(&mut core, Duration::ZERO, answered, &mut summary);
-    let mut chunks = track.samples.chunks(320).peekable();
-    while core.handover().is_none() && !core.ended() {
-        let events = match chunks.next() {
-            Some(c) => seg.push(c),
-            None => {
-                let tail: Vec<VadEvent> =
-                    seg.finish().map(VadEvent::Utterance).into_iter().collect();
-                if tail.is_empty() {
-                    break;
-                }
-                tail
-            }
-        };
-        let now = seg.now();
-        for ev in events {
-            if let VadEvent::SpeechStarted { .. } = ev {
-                let actions = core.handle(now, CoreEvent::SpeechStarted);
-                apply(&mut core, now, actions, &mut summary);
-            }
-            if let VadEvent::Utterance(u) = ev {
-                let r = recognizer.recognize_in(&u.samples, language)?;
-                let result = embed_result(result_for(&u, r.text, r.language), encoder);
-                let before = core.intents().len();
-                let actions = core.handle(now, CoreEvent::Utterance(result.clone()));
-                apply(&mut core, now, actions, &mut summary);
-                let intent =
-                    (core.intents().len() > before).then(|| core.intents()[before].clone());
-                utterances.push(ReplayUtterance { result, intent });
-            }
+    call.handle_input(Duration::ZERO, Input::Answered);
+    io.drain(&mut call, Duration::ZERO)?;
+    let mut keys = keys.into_iter().peekable();
+    let mut fed = 0usize;
+    for chunk in track.samples.chunks(320) {
+        fed += chunk.len();
+        let now = Duration::from_secs_f64(fed as f64 / 16_000.0);
+        while let Some((_, digit, source)) = keys.next_if(|(t, _, _)| *t <= now) {
+            call.handle_input(now, Input::Digit { digit, source });
         }
-        let actions = core.handle(now, CoreEvent::Tick);
-        apply(&mut core, now, actions, &mut summary);
-        if chunks.peek().is_none() && seg.in_progress().is_none() {
-            // Audio is over: the caller stays on the line (silent) until the
-            // file's end; nothing more can happen.
+        call.handle_input(now, Input::CallerAudioWideband(chunk));
+        io.drain(&mut call, now)?;
+        let _ = call.poll_frame();
+        io.drain(&mut call, now)?;
+        if call.transfer().is_some() || call.hung_up() {
             break;
         }
     }
+    if call.transfer().is_none() && !call.hung_up() {
+        // The audio is over: what the caller was still saying is decided on.
+        let now = Duration::from_secs_f64(fed as f64 / 16_000.0);
+        call.flush_speech();
+        io.drain(&mut call, now)?;
+    }
+    let core = call.core();
     let (outcome, reason, at) = match core.handover() {
         Some((t, r)) => (
             "transferred",
@@ -188,13 +169,99 @@ pub fn replay(
     };
     Ok(ReplayReport {
         caller,
-        utterances,
+        utterances: call
+            .heard()
+            .iter()
+            .map(|(result, intent)| ReplayUtterance {
+                result: result.clone(),
+                intent: intent.clone(),
+            })
+            .collect(),
         decisions: core.decisions.clone(),
         outcome,
         reason,
         transfer_at_s: at,
-        summary,
+        summary: call.transfer().map(|(_, _, s)| s.clone()),
         intents: core.intents().to_vec(),
-        bot_said,
+        bot_said: call
+            .said()
+            .iter()
+            .map(|(t, text)| json!({"t_s": (t.as_secs_f64() * 1000.0).round() / 1000.0, "text": text}))
+            .collect(),
+        events: io.events,
     })
+}
+
+/// What replay does for the call: Whisper, the synthesiser and webhooks,
+/// answered at the virtual moment they were asked.
+struct ReplayIo<'a> {
+    recognizer: &'a mut Recognizer,
+    language: Option<&'a str>,
+    encoder: Option<&'a SentenceEncoder>,
+    voice: Option<Arc<dyn Synthesizer>>,
+    events: Vec<Value>,
+}
+
+impl ReplayIo<'_> {
+    fn drain(&mut self, call: &mut Call, now: Duration) -> Result<(), AsrError> {
+        while let Some(output) = call.poll_output() {
+            match output {
+                Output::Event { kind, fields } => {
+                    let mut event =
+                        json!({"t_s": (now.as_secs_f64() * 1000.0).round() / 1000.0, "kind": kind});
+                    if let (Some(e), Value::Object(f)) = (event.as_object_mut(), fields) {
+                        for (k, v) in f {
+                            e.entry(k).or_insert(v);
+                        }
+                    }
+                    self.events.push(event);
+                }
+                Output::SubmitAsr {
+                    kind: JobKind::Final,
+                    utterance,
+                    ..
+                } => {
+                    let r = self
+                        .recognizer
+                        .recognize_in(&utterance.samples, self.language)?;
+                    let result =
+                        embed_result(result_for(&utterance, r.text, r.language), self.encoder);
+                    call.handle_input(
+                        now,
+                        Input::Asr(AsrReply::Done {
+                            kind: JobKind::Final,
+                            result,
+                            latency: Duration::ZERO,
+                            decode: Duration::ZERO,
+                        }),
+                    );
+                }
+                Output::SubmitAsr { .. } => {}
+                Output::Synthesize { text, voice } => {
+                    if let Some(tts) = &self.voice {
+                        match tts.synthesize(&text, &voice) {
+                            Ok(p) => call.handle_input(now, Input::Prompt(p)),
+                            Err(e) => tracing::warn!(error = %e, "text-to-speech failed"),
+                        }
+                    }
+                }
+                Output::CallWebhook {
+                    intent,
+                    url,
+                    timeout,
+                    body,
+                } => {
+                    // Asked for real, as on a live call; past its timeout the
+                    // core's own deadline decides on a later tick.
+                    let asked = std::time::Instant::now();
+                    let reply = crate::api::webhook::ask(&url, timeout, &body);
+                    if asked.elapsed() < timeout {
+                        call.handle_input(now, Input::WebhookReply { intent, reply });
+                    }
+                }
+                Output::Transfer { .. } | Output::Hangup { .. } => {}
+            }
+        }
+        Ok(())
+    }
 }

@@ -226,7 +226,10 @@ pub fn load_caller_track(path: &Path) -> Result<Track, AudioError> {
                 .iter_mut()
                 .zip(chunk.iter().chain(std::iter::repeat(&0.0)))
             {
-                *d = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
+                // Exactly the recorded 16-bit sample (×32768 undoes the
+                // read's ÷32768): a one-LSB difference can flip the VAD on a
+                // soft onset and move an utterance's start by frames.
+                *d = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
             }
             up.process(&frame[..], &mut out);
         }

@@ -1,0 +1,893 @@
+//! One call's conversation as a sans-IO state machine: everything that
+//! decides, nothing that waits.
+//!
+//! [`Call`] owns the greeting flow, the decision core, the caller's voice
+//! activity detection and the scheduling of partial and final transcriptions,
+//! barge-in, the goodbye hold, DTMF arbitration between the greeting flow and
+//! the core, and the bot's voice (the prompts it plays, frame by frame). The
+//! shell — the live gateway or `voicegate replay` — feeds it [`Input`]s with
+//! the time passed in, drains [`Output`]s with [`Call::poll_output`], and
+//! pulls the bot's next 20 ms frame with [`Call::poll_frame`]. It runs
+//! Whisper, the synthesiser and webhooks itself and hands their answers back
+//! as inputs. No tokio, sockets, files or wall clock in here (the pattern of
+//! str0m's `Rtc` and quinn-proto's `Connection`): that is what lets a replay
+//! of a recording take the same decisions — barge-in, goodbye and DTMF
+//! included — as the live call did.
+//!
+//! The hand-over's SIP legs and their mixing stay in the shell for now
+//! (`gateway::handover`); the `Call` decides the hand-over, stops barge-in
+//! while it runs, and is told when it fails or the agent hangs up.
+
+use super::core::{CallCore, CoreAction, CoreEvent};
+use super::greeting::{CallAction, CallEvent, GreetingFlow};
+use super::policy::Policy;
+use crate::media::jitter::FRAME_8K;
+use crate::media::prompt::{Prompt, PromptPlayer};
+use crate::media::resample::Upsampler;
+use crate::speech::pool::{AsrReply, JobKind};
+use crate::speech::vad::{Segmenter, Utterance, VadConfig, VadEvent};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the bot waits after deciding to end the call before hanging up,
+/// so its goodbye reaches the synthesiser and starts to play (once it plays,
+/// the hang-up waits for its end).
+pub const GOODBYE_GRACE: Duration = Duration::from_millis(1500);
+
+/// What a call is set up with.
+pub struct CallSetup {
+    /// The decision rules.
+    pub policy: Arc<Policy>,
+    /// The callers' language (`en`, `zh`, … or `auto`: from the first utterance).
+    pub language: String,
+    /// The language to ask Whisper for (the trunk's or number's); `None`: the
+    /// recogniser's default.
+    pub asr_language: Option<String>,
+    /// The caller's number, if not anonymous.
+    pub caller: Option<String>,
+    /// Voice activity detection, from `[speech]` (live and replay alike).
+    pub vad: VadConfig,
+    /// How often a partial transcription is asked for while the caller talks.
+    pub partial_interval: Duration,
+    /// The recorded greeting played at answer, if any.
+    pub greeting: Option<Prompt>,
+    /// Whether the caller is listened to at all (no recogniser: no speech).
+    pub listen: bool,
+}
+
+/// Something that happened, for the call.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// The call was answered (time zero).
+    Answered,
+    /// One 20 ms frame of the caller at 8 kHz (after the jitter buffer; a
+    /// lost frame is silence). Also the call's clock tick.
+    CallerAudio {
+        /// 160 samples.
+        frame: &'a [i16],
+        /// The recogniser pool is saturated: no partial transcription now.
+        asr_busy: bool,
+    },
+    /// One 20 ms frame of the caller already at 16 kHz (replay of a wideband
+    /// file). Also the call's clock tick.
+    CallerAudioWideband(&'a [f32]),
+    /// The caller pressed a key.
+    Digit {
+        /// The key.
+        digit: char,
+        /// `rfc4733`, `inband` or `sip_info`.
+        source: &'static str,
+    },
+    /// A transcription asked for with [`Output::SubmitAsr`] came back.
+    Asr(AsrReply),
+    /// A final transcription could not be queued (the pool is full).
+    AsrRefused {
+        /// The utterance's start (s).
+        start_s: f64,
+        /// Its end (s).
+        end_s: f64,
+    },
+    /// Speech asked for with [`Output::Synthesize`] is ready to play.
+    Prompt(Prompt),
+    /// A webhook asked with [`Output::CallWebhook`] answered.
+    WebhookReply {
+        /// The intent it was asked for.
+        intent: String,
+        /// Its text, or why it failed.
+        reply: Result<String, String>,
+    },
+    /// Nobody took the hand-over; the bot has the caller again.
+    TransferFailed {
+        /// The extensions tried.
+        tried: Vec<String>,
+    },
+    /// The bridged agent hung up: the call ends.
+    AgentHungUp,
+    /// The gateway is shutting down: end the call.
+    Shutdown,
+    /// No media from the caller for too long: end the call.
+    MediaTimeout,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Write an event to the call's `events.jsonl` and the call board.
+    Event {
+        /// Event kind (`decision`, `bot.say`, `dtmf`, …).
+        kind: &'static str,
+        /// Its fields.
+        fields: Value,
+    },
+    /// Transcribe this audio; answer with [`Input::Asr`] (or
+    /// [`Input::AsrRefused`] when a final one cannot be queued).
+    SubmitAsr {
+        /// Final (the utterance ended) or partial.
+        kind: JobKind,
+        /// The audio and its timing.
+        utterance: Utterance,
+        /// The language to ask for.
+        language: Option<String>,
+    },
+    /// Render this text as speech; answer with [`Input::Prompt`].
+    Synthesize {
+        /// What to say.
+        text: String,
+        /// The espeak-ng voice (`en-us`, `cmn`, …).
+        voice: String,
+    },
+    /// Ask the intent's webhook; answer with [`Input::WebhookReply`].
+    CallWebhook {
+        /// The intent.
+        intent: String,
+        /// Where.
+        url: String,
+        /// How long the core waits for it.
+        timeout: Duration,
+        /// The request body.
+        body: Value,
+    },
+    /// Hand the caller to a human.
+    Transfer {
+        /// Why (`frustration`, `waited`, …).
+        reason: String,
+        /// The agent summary.
+        summary: Value,
+    },
+    /// End the call (BYE) — the `call.hangup` event is already out.
+    Hangup {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// The caller's side of speech: 8 kHz → 16 kHz → VAD → transcription jobs.
+struct Ears {
+    upsampler: Option<Upsampler>,
+    segmenter: Segmenter,
+    wideband: Vec<f32>,
+    partial_interval: Duration,
+    last_partial: Duration,
+    /// Final jobs asked for and not yet answered.
+    pending: usize,
+}
+
+/// One call's conversation. See the module documentation.
+pub struct Call {
+    flow: GreetingFlow,
+    core: CallCore,
+    /// Decisions already turned into events.
+    logged: usize,
+    /// The greeting is the prompt file; the core's greeting text is not spoken twice.
+    greeting_text: String,
+    greeting: Option<PromptPlayer>,
+    /// The greeting prompt, until the call is answered.
+    greeting_prompt: Option<Prompt>,
+    /// The bot's replies, synthesised, waiting to play.
+    bot_queue: VecDeque<Prompt>,
+    bot_player: Option<PromptPlayer>,
+    /// The call's base voice (the replies in Chinese use `cmn` whatever it is).
+    voice: String,
+    ears: Option<Ears>,
+    asr_language: Option<String>,
+    /// The bot said goodbye: the hang-up reason, and when it may happen.
+    goodbye: Option<(&'static str, Option<Duration>)>,
+    /// A hand-over is under way: barge-in no longer stops the notice.
+    handing_over: bool,
+    /// The call is over for the conversation (hung up or being finished).
+    hung_up: bool,
+    /// A final utterance could not be queued since the last tick.
+    asr_refused: bool,
+    out: VecDeque<Output>,
+    /// The utterance results the core was fed, with the intent each served.
+    heard: Vec<(crate::speech::pipeline::UtteranceResult, Option<String>)>,
+    said: Vec<(Duration, String)>,
+    transfer: Option<(Duration, String, Value)>,
+    caller: Option<String>,
+    /// The time of the last input.
+    now: Duration,
+}
+
+impl Call {
+    /// A call not yet answered.
+    pub fn new(setup: CallSetup) -> Self {
+        let core = CallCore::new(setup.policy.clone(), &setup.language);
+        let greeting_text = setup.policy.flow.phrases(&setup.language).greeting;
+        let voice = match setup.language.as_str() {
+            "zh" => "cmn",
+            "en" | "auto" => "en-us",
+            other => other,
+        }
+        .to_string();
+        let ears = setup.listen.then(|| Ears {
+            upsampler: Upsampler::new()
+                .map_err(|e| tracing::error!(error = %e, "no resampler: speech recognition off for this call"))
+                .ok(),
+            segmenter: Segmenter::new(setup.vad),
+            wideband: Vec::with_capacity(320),
+            partial_interval: setup.partial_interval,
+            last_partial: Duration::ZERO,
+            pending: 0,
+        });
+        Self {
+            flow: GreetingFlow::default(),
+            core,
+            logged: 0,
+            greeting_text,
+            greeting: None,
+            greeting_prompt: setup.greeting,
+            bot_queue: VecDeque::new(),
+            bot_player: None,
+            voice,
+            ears,
+            asr_language: setup.asr_language,
+            goodbye: None,
+            handing_over: false,
+            hung_up: false,
+            asr_refused: false,
+            out: VecDeque::new(),
+            heard: Vec::new(),
+            said: Vec::new(),
+            transfer: None,
+            caller: setup.caller,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Feed one input at `now` (since answer).
+    pub fn handle_input(&mut self, now: Duration, input: Input<'_>) {
+        self.now = now;
+        match input {
+            Input::Answered => {
+                let caller = self.caller.clone();
+                self.feed(now, CoreEvent::Answered { caller });
+                let actions = self.flow.handle(now, CallEvent::Answered);
+                self.apply_flow(actions);
+            }
+            Input::CallerAudio { frame, asr_busy } => {
+                let mut wide = self.take_wideband();
+                if let Some(up) = self.ears.as_mut().and_then(|e| e.upsampler.as_mut()) {
+                    wide.clear();
+                    up.process(frame, &mut wide);
+                    self.hear(now, &wide, asr_busy);
+                }
+                if let Some(e) = self.ears.as_mut() {
+                    e.wideband = wide;
+                }
+                self.tick(now);
+            }
+            Input::CallerAudioWideband(frame) => {
+                self.hear(now, frame, false);
+                self.tick(now);
+            }
+            Input::Digit { digit, source } => {
+                if self.hung_up {
+                    return;
+                }
+                // The greeting flow hears keys (`#` ends the call) unless the
+                // core is collecting digits (a callback number, a menu).
+                if self.core.collecting_digits() {
+                    self.event(
+                        "dtmf",
+                        json!({"digit": digit.to_string(), "source": source}),
+                    );
+                } else {
+                    let actions = self.flow.handle(now, CallEvent::Digit { digit, source });
+                    self.apply_flow(actions);
+                }
+                self.feed(now, CoreEvent::Dtmf(digit));
+            }
+            Input::Asr(reply) => self.on_asr(now, reply),
+            Input::AsrRefused { start_s, end_s } => {
+                if let Some(e) = self.ears.as_mut() {
+                    e.pending = e.pending.saturating_sub(1);
+                }
+                self.asr_refused = true;
+                self.event(
+                    "asr_overloaded",
+                    json!({"reason": "queue_full", "start_s": start_s, "end_s": end_s}),
+                );
+            }
+            Input::Prompt(p) => self.bot_queue.push_back(p),
+            Input::WebhookReply { intent, reply } => {
+                self.event(
+                    "webhook.reply",
+                    json!({"intent": intent, "ok": reply.is_ok(), "reply": match &reply { Ok(t) | Err(t) => t }}),
+                );
+                self.feed(now, CoreEvent::WebhookReply { intent, reply });
+            }
+            Input::TransferFailed { tried } => {
+                self.handing_over = false;
+                self.feed(now, CoreEvent::TransferFailed { tried });
+            }
+            Input::AgentHungUp => self.hang_up("agent_bye"),
+            Input::Shutdown => self.hang_up("gateway_shutdown"),
+            Input::MediaTimeout => self.hang_up("rtp_timeout"),
+        }
+    }
+
+    /// The next thing the shell must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The bot's next 20 ms frame to the caller: the greeting, else the reply
+    /// playing; `None` while the bot is silent. Call once per tick.
+    pub fn poll_frame(&mut self) -> Option<[i16; FRAME_8K]> {
+        if let Some(p) = self.greeting.as_mut() {
+            return match p.next_frame() {
+                Some(f) => Some(f),
+                None => {
+                    self.greeting = None;
+                    let actions = self.flow.handle(self.now, CallEvent::PromptFinished);
+                    self.apply_flow(actions);
+                    Some([0; FRAME_8K])
+                }
+            };
+        }
+        if self.bot_player.as_ref().is_none_or(|p| p.finished()) {
+            self.bot_player = self.bot_queue.pop_front().map(PromptPlayer::new);
+        }
+        self.bot_player.as_mut().and_then(|p| p.next_frame())
+    }
+
+    /// When the call next needs time to pass without audio: the goodbye's
+    /// hang-up. (Audio frames are the call's clock; a shell with no audio to
+    /// feed ticks at this time.)
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.goodbye.and_then(|(_, at)| at)
+    }
+
+    /// The call is ending: transcribe what the caller was still saying. The
+    /// results that come back are logged, no longer decided on.
+    pub fn finish(&mut self) {
+        self.hung_up = true;
+        self.flush_speech();
+    }
+
+    /// The caller's audio is over (a replay's end of file): what they were
+    /// still saying is transcribed and, unless the call has ended, decided on.
+    pub fn flush_speech(&mut self) {
+        if let Some(u) = self.ears.as_mut().and_then(|e| e.segmenter.finish()) {
+            self.submit_final(u);
+        }
+    }
+
+    /// Final transcriptions asked for and not yet answered.
+    pub fn pending_asr(&self) -> usize {
+        self.ears.as_ref().map_or(0, |e| e.pending)
+    }
+
+    /// The decision core (decisions, intents, summary).
+    pub fn core(&self) -> &CallCore {
+        &self.core
+    }
+
+    /// Every final utterance the core was fed, with the intent it served.
+    pub fn heard(&self) -> &[(crate::speech::pipeline::UtteranceResult, Option<String>)] {
+        &self.heard
+    }
+
+    /// What the bot said, and when.
+    pub fn said(&self) -> &[(Duration, String)] {
+        &self.said
+    }
+
+    /// The hand-over decided, if any: when, why, the summary.
+    pub fn transfer(&self) -> Option<&(Duration, String, Value)> {
+        self.transfer.as_ref()
+    }
+
+    /// The hang-up decided, if any.
+    pub fn hung_up(&self) -> bool {
+        self.hung_up
+    }
+
+    /// The 16 kHz scratch buffer, lent out while `hear` borrows `self`.
+    fn take_wideband(&mut self) -> Vec<f32> {
+        self.ears
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.wideband))
+            .unwrap_or_default()
+    }
+
+    /// Hear 20 ms of the caller at 16 kHz: VAD, transcription jobs, barge-in.
+    fn hear(&mut self, now: Duration, wideband: &[f32], asr_busy: bool) {
+        let Some(ears) = self.ears.as_mut() else {
+            return;
+        };
+        let mut started = false;
+        let mut finals = Vec::new();
+        for ev in ears.segmenter.push(wideband) {
+            match ev {
+                VadEvent::SpeechStarted { at } => {
+                    started = true;
+                    ears.last_partial = at;
+                    self.out.push_back(Output::Event {
+                        kind: "speech.started",
+                        fields: json!({"at_s": at.as_secs_f64()}),
+                    });
+                }
+                VadEvent::Utterance(u) => finals.push(u),
+            }
+        }
+        let vad_now = ears.segmenter.now();
+        if let Some((start, audio)) = ears.segmenter.in_progress() {
+            if vad_now.saturating_sub(ears.last_partial) >= ears.partial_interval
+                && vad_now.saturating_sub(start) >= ears.partial_interval
+                && !asr_busy
+                && !self.hung_up
+            {
+                ears.last_partial = vad_now;
+                self.out.push_back(Output::SubmitAsr {
+                    kind: JobKind::Partial,
+                    utterance: Utterance {
+                        start,
+                        end: vad_now,
+                        voiced: vad_now.saturating_sub(start),
+                        loudness_dbfs: 0.0,
+                        forced_cut: false,
+                        samples: audio.to_vec(),
+                        samples_start: start,
+                        closed_at: vad_now,
+                    },
+                    language: self.asr_language.clone(),
+                });
+            }
+        }
+        for u in finals {
+            self.submit_final(u);
+        }
+        if started && !self.hung_up {
+            self.feed(now, CoreEvent::SpeechStarted);
+            if !self.handing_over {
+                // Barge-in: the caller talks, the bot stops (not the greeting,
+                // and not the hand-over notice: a person is on the way).
+                if self.bot_player.as_ref().is_some_and(|p| !p.finished())
+                    || !self.bot_queue.is_empty()
+                {
+                    self.event("bot.interrupted", json!({}));
+                }
+                if let Some(p) = self.bot_player.as_mut() {
+                    p.stop();
+                }
+                self.bot_queue.clear();
+            }
+        }
+    }
+
+    fn submit_final(&mut self, u: Utterance) {
+        if let Some(e) = self.ears.as_mut() {
+            e.pending += 1;
+        }
+        self.out.push_back(Output::SubmitAsr {
+            kind: JobKind::Final,
+            utterance: u,
+            language: self.asr_language.clone(),
+        });
+    }
+
+    /// The call's clock: deadlines, the goodbye hold.
+    fn tick(&mut self, now: Duration) {
+        if self.hung_up {
+            return;
+        }
+        if std::mem::take(&mut self.asr_refused) {
+            self.feed(now, CoreEvent::AsrUnavailable);
+        }
+        self.feed(now, CoreEvent::Tick);
+        if let Some((reason, heard_after)) = self.goodbye {
+            match heard_after {
+                // Give the synthesiser a moment to deliver the goodbye; once
+                // it plays, the hang-up waits for its end.
+                None => self.goodbye = Some((reason, Some(now + GOODBYE_GRACE))),
+                Some(at) => {
+                    let speaking = self.bot_player.as_ref().is_some_and(|p| !p.finished())
+                        || !self.bot_queue.is_empty();
+                    if !speaking && now >= at {
+                        self.hang_up(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_asr(&mut self, now: Duration, reply: AsrReply) {
+        let partial = matches!(
+            reply,
+            AsrReply::Done {
+                kind: JobKind::Partial,
+                ..
+            }
+        );
+        if !partial {
+            if let Some(e) = self.ears.as_mut() {
+                e.pending = e.pending.saturating_sub(1);
+            }
+        }
+        let event = match reply {
+            AsrReply::Done {
+                kind: JobKind::Final,
+                result,
+                latency,
+                decode,
+            } => {
+                tracing::info!(text = %result.text, start_s = result.start_s, latency_ms = latency.as_millis() as u64, "utterance");
+                let mut fields = serde_json::to_value(&result).unwrap_or_else(|_| json!({}));
+                if let Some(obj) = fields.as_object_mut() {
+                    obj.insert("latency_ms".into(), json!(latency.as_millis() as u64));
+                    obj.insert("decode_ms".into(), json!(decode.as_millis() as u64));
+                }
+                self.event("utterance", fields);
+                Some(CoreEvent::Utterance(result))
+            }
+            AsrReply::Done { result, .. } => {
+                if !result.text.is_empty() {
+                    self.event(
+                        "transcript.partial",
+                        json!({"start_s": result.start_s, "text": result.text}),
+                    );
+                }
+                None
+            }
+            AsrReply::Overloaded { reason, start_s } => {
+                tracing::warn!(reason, start_s, "ASR overloaded");
+                self.event(
+                    "asr_overloaded",
+                    json!({"reason": reason, "start_s": start_s}),
+                );
+                Some(CoreEvent::AsrUnavailable)
+            }
+            AsrReply::Failed { error } => {
+                tracing::warn!(%error, "ASR failed");
+                self.event("asr_failed", json!({"error": error}));
+                Some(CoreEvent::AsrUnavailable)
+            }
+        };
+        if self.hung_up {
+            return;
+        }
+        match event {
+            // Utterances are decided at the moment the VAD closed them — the
+            // time a replay of the call uses too.
+            Some(CoreEvent::Utterance(u)) => {
+                let at = Duration::from_secs_f64(u.closed_at_s);
+                let before = self.core.intents().len();
+                self.feed(at, CoreEvent::Utterance(u.clone()));
+                let intent = self.core.intents().get(before).cloned();
+                self.heard.push((u, intent));
+            }
+            Some(e) => self.feed(now, e),
+            None => {}
+        }
+    }
+
+    fn apply_flow(&mut self, actions: Vec<CallAction>) {
+        for action in actions {
+            match action {
+                CallAction::PlayGreeting => {
+                    self.greeting = self.greeting_prompt.take().map(PromptPlayer::new);
+                }
+                CallAction::StopPlayback => {
+                    if let Some(p) = self.greeting.as_mut() {
+                        p.stop();
+                    }
+                }
+                CallAction::HangUp { reason } => self.hang_up(reason),
+                CallAction::Log { kind, fields } => self.event(kind, fields),
+            }
+        }
+    }
+
+    /// The core decides; its decisions and actions become outputs.
+    fn feed(&mut self, now: Duration, event: CoreEvent) {
+        let actions = self.core.handle(now, event);
+        for d in &self.core.decisions[self.logged..] {
+            self.out.push_back(Output::Event {
+                kind: "decision",
+                fields: json!({"decision": d.kind, "at_s": d.t_s, "reason": d.reason, "score": d.score, "evidence": d.evidence}),
+            });
+        }
+        self.logged = self.core.decisions.len();
+        for a in actions {
+            match a {
+                CoreAction::Say(text) => {
+                    self.event("bot.say", json!({"text": text}));
+                    self.said.push((now, text.clone()));
+                    if text != self.greeting_text {
+                        // Chinese text in the Mandarin voice, whatever the call
+                        // started as (an `auto` call turns Chinese with its caller).
+                        let voice = if crate::speech::chinese::has_han(&text) {
+                            "cmn".to_string()
+                        } else {
+                            self.voice.clone()
+                        };
+                        self.out.push_back(Output::Synthesize { text, voice });
+                    }
+                }
+                CoreAction::HangUp { reason } => {
+                    self.event("bot.goodbye", json!({"reason": reason}));
+                    let reason = if reason == "caller_done" {
+                        "caller_done"
+                    } else {
+                        "caller_silent"
+                    };
+                    if self.goodbye.is_none() {
+                        self.goodbye = Some((reason, None));
+                    }
+                }
+                CoreAction::CallWebhook {
+                    intent,
+                    url,
+                    timeout,
+                    body,
+                } => {
+                    self.event(
+                        "webhook.ask",
+                        json!({"intent": intent, "url": url, "timeout_ms": timeout.as_millis() as u64}),
+                    );
+                    self.out.push_back(Output::CallWebhook {
+                        intent,
+                        url,
+                        timeout,
+                        body,
+                    });
+                }
+                CoreAction::Transfer { reason, summary } => {
+                    self.handing_over = true;
+                    self.transfer = Some((now, reason.clone(), summary.clone()));
+                    self.out.push_back(Output::Transfer { reason, summary });
+                }
+            }
+        }
+    }
+
+    fn hang_up(&mut self, reason: &'static str) {
+        if self.hung_up {
+            return;
+        }
+        self.hung_up = true;
+        self.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
+        self.out.push_back(Output::Hangup { reason });
+    }
+
+    fn event(&mut self, kind: &'static str, fields: Value) {
+        self.out.push_back(Output::Event { kind, fields });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::speech::pipeline::{load_caller_track, result_for};
+
+    fn setup(listen: bool) -> CallSetup {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");
+        CallSetup {
+            policy: Arc::new(Policy::load(&dir).expect("shipped policy")),
+            language: "en".into(),
+            asr_language: None,
+            caller: None,
+            vad: VadConfig::default(),
+            partial_interval: Duration::from_secs(3600),
+            greeting: Some(Prompt::from_samples(vec![500; 8000])),
+            listen,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn drain(call: &mut Call) -> Vec<Output> {
+        std::iter::from_fn(|| call.poll_output()).collect()
+    }
+
+    fn kinds(out: &[Output]) -> Vec<&'static str> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Event { kind, .. } => Some(*kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn silence(call: &mut Call, from: u64, to: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        for t in (from..to).step_by(20) {
+            call.handle_input(
+                ms(t),
+                Input::CallerAudio {
+                    frame: &[0; FRAME_8K],
+                    asr_busy: false,
+                },
+            );
+            let _ = call.poll_frame();
+            out.extend(drain(call));
+        }
+        out
+    }
+
+    #[test]
+    fn a_menu_key_is_served_and_hash_ends_the_call() {
+        let mut call = Call::new(setup(false));
+        call.handle_input(Duration::ZERO, Input::Answered);
+        let out = drain(&mut call);
+        assert!(kinds(&out).contains(&"prompt.started"));
+        // The greeting text is the recorded prompt: not synthesised again.
+        assert!(!out.iter().any(|o| matches!(o, Output::Synthesize { .. })));
+        assert!(call.poll_frame().is_some(), "the greeting plays");
+        call.handle_input(
+            ms(500),
+            Input::Digit {
+                digit: '1',
+                source: "rfc4733",
+            },
+        );
+        let out = drain(&mut call);
+        assert!(kinds(&out).contains(&"dtmf"));
+        assert_eq!(call.core().intents(), ["billing"]);
+        assert!(out.iter().any(|o| matches!(o, Output::Synthesize { text, voice } if text.contains("balance") && voice == "en-us")));
+        call.handle_input(
+            ms(900),
+            Input::Digit {
+                digit: '#',
+                source: "rfc4733",
+            },
+        );
+        let out = drain(&mut call);
+        assert!(matches!(
+            out.last(),
+            Some(Output::Hangup {
+                reason: "caller_pressed_hash"
+            })
+        ));
+        assert!(call.hung_up());
+    }
+
+    /// Served by key 1 at 1 s, then silent: the time of the goodbye, and
+    /// of the hang-up, given a goodbye prompt of `speech` arriving 100 ms later.
+    fn served_then_silent(speech: Option<Duration>) -> (Duration, Duration, &'static str) {
+        let mut call = Call::new(setup(false));
+        call.handle_input(Duration::ZERO, Input::Answered);
+        call.handle_input(
+            ms(1000),
+            Input::Digit {
+                digit: '1',
+                source: "rfc4733",
+            },
+        );
+        drain(&mut call);
+        let mut goodbye = None;
+        for t in (1020..60_000).step_by(20) {
+            if let (Some(g), Some(len)) = (goodbye, speech) {
+                if ms(t) == g + ms(100) {
+                    call.handle_input(
+                        ms(t),
+                        Input::Prompt(Prompt::from_samples(vec![
+                            800;
+                            (len.as_millis() * 8) as usize
+                        ])),
+                    );
+                }
+            }
+            for o in silence(&mut call, t, t + 20) {
+                match o {
+                    Output::Event {
+                        kind: "bot.goodbye",
+                        ..
+                    } => goodbye = Some(ms(t)),
+                    Output::Hangup { reason } => {
+                        return (goodbye.expect("goodbye first"), ms(t), reason)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        panic!("never hung up");
+    }
+
+    #[test]
+    fn goodbye_hangs_up_after_the_grace_or_once_it_has_played() {
+        let (said, hung_up, reason) = served_then_silent(None);
+        assert_eq!(reason, "caller_silent");
+        assert!(
+            hung_up >= said + GOODBYE_GRACE && hung_up <= said + GOODBYE_GRACE + ms(40),
+            "{said:?} {hung_up:?}"
+        );
+        let (said, hung_up, _) = served_then_silent(Some(Duration::from_secs(3)));
+        assert!(
+            hung_up >= said + ms(3100),
+            "the goodbye played out: {said:?} {hung_up:?}"
+        );
+        assert!(hung_up <= said + ms(3160), "{said:?} {hung_up:?}");
+    }
+
+    #[test]
+    fn the_caller_talking_over_a_reply_stops_it() {
+        let wav =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/calls/unrecognized.wav");
+        let track = load_caller_track(&wav).expect("test call");
+        let mut call = Call::new(setup(true));
+        call.handle_input(Duration::ZERO, Input::Answered);
+        drain(&mut call);
+        let mut interrupted = Vec::new();
+        let mut replies = 0;
+        let mut silent_after_interruption = None;
+        for (n, chunk) in track.samples.chunks(320).enumerate() {
+            let now = ms(20 * (n as u64 + 1));
+            call.handle_input(now, Input::CallerAudioWideband(chunk));
+            let frame = call.poll_frame();
+            if interrupted.last() == Some(&now.saturating_sub(ms(20))) {
+                silent_after_interruption = Some(frame.is_none());
+            }
+            for o in drain(&mut call) {
+                match o {
+                    Output::SubmitAsr {
+                        kind: JobKind::Final,
+                        utterance,
+                        ..
+                    } => {
+                        // Whisper is the shell's: answer with words no intent has.
+                        let result = result_for(
+                            &utterance,
+                            "blue relevant stands on tuesday".into(),
+                            "en".into(),
+                        );
+                        call.handle_input(
+                            now,
+                            Input::Asr(AsrReply::Done {
+                                kind: JobKind::Final,
+                                result,
+                                latency: Duration::ZERO,
+                                decode: Duration::ZERO,
+                            }),
+                        );
+                    }
+                    Output::Synthesize { .. } => {
+                        replies += 1;
+                        // Ten seconds of reply: the caller will talk over it.
+                        call.handle_input(
+                            now,
+                            Input::Prompt(Prompt::from_samples(vec![800; 80_000])),
+                        );
+                    }
+                    Output::Event {
+                        kind: "bot.interrupted",
+                        ..
+                    } => interrupted.push(now),
+                    _ => {}
+                }
+            }
+        }
+        assert!(replies >= 2, "{replies}");
+        assert_eq!(interrupted.len(), 2, "{interrupted:?}");
+        assert_eq!(
+            silent_after_interruption,
+            Some(true),
+            "the bot stopped talking"
+        );
+    }
+}
