@@ -686,7 +686,7 @@ mod tests {
     fn setup(listen: bool) -> CallSetup {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");
         CallSetup {
-            policy: Arc::new(Policy::load(&dir).expect("shipped policy")),
+            policy: Arc::new(crate::config::load_policy(&dir).expect("shipped policy")),
             language: "en".into(),
             asr_language: None,
             caller: None,

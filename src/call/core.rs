@@ -894,7 +894,7 @@ mod tests {
 
     fn policy() -> Arc<Policy> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");
-        Arc::new(Policy::load(&dir).expect("shipped policy"))
+        Arc::new(crate::config::load_policy(&dir).expect("shipped policy"))
     }
 
     fn s(secs: f64) -> Duration {
@@ -1236,7 +1236,7 @@ mod tests {
     fn semantic_call() -> CallCore {
         use crate::call::semantic::{Example, SemanticIndex, OFF_TOPIC};
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");
-        let mut p = Policy::load(&dir).expect("shipped policy");
+        let mut p = crate::config::load_policy(&dir).expect("shipped policy");
         let ex = |intent: &str, v: [f32; 3]| Example {
             intent: intent.into(),
             text: format!("{intent} example"),

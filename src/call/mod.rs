@@ -2,6 +2,7 @@
 //! passed in, returning actions. No sockets, no tokio, no wall clock — the
 //! live gateway and offline replay drive the same code.
 
+pub mod agents;
 pub mod conversation;
 pub mod core;
 pub mod greeting;

@@ -5,7 +5,7 @@
 //! whisper. When nobody is left the caller goes back to the bot. SIP outcomes
 //! and time come in as events; what to do on the wire goes out as actions.
 
-use crate::config::{AgentsConfig, RingStrategy};
+use super::agents::{AgentsConfig, RingStrategy};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ impl Transfer {
     /// Start ringing `plan` at `now`.
     pub fn start(
         plan: Vec<Attempt>,
-        whisper: &crate::config::WhisperConfig,
+        whisper: &super::agents::WhisperConfig,
         now: Duration,
     ) -> (Transfer, Vec<TransferAction>) {
         let mut t = Transfer {
@@ -411,7 +411,7 @@ fn secs(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentGroup, WhisperConfig};
+    use crate::call::agents::{AgentGroup, WhisperConfig};
 
     fn s(x: f64) -> Duration {
         Duration::from_secs_f64(x)

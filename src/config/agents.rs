@@ -3,10 +3,11 @@
 //! the whisper, and what the caller hears meanwhile.
 
 use super::{Diagnostic, SourceFile};
+pub use crate::call::agents::{AgentGroup, AgentsConfig, RingStrategy, WhisperConfig, REASONS};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -71,7 +72,7 @@ fn on() -> bool {
     true
 }
 fn default_voice() -> String {
-    "en-us".into()
+    crate::call::agents::DEFAULT_WHISPER_VOICE.into()
 }
 fn default_whisper_language() -> String {
     "caller".into()
@@ -99,116 +100,6 @@ struct GroupEntry {
     ring_timeout_s: Spanned<f64>,
     members: Spanned<Vec<String>>,
 }
-
-/// How a group's members are rung.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingStrategy {
-    /// One after the other, each for the ring timeout.
-    Sequential,
-    /// All at once; the first to answer wins, the others are cancelled.
-    Parallel,
-}
-
-/// A group of agent extensions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentGroup {
-    /// Name used in `[routing]`.
-    pub name: String,
-    /// How members are rung.
-    pub strategy: RingStrategy,
-    /// How long one attempt rings.
-    pub ring_timeout: Duration,
-    /// SIP URIs of the extensions.
-    pub members: Vec<String>,
-}
-
-/// The whisper played to the agent before the bridge.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WhisperConfig {
-    /// Whether the agent hears the summary first.
-    pub enabled: bool,
-    /// espeak-ng voice.
-    pub voice: String,
-    /// The agent must press 1 to take the call (2 declines).
-    pub accept_with_dtmf: bool,
-    /// How long the agent has to press a key after the whisper.
-    pub accept_timeout: Duration,
-    /// The summary's language: `caller` (the caller's own, default) or the
-    /// agents' (`en`, `zh`).
-    pub language: String,
-}
-
-/// `agents.toml`, validated.
-#[derive(Debug, Clone)]
-pub struct AgentsConfig {
-    /// Send agent INVITEs through this proxy (the PBX); `None`: to each URI.
-    pub outbound_proxy: Option<SocketAddr>,
-    /// User part of our From towards agents.
-    pub from_user: String,
-    /// Digest credentials when the PBX challenges.
-    pub credentials: Option<(String, String)>,
-    /// The whisper.
-    pub whisper: WhisperConfig,
-    /// Played to the caller while agents ring (after the "connecting" words).
-    pub hold_music: Option<PathBuf>,
-    /// Jitter buffer on both legs once caller and agent are bridged.
-    pub bridge_jitter: Duration,
-    /// Groups by name, file order.
-    pub groups: Vec<AgentGroup>,
-    /// Reason → groups in failover order; `default` for the rest.
-    pub routing: BTreeMap<String, Vec<String>>,
-}
-
-impl Default for AgentsConfig {
-    fn default() -> Self {
-        Self {
-            outbound_proxy: None,
-            from_user: "voicegate".into(),
-            credentials: None,
-            whisper: WhisperConfig {
-                enabled: true,
-                voice: default_voice(),
-                accept_with_dtmf: false,
-                language: default_whisper_language(),
-                accept_timeout: Duration::from_secs(10),
-            },
-            hold_music: None,
-            bridge_jitter: Duration::from_millis(40),
-            groups: Vec::new(),
-            routing: BTreeMap::new(),
-        }
-    }
-}
-
-impl AgentsConfig {
-    /// The groups to try for `reason`, in failover order.
-    pub fn groups_for(&self, reason: &str) -> Vec<&AgentGroup> {
-        let names = self
-            .routing
-            .get(reason)
-            .or_else(|| self.routing.get("default"))
-            .cloned()
-            .unwrap_or_else(|| self.groups.iter().map(|g| g.name.clone()).collect());
-        names
-            .iter()
-            .filter_map(|n| self.groups.iter().find(|g| &g.name == n))
-            .collect()
-    }
-}
-
-/// Reasons a `[routing]` key may name (plus `default`).
-pub const REASONS: &[&str] = &[
-    "default",
-    "negative_words",
-    "frustration",
-    "unrecognized",
-    "urgent_intent",
-    "vip",
-    "requested",
-    "wait_timeout",
-    "asr_unavailable",
-    "webhook_failed",
-];
 
 /// Parse `agents.toml` (absent: no agents, hand-overs fail over to the callback).
 pub(super) fn parse(

@@ -4,11 +4,13 @@
 mod agents;
 mod diagnostic;
 mod gateway;
+mod policy;
 mod trunks;
 
 pub use agents::{AgentGroup, AgentsConfig, RingStrategy, WhisperConfig};
 pub use diagnostic::{Diagnostic, SourceFile};
 pub use gateway::{GatewayConfig, MediaConfig, RecordingConfig, SipListen, SpeechConfig};
+pub use policy::load_policy;
 pub use trunks::{Codec, RegisterConfig, TrunkAuth, TrunkConfig};
 
 use std::path::{Path, PathBuf};
@@ -60,9 +62,7 @@ impl Config {
         } else {
             Some(AgentsConfig::default())
         };
-        let policy = crate::call::policy::Policy::load(dir)
-            .map_err(|e| problems.extend(e))
-            .ok();
+        let policy = load_policy(dir).map_err(|e| problems.extend(e)).ok();
         if let (Some(gateway), Some(trunks), Some(agents), Some(policy)) =
             (gateway, trunks, agents, policy)
         {

@@ -112,9 +112,9 @@ impl AgentLeg {
         summary: &Value,
         reports: UnboundedSender<LegReport>,
     ) -> Result<AgentLeg, String> {
-        let (socket, lease) = super::call::bind_rtp(shared)
-            .await
-            .ok_or("no free RTP port")?;
+        let (socket, lease) =
+            crate::media::ports::bind_rtp(shared.config.gateway.media.sdp_address, &shared.ports)
+                .ok_or("no free RTP port")?;
         let agents = &shared.config.agents;
         let gw = &shared.config.gateway;
         let local_sip = gw

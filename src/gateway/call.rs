@@ -3,6 +3,7 @@
 //! decision core driven by what happens on the line.
 
 use super::agent::LegReport;
+use super::events::{EventLog, OnBoard};
 use super::handover::{Handover, Outcome};
 use super::leg::{CallerLeg, DialogOutcome, SipLeg};
 use super::Shared;
@@ -19,8 +20,6 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, StatusCode};
 use rsipstack::transaction::transaction::Transaction;
 use serde_json::json;
-use std::net::SocketAddr;
-use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -65,35 +64,6 @@ fn parties(tx: &Transaction) -> Parties {
     }
 }
 
-/// Bind the call's RTP socket. It is a plain non-blocking socket, not
-/// registered with the reactor: the 20 ms media clock drains it, so arriving
-/// packets never wake a thread on their own.
-pub(super) async fn bind_rtp(
-    shared: &Shared,
-) -> Option<(UdpSocket, crate::media::ports::PortLease)> {
-    let ip = shared.config.gateway.media.sdp_address;
-    for _ in 0..32 {
-        let lease = shared.ports.lease()?;
-        let local = SocketAddr::new(ip, lease.port());
-        let any = SocketAddr::new(
-            if ip.is_ipv6() {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            },
-            lease.port(),
-        );
-        for addr in [local, any] {
-            if let Ok(s) = UdpSocket::bind(addr) {
-                if s.set_nonblocking(true).is_ok() {
-                    return Some((s, lease));
-                }
-            }
-        }
-    }
-    None
-}
-
 /// Answer and run a call until either side ends it.
 pub(super) async fn run(
     shared: Arc<Shared>,
@@ -102,7 +72,9 @@ pub(super) async fn run(
     negotiated: Negotiated,
 ) {
     let who = parties(&tx);
-    let Some((socket, lease)) = bind_rtp(&shared).await else {
+    let Some((socket, lease)) =
+        crate::media::ports::bind_rtp(shared.config.gateway.media.sdp_address, &shared.ports)
+    else {
         warn!("no free RTP port");
         let _ = tx.reply(StatusCode::ServiceUnavailable).await;
         return;
@@ -606,29 +578,6 @@ fn submit_asr(
     }
 }
 
-/// Events to the call's `events.jsonl`, timed from the answer.
-pub(super) struct EventLog<'a> {
-    recorder: Option<&'a mut CallRecorder>,
-    start: Instant,
-    /// The HTTP surface's view of this call: the board and the call's id.
-    board: Option<(crate::api::board::CallBoard, String)>,
-}
-
-impl EventLog<'_> {
-    /// Log one event (and trace it).
-    pub(super) fn event(&mut self, kind: &str, fields: serde_json::Value) {
-        tracing::debug!(kind, %fields, "event");
-        if let Some((board, id)) = &self.board {
-            board.event(id, self.start.elapsed().as_secs_f64(), kind, &fields);
-        }
-        if let Some(r) = self.recorder.as_deref_mut() {
-            if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
-                tracing::error!(error = %e, "event log write failed");
-            }
-        }
-    }
-}
-
 /// Act on a hand-over step: back to the bot when nobody took the call, end
 /// the call when the bridged agent hung up.
 fn settle(outcome: Outcome, handover: &mut Option<Handover>, call: &mut Call, now: Duration) {
@@ -652,16 +601,6 @@ fn media_clock_next_tick() -> Instant {
     let elapsed = epoch.elapsed().as_nanos();
     let next = (elapsed / period + 1) * period;
     epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
-}
-
-/// Takes a call off the board's live list when its task ends, whatever path
-/// it ends by.
-pub(super) struct OnBoard(pub crate::api::board::CallBoard, pub String);
-
-impl Drop for OnBoard {
-    fn drop(&mut self) {
-        self.0.close(&self.1);
-    }
 }
 
 /// Percent-encode a path segment (Call-IDs carry `@` and more).

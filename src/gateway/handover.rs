@@ -4,7 +4,7 @@
 //! ring, the whispered summary to the answering agent only, then both ways.
 
 use super::agent::{AgentLeg, LegReport};
-use super::call::EventLog;
+use super::events::EventLog;
 use super::Shared;
 use crate::call::transfer::{plan, LegId, Transfer, TransferAction, TransferEvent};
 use crate::media::jitter::FRAME_8K;

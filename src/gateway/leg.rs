@@ -2,7 +2,7 @@
 //! browser's WebRTC peer connection, behind the same few verbs the call's
 //! media clock uses.
 
-use super::call::EventLog;
+use super::events::EventLog;
 use super::Shared;
 use crate::config::TrunkConfig;
 use crate::media::session::{Inbound, MediaSession};
@@ -22,7 +22,7 @@ pub(super) enum CallerLeg {
     /// A SIP caller (trunk or PBX), G.711 over RTP.
     Sip(Box<SipLeg>),
     /// A browser caller, Opus over DTLS-SRTP.
-    Web(super::webrtc::WebLeg),
+    Web(super::web_leg::WebLeg),
 }
 
 /// A SIP caller's dialog and RTP.

@@ -4,9 +4,11 @@
 
 mod agent;
 mod call;
+mod events;
 mod handover;
 mod leg;
 mod register;
+mod web_leg;
 mod webrtc;
 
 use crate::api::board::CallBoard;

@@ -75,6 +75,37 @@ impl PortPool {
     }
 }
 
+/// Bind an RTP socket on `ip` at a port leased from `ports`. It is a plain
+/// non-blocking socket, not registered with any reactor: the 20 ms media
+/// clock drains it, so arriving packets never wake a thread on their own.
+/// Falls back to the wildcard address when `ip` is not local (behind NAT the
+/// SDP address is the public one).
+pub fn bind_rtp(
+    ip: std::net::IpAddr,
+    ports: &PortPool,
+) -> Option<(std::net::UdpSocket, PortLease)> {
+    for _ in 0..32 {
+        let lease = ports.lease()?;
+        let local = std::net::SocketAddr::new(ip, lease.port());
+        let any = std::net::SocketAddr::new(
+            if ip.is_ipv6() {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            },
+            lease.port(),
+        );
+        for addr in [local, any] {
+            if let Ok(s) = std::net::UdpSocket::bind(addr) {
+                if s.set_nonblocking(true).is_ok() {
+                    return Some((s, lease));
+                }
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,38 @@
+//! What a call tells the world as it goes: its `events.jsonl` (through the
+//! recorder) and the HTTP call board, on one clock from the answer.
+
+use crate::record::CallRecorder;
+use tokio::time::Instant;
+
+/// Events to the call's `events.jsonl`, timed from the answer.
+pub(super) struct EventLog<'a> {
+    pub(super) recorder: Option<&'a mut CallRecorder>,
+    pub(super) start: Instant,
+    /// The HTTP surface's view of this call: the board and the call's id.
+    pub(super) board: Option<(crate::api::board::CallBoard, String)>,
+}
+
+impl EventLog<'_> {
+    /// Log one event (and trace it).
+    pub(super) fn event(&mut self, kind: &str, fields: serde_json::Value) {
+        tracing::debug!(kind, %fields, "event");
+        if let Some((board, id)) = &self.board {
+            board.event(id, self.start.elapsed().as_secs_f64(), kind, &fields);
+        }
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
+                tracing::error!(error = %e, "event log write failed");
+            }
+        }
+    }
+}
+
+/// Takes a call off the board's live list when its task ends, whatever path
+/// it ends by.
+pub(super) struct OnBoard(pub crate::api::board::CallBoard, pub String);
+
+impl Drop for OnBoard {
+    fn drop(&mut self) {
+        self.0.close(&self.1);
+    }
+}
