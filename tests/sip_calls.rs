@@ -548,3 +548,171 @@ fn a_via_received_written_by_the_sender_does_not_pass_the_trunk_acl() {
     );
     assert!(gw.call_dirs().is_empty(), "no call was answered");
 }
+
+/// A raw SIP client on one UDP socket: INVITEs with an optional
+/// `Authorization`, the final answer read back.
+struct RawInviter {
+    sock: std::net::UdpSocket,
+    target: String,
+    cseq: u32,
+}
+
+impl RawInviter {
+    fn new(gw: &Gateway) -> Self {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        Self {
+            sock,
+            target: format!("127.0.0.1:{}", gw.sip_port),
+            cseq: 0,
+        }
+    }
+
+    /// Send an INVITE on `call_id`; the final response (status, whole text).
+    fn invite(&mut self, call_id: &str, auth: Option<&str>) -> (u16, String) {
+        self.cseq += 1;
+        let (me, target, cseq) = (
+            self.sock.local_addr().expect("addr"),
+            &self.target,
+            self.cseq,
+        );
+        let sdp = PCMU_SDP.replace("[auto_media_port]", "40002") + "\r\n";
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let invite = format!(
+            "INVITE sip:bot@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKsec{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=s{cseq}\r\nTo: <sip:bot@{target}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:carrier@{me}>\r\n{auth}\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        self.sock.send_to(invite.as_bytes(), target).expect("send");
+        let mut buf = [0u8; 8192];
+        while let Ok((len, _)) = self.sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            let status: u16 = text.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0);
+            if status >= 200 && text.contains(&format!("CSeq: {cseq} INVITE")) {
+                if status >= 300 {
+                    self.ack(call_id, &text);
+                }
+                return (status, text);
+            }
+        }
+        (0, String::new())
+    }
+
+    fn ack(&self, call_id: &str, response: &str) {
+        let me = self.sock.local_addr().expect("addr");
+        let to = response
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .unwrap_or("To: <sip:bot@127.0.0.1>");
+        let ack = format!(
+            "ACK sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKsec{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=s{}\r\n{to}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+            self.target, self.cseq, self.cseq, self.cseq
+        );
+        let _ = self.sock.send_to(ack.as_bytes(), &self.target);
+    }
+}
+
+/// The `Authorization` answering a 401's challenge.
+fn digest_answer(challenge: &str, user: &str, password: &str, nc: u32) -> String {
+    use md5::{Digest, Md5};
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default();
+    let h = |s: String| hex::encode(Md5::digest(s.as_bytes()));
+    let uri = "sip:bot@127.0.0.1";
+    let ha1 = h(format!("{user}:voicegate:{password}"));
+    let ha2 = h(format!("INVITE:{uri}"));
+    let r = h(format!("{ha1}:{nonce}:{nc:08x}:c0ffee:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"voicegate\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\", algorithm=MD5, qop=auth, cnonce=\"c0ffee\", nc={nc:08x}"
+    )
+}
+
+#[test]
+fn digest_nonces_are_opaque_one_call_each_and_a_guessing_source_is_banned() {
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
+        *t = t.replace(
+            "# [trunk.auth]\n# username = \"carrier\"\n# password = \"secret\"\n# realm = \"voicegate\"",
+            "[trunk.auth]\nusername = \"carrier\"\npassword = \"secret\"\nrealm = \"voicegate\"",
+        );
+    });
+    let mut sip = RawInviter::new(&gw);
+    let (status, challenge) = sip.invite("sec-1@127.0.0.1", None);
+    assert_eq!(status, 401, "{challenge}");
+    let nonce_line = challenge
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate"))
+        .expect("challenge")
+        .to_string();
+    let now_hex = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    assert!(
+        !nonce_line.contains(&now_hex[..6]),
+        "the nonce does not carry the clock: {nonce_line}"
+    );
+    let right = digest_answer(&nonce_line, "carrier", "secret", 1);
+    let (status, ok) = sip.invite("sec-1@127.0.0.1", Some(&right));
+    assert_eq!(status, 200, "{ok}");
+    sip.ack("sec-1@127.0.0.1", &ok);
+    // A captured Authorization replayed on new calls is challenged afresh.
+    for n in 2..5 {
+        let (status, text) = sip.invite(&format!("sec-{n}@127.0.0.1"), Some(&right));
+        assert_eq!(status, 401, "replay on a new Call-ID: {text}");
+    }
+    // Wrong passwords: the same 403 each time, and after 20 the source is banned —
+    // then even the right password is refused.
+    for i in 0..20 {
+        let call = format!("guess-{i}@127.0.0.1");
+        let (status, challenge) = sip.invite(&call, None);
+        assert_eq!(status, 401);
+        let guess = digest_answer(&challenge, "carrier", &format!("guess{i}"), 1);
+        let (status, text) = sip.invite(&call, Some(&guess));
+        assert_eq!(status, 403, "{text}");
+        assert!(!text.contains("Warning"), "{text}");
+    }
+    let (status, text) = sip.invite("after-ban@127.0.0.1", None);
+    assert_eq!(
+        status, 403,
+        "banned sources are not even challenged: {text}"
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("SIP source 127.0.0.1 banned for 600 s"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("SIP auth failed from 127.0.0.1").count(),
+        20,
+        "{log}"
+    );
+    assert_eq!(
+        gw.call_dirs().len(),
+        1,
+        "only the authenticated call was recorded"
+    );
+    // The operator sees it in /metrics.
+    let (code, metrics) = gw.get("/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("voicegate_sip_rejections_total{cause=\"auth\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("voicegate_sip_rejections_total{cause=\"banned\"} 1"),
+        "{metrics}"
+    );
+}

@@ -82,6 +82,7 @@ struct Metrics {
     rtp_late: Counter,
     rtp_jitter_hold: Histogram,
     registrations: Family<Vec<(String, String)>, Gauge>,
+    rejections: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -149,8 +150,15 @@ impl Metrics {
             "Trunk registrations (1 registered, 0 not)",
             registrations.clone(),
         );
+        let rejections = Family::default();
+        registry.register(
+            "sip_rejections",
+            "INVITEs refused, by cause (acl, auth, banned, draining, no_rtp_port, bad_sdp)",
+            rejections.clone(),
+        );
         Self {
             registry,
+            rejections,
             active,
             calls,
             handovers,
@@ -396,6 +404,14 @@ impl CallBoard {
     /// Screen-pop updates, for every extension.
     pub fn subscribe(&self) -> broadcast::Receiver<AgentPop> {
         self.pops.subscribe()
+    }
+
+    /// An INVITE was refused for `cause` (`acl`, `auth`, `banned`, …).
+    pub fn rejected(&self, cause: &str) {
+        self.metrics
+            .rejections
+            .get_or_create(&vec![("cause".into(), cause.into())])
+            .inc();
     }
 
     /// A trunk registered (`true`) or lost its registration.

@@ -3,6 +3,8 @@
 //! given moments), records what comes back, and hangs up at the end of the
 //! file or when the far end does.
 
+pub mod cli;
+
 use crate::config::Codec;
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::Prompt;

@@ -163,6 +163,12 @@ struct SipSection {
     user_agent: String,
     #[serde(default)]
     answer_delay_ms: u64,
+    #[serde(default = "default_ban_after")]
+    auth_ban_after: u32,
+    #[serde(default = "default_ban_s")]
+    auth_ban_s: u64,
+    #[serde(default = "default_auth_window")]
+    auth_window_s: u64,
 }
 
 #[derive(Deserialize)]
@@ -201,8 +207,19 @@ struct PromptsSection {
     greeting: Spanned<String>,
 }
 
+/// No version by default: the `User-Agent`/`Server` header must not tell a
+/// prober which release (and so which bugs) it talks to.
 fn default_user_agent() -> String {
-    format!("voicegate/{}", env!("CARGO_PKG_VERSION"))
+    "voicegate".into()
+}
+fn default_ban_after() -> u32 {
+    20
+}
+fn default_ban_s() -> u64 {
+    600
+}
+fn default_auth_window() -> u64 {
+    300
 }
 fn default_rtp_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 30)
@@ -244,6 +261,8 @@ pub struct SipListen {
     pub user_agent: String,
     /// Ring this long (180) before answering; 0 answers at once.
     pub answer_delay: Duration,
+    /// Failed-authentication limits: ban a source after this many failures.
+    pub auth_limits: crate::sip::digest::AuthLimits,
 }
 
 /// RTP settings.
@@ -301,6 +320,17 @@ pub struct SpeechConfig {
 }
 
 impl SpeechConfig {
+    /// The Whisper recogniser these settings name (`model`, `language`), with
+    /// `threads` threads: how every command builds one (the live pool's
+    /// workers add the multilingual model and per-call languages).
+    pub fn recognizer(
+        &self,
+        threads: usize,
+    ) -> Result<crate::speech::asr::Recognizer, crate::speech::asr::AsrError> {
+        let model = crate::speech::asr::WhisperModel::load(&self.model)?;
+        crate::speech::asr::Recognizer::new(&model, threads, self.language.as_deref())
+    }
+
     /// The voice activity detector these settings describe — the same for a
     /// live call and its offline replay.
     pub fn vad(&self) -> crate::speech::vad::VadConfig {
@@ -488,6 +518,11 @@ pub(super) fn parse(
             tcp,
             user_agent: file.sip.user_agent,
             answer_delay: Duration::from_millis(file.sip.answer_delay_ms.min(60_000)),
+            auth_limits: crate::sip::digest::AuthLimits {
+                ban_after: file.sip.auth_ban_after,
+                ban_s: file.sip.auth_ban_s,
+                window_s: file.sip.auth_window_s.max(1),
+            },
         },
         media: MediaConfig {
             sdp_address: sdp_address?,

@@ -166,3 +166,13 @@ pub fn bot_voice(
         synthesizer,
     ))
 }
+
+/// Load `dir` for a command, or print every problem (`file:line: problem —
+/// fix`) to stderr and give the exit code 2.
+pub fn load_or_explain(dir: &Path) -> Result<Config, std::process::ExitCode> {
+    Config::load(dir).map_err(|errors| {
+        eprint!("{errors}");
+        eprintln!("{}: {} problem(s) found", dir.display(), errors.0.len());
+        std::process::ExitCode::from(2)
+    })
+}

@@ -76,7 +76,12 @@ pub(super) async fn run(
         crate::media::ports::bind_rtp(shared.config.gateway.media.sdp_address, &shared.ports)
     else {
         warn!("no free RTP port");
-        let _ = tx.reply(StatusCode::ServiceUnavailable).await;
+        shared.board.rejected("no_rtp_port");
+        // Busy, not broken: the carrier may retry here shortly, or elsewhere.
+        let retry = Header::Other("Retry-After".into(), "5".into());
+        let _ = tx
+            .reply_with(StatusCode::ServiceUnavailable, vec![retry], None)
+            .await;
         return;
     };
     let (state_tx, mut states) = shared.dialogs.new_dialog_state_channel();

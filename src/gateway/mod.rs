@@ -459,14 +459,17 @@ async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: V
     }
 }
 
-/// Admission control for a new INVITE: ACL, digest, SDP; then the call runs.
+/// Admission control for a new INVITE: bans, ACL, SDP, digest; then the call
+/// runs. The SDP is checked before the credentials so that what a request
+/// without credentials learns does not depend on them.
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
     if shared.draining.is_cancelled() || shared.shutdown.is_cancelled() {
+        shared.board.rejected("draining");
         reject(
             &mut tx,
             StatusCode::ServiceUnavailable,
             "shutting down",
-            vec![],
+            vec![Header::Other("Retry-After".into(), "30".into())],
         )
         .await;
         return;
@@ -475,49 +478,24 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         reject(&mut tx, StatusCode::BadRequest, "unknown source", vec![]).await;
         return;
     };
+    if shared.nonces.banned(ip, unix_now()) {
+        // Banned for guessing credentials: refused unread (logged at the ban).
+        tracing::debug!(%ip, "INVITE from a banned source");
+        shared.board.rejected("banned");
+        if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+            warn!(error = %e, "could not send 403");
+        }
+        return;
+    }
     let Some(trunk) = shared.config.trunk_for(ip).cloned() else {
         warn!(%ip, "INVITE from a source outside every trunk ACL");
+        shared.board.rejected("acl");
         // The reason stays in the log: a prober learns nothing from the wire.
         if let Err(e) = tx.reply(StatusCode::Forbidden).await {
             warn!(error = %e, "could not send 403");
         }
         return;
     };
-    if let Some(auth) = &trunk.auth {
-        let now_s = unix_now();
-        let header = tx
-            .original
-            .headers
-            .iter()
-            .find(|h| matches!(h, Header::Authorization(_)))
-            .map(|h| h.value().to_string());
-        match shared.nonces.verify(
-            header.as_deref(),
-            &tx.original.method,
-            &auth.username,
-            &auth.password,
-            &auth.realm,
-            now_s,
-        ) {
-            AuthVerdict::Accepted => {}
-            AuthVerdict::Challenge => {
-                let challenge = shared.nonces.challenge(&auth.realm, now_s);
-                let h = Header::Other("WWW-Authenticate".into(), challenge);
-                info!(trunk = %trunk.name, "challenging INVITE for credentials");
-                if let Err(e) = tx.reply_with(StatusCode::Unauthorized, vec![h], None).await {
-                    warn!(error = %e, "could not send 401");
-                }
-                return;
-            }
-            AuthVerdict::Rejected => {
-                warn!(trunk = %trunk.name, %ip, "wrong credentials");
-                if let Err(e) = tx.reply(StatusCode::Forbidden).await {
-                    warn!(error = %e, "could not send 403");
-                }
-                return;
-            }
-        }
-    }
     if tx.original.body.is_empty() {
         reject(
             &mut tx,
@@ -537,10 +515,58 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
             } else {
                 StatusCode::NotAcceptableHere
             };
+            shared.board.rejected("bad_sdp");
             reject(&mut tx, status, &e.to_string(), vec![]).await;
             return;
         }
     };
+    if let Some(auth) = &trunk.auth {
+        let now_s = unix_now();
+        let header = tx
+            .original
+            .headers
+            .iter()
+            .find(|h| matches!(h, Header::Authorization(_)))
+            .map(|h| h.value().to_string());
+        let call_id = tx
+            .original
+            .call_id_header()
+            .map(|h| h.value().to_string())
+            .unwrap_or_default();
+        match shared.nonces.verify(
+            header.as_deref(),
+            &tx.original.method,
+            (&auth.username, &auth.password, &auth.realm),
+            ip,
+            &call_id,
+            shared.config.gateway.sip.auth_limits,
+            now_s,
+        ) {
+            AuthVerdict::Accepted => {}
+            AuthVerdict::Challenge => {
+                let challenge = shared.nonces.challenge(&auth.realm, ip, now_s);
+                let h = Header::Other("WWW-Authenticate".into(), challenge);
+                info!(trunk = %trunk.name, "challenging INVITE for credentials");
+                if let Err(e) = tx.reply_with(StatusCode::Unauthorized, vec![h], None).await {
+                    warn!(error = %e, "could not send 401");
+                }
+                return;
+            }
+            verdict @ (AuthVerdict::Rejected | AuthVerdict::Banned) => {
+                shared.board.rejected(if verdict == AuthVerdict::Banned {
+                    "banned"
+                } else {
+                    "auth"
+                });
+                // The reason is logged (by the verifier); any wrong
+                // credential gets the same bare 403.
+                if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+                    warn!(error = %e, "could not send 403");
+                }
+                return;
+            }
+        }
+    }
     call::run(shared, trunk, tx, negotiated).await;
 }
 

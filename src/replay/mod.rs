@@ -3,6 +3,7 @@
 //! virtual clock advanced by the audio itself — as fast as the CPU allows.
 
 pub mod batch;
+pub mod cli;
 pub mod mine;
 pub mod report;
 

@@ -1,155 +1,389 @@
-//! Inbound digest authentication for trunks (RFC 3261 §22, RFC 2617 MD5):
-//! stateless, time-limited nonces and verification of the caller's response.
+//! Inbound digest authentication for trunks (RFC 3261 §22, RFC 2617 MD5
+//! with `qop=auth`), hardened the way Kamailio's and Asterisk's security
+//! guidance expects:
+//!
+//! - nonces are random (they reveal nothing, not even the clock), kept on our
+//!   side, bound to the source address that was challenged and short-lived;
+//! - a nonce serves one Call-ID: a captured `Authorization` replayed on a new
+//!   call is challenged afresh, and a nonce count (`nc`) that does not grow
+//!   is a replay;
+//! - every wrong credential (user, realm or password) gets the same answer;
+//! - failures are counted per source; after `ban_after` of them within
+//!   `window_s` the source is banned for `ban_s` — logged in one
+//!   fail2ban-friendly line — and everything it sends is refused unread.
 
-use md5::{Digest, Md5};
+use rsipstack::sip::headers::auth::AuthQop;
 use rsipstack::sip::typed::Authorization;
 use rsipstack::sip::{DigestGenerator, Method};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
-/// How long a nonce stays valid.
-const NONCE_LIFETIME_S: u64 = 300;
+/// How long a nonce stays valid once issued.
+pub const NONCE_LIFETIME_S: u64 = 30;
+/// Nonces kept at most (a flood of challenges cannot grow memory).
+const MAX_NONCES: usize = 20_000;
+/// Sources tracked for failures at most.
+const MAX_SOURCES: usize = 20_000;
 
-/// Issues and checks nonces signed with a per-process secret.
-#[derive(Debug, Clone)]
-pub struct NonceIssuer {
-    secret: [u8; 16],
+/// Limits on failed authentication, from `[sip]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuthLimits {
+    /// Failures from one source within `window_s` that ban it.
+    pub ban_after: u32,
+    /// How long a ban lasts.
+    pub ban_s: u64,
+    /// The window failures are counted in.
+    pub window_s: u64,
 }
 
-/// Verdict on a request's credentials.
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            ban_after: 20,
+            ban_s: 600,
+            window_s: 300,
+        }
+    }
+}
+
+/// What to answer an INVITE's credentials with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthVerdict {
-    /// Valid credentials.
+    /// Right credentials.
     Accepted,
-    /// No credentials, or a stale nonce: challenge (401).
+    /// No (usable) credentials, or a stale or replayed nonce: 401 with a new nonce.
     Challenge,
-    /// Credentials present and wrong: refuse (403).
+    /// Wrong credentials (403; the same answer whatever was wrong).
     Rejected,
+    /// The source is banned: 403 without reading anything.
+    Banned,
+}
+
+#[derive(Debug)]
+struct NonceState {
+    source: IpAddr,
+    issued_s: u64,
+    /// The call it authenticated first; `None` until used.
+    call_id: Option<String>,
+    last_nc: u8,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// Failure times (s) within the window.
+    at: VecDeque<u64>,
+    banned_until: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    nonces: HashMap<String, NonceState>,
+    issued: VecDeque<String>,
+    sources: HashMap<IpAddr, Failures>,
+    bans: u64,
+    failures: u64,
+}
+
+/// Issues nonces and checks credentials; shared by every configuration
+/// generation (bans survive a reload).
+#[derive(Debug, Clone, Default)]
+pub struct NonceIssuer {
+    state: Arc<Mutex<State>>,
 }
 
 impl NonceIssuer {
-    /// An issuer with a random secret.
+    /// A fresh issuer.
     pub fn new() -> Self {
-        Self {
-            secret: rand::random(),
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A `WWW-Authenticate` value with a new nonce for `source`.
+    pub fn challenge(&self, realm: &str, source: IpAddr, now_s: u64) -> String {
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let mut st = self.lock();
+        while st.issued.len() >= MAX_NONCES {
+            if let Some(old) = st.issued.pop_front() {
+                st.nonces.remove(&old);
+            }
         }
+        // Expired nonces leave from the front (they were issued first).
+        while let Some(front) = st.issued.front() {
+            let expired = st
+                .nonces
+                .get(front)
+                .is_none_or(|n| now_s.saturating_sub(n.issued_s) > NONCE_LIFETIME_S);
+            if !expired {
+                break;
+            }
+            if let Some(old) = st.issued.pop_front() {
+                st.nonces.remove(&old);
+            }
+        }
+        st.nonces.insert(
+            nonce.clone(),
+            NonceState {
+                source,
+                issued_s: now_s,
+                call_id: None,
+                last_nc: 0,
+            },
+        );
+        st.issued.push_back(nonce.clone());
+        format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"")
     }
 
-    fn sign(&self, stamp: u64) -> String {
-        let mut h = Md5::new();
-        h.update(stamp.to_be_bytes());
-        h.update(self.secret);
-        hex::encode(&h.finalize()[..8])
+    /// Whether `source` is banned now.
+    pub fn banned(&self, source: IpAddr, now_s: u64) -> bool {
+        self.lock()
+            .sources
+            .get(&source)
+            .and_then(|f| f.banned_until)
+            .is_some_and(|until| now_s < until)
     }
 
-    /// A fresh nonce for time `now_s` (Unix seconds).
-    pub fn nonce(&self, now_s: u64) -> String {
-        format!("{now_s:x}.{}", self.sign(now_s))
+    /// (failures, bans) since start, for `/metrics`.
+    pub fn counts(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.failures, st.bans)
     }
 
-    fn nonce_valid(&self, nonce: &str, now_s: u64) -> bool {
-        let Some((stamp, sig)) = nonce.split_once('.') else {
-            return false;
-        };
-        let Ok(stamp) = u64::from_str_radix(stamp, 16) else {
-            return false;
-        };
-        sig == self.sign(stamp) && now_s.saturating_sub(stamp) <= NONCE_LIFETIME_S
-    }
-
-    /// The `WWW-Authenticate` value for a challenge.
-    pub fn challenge(&self, realm: &str, now_s: u64) -> String {
-        format!(
-            "Digest realm=\"{realm}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"",
-            self.nonce(now_s)
-        )
-    }
-
-    /// Check the `Authorization` header value (if any) of a request.
+    /// Check the credentials of a request from `source` on `call_id`.
+    #[allow(clippy::too_many_arguments)]
     pub fn verify(
         &self,
         header: Option<&str>,
         method: &Method,
-        username: &str,
-        password: &str,
-        realm: &str,
+        expected: (&str, &str, &str),
+        source: IpAddr,
+        call_id: &str,
+        limits: AuthLimits,
         now_s: u64,
     ) -> AuthVerdict {
+        let (username, password, realm) = expected;
+        if self.banned(source, now_s) {
+            return AuthVerdict::Banned;
+        }
         let Some(value) = header else {
             return AuthVerdict::Challenge;
         };
         let Ok(auth) = Authorization::parse(value) else {
-            return AuthVerdict::Rejected;
+            return self.fail(source, "(unparsable)", limits, now_s);
         };
-        if !self.nonce_valid(&auth.nonce, now_s) {
-            // An unknown or expired nonce earns a fresh challenge once; the
-            // signature check stops forged nonces from passing.
-            return AuthVerdict::Challenge;
+        let nc = match &auth.qop {
+            Some(AuthQop::Auth { nc, .. }) => *nc,
+            // `qop=auth` is what we offer; anything else is not an answer to it.
+            _ => return AuthVerdict::Challenge,
+        };
+        {
+            let mut st = self.lock();
+            let Some(n) = st.nonces.get_mut(&auth.nonce) else {
+                return AuthVerdict::Challenge;
+            };
+            if n.source != source
+                || now_s.saturating_sub(n.issued_s) > NONCE_LIFETIME_S
+                || n.call_id.as_deref().is_some_and(|c| c != call_id)
+                || nc <= n.last_nc
+            {
+                return AuthVerdict::Challenge;
+            }
         }
-        if auth.username != username || auth.realm != realm {
-            return AuthVerdict::Rejected;
+        let right = auth.username == username
+            && auth.realm == realm
+            && DigestGenerator::from(&auth, password, method).verify(&auth.response);
+        if !right {
+            return self.fail(source, &auth.username, limits, now_s);
         }
-        if DigestGenerator::from(&auth, password, method).verify(&auth.response) {
-            AuthVerdict::Accepted
-        } else {
-            AuthVerdict::Rejected
+        let mut st = self.lock();
+        if let Some(n) = st.nonces.get_mut(&auth.nonce) {
+            n.call_id = Some(call_id.to_string());
+            n.last_nc = nc;
         }
+        st.sources.remove(&source);
+        AuthVerdict::Accepted
     }
-}
 
-impl Default for NonceIssuer {
-    fn default() -> Self {
-        Self::new()
+    fn fail(&self, source: IpAddr, user: &str, limits: AuthLimits, now_s: u64) -> AuthVerdict {
+        let mut st = self.lock();
+        st.failures += 1;
+        if st.sources.len() >= MAX_SOURCES && !st.sources.contains_key(&source) {
+            // Forget sources that are neither banned nor recently failing.
+            st.sources.retain(|_, f| {
+                f.banned_until.is_some_and(|u| now_s < u)
+                    || f.at
+                        .back()
+                        .is_some_and(|t| now_s.saturating_sub(*t) <= limits.window_s)
+            });
+        }
+        let f = st.sources.entry(source).or_default();
+        f.at.push_back(now_s);
+        while f
+            .at
+            .front()
+            .is_some_and(|t| now_s.saturating_sub(*t) > limits.window_s)
+        {
+            f.at.pop_front();
+        }
+        let count = f.at.len();
+        let ban = limits.ban_after > 0 && count >= limits.ban_after as usize;
+        // One line per failure and per ban, with the source first-class, for
+        // fail2ban: `SIP auth failed from <HOST>` / `SIP source <HOST> banned`.
+        tracing::warn!(
+            "SIP auth failed from {source} (user {:?}, {count} in {} s)",
+            user.escape_debug().to_string(),
+            limits.window_s
+        );
+        if ban {
+            f.banned_until = Some(now_s + limits.ban_s);
+            f.at.clear();
+            st.bans += 1;
+            tracing::warn!(
+                "SIP source {source} banned for {} s after {count} failed authentications",
+                limits.ban_s
+            );
+        }
+        AuthVerdict::Rejected
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::{Digest, Md5};
 
-    fn response(user: &str, pass: &str, realm: &str, nonce: &str) -> String {
+    fn response(user: &str, pass: &str, realm: &str, nonce: &str, nc: u8) -> String {
         let h = |s: String| hex::encode(Md5::digest(s.as_bytes()));
         let ha1 = h(format!("{user}:{realm}:{pass}"));
         let ha2 = h("INVITE:sip:bot@127.0.0.1".to_string());
-        let r = h(format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+        let r = h(format!("{ha1}:{nonce}:{nc:08x}:abc:auth:{ha2}"));
         format!(
-            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"sip:bot@127.0.0.1\", response=\"{r}\", algorithm=MD5, qop=auth, cnonce=\"abc\", nc=00000001"
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"sip:bot@127.0.0.1\", response=\"{r}\", algorithm=MD5, qop=auth, cnonce=\"abc\", nc={nc:08x}"
         )
     }
 
+    fn nonce_of(challenge: &str) -> String {
+        challenge
+            .split("nonce=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    const ME: (&str, &str, &str) = ("carrier", "secret", "voicegate");
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[test]
-    fn accepts_right_rejects_wrong_challenges_missing() {
+    fn right_wrong_missing_stale_foreign_and_replayed_credentials() {
         let n = NonceIssuer::new();
-        let nonce = n.nonce(1000);
         let m = Method::Invite;
-        let ok = response("carrier", "secret", "voicegate", &nonce);
+        let l = AuthLimits::default();
+        let a = ip("127.0.0.1");
+        let nonce = nonce_of(&n.challenge("voicegate", a, 1000));
+        assert_eq!(nonce.len(), 32, "random, opaque: {nonce}");
+        assert!(!nonce.contains(&format!("{:x}", 1000)));
+        let ok = response("carrier", "secret", "voicegate", &nonce, 1);
         assert_eq!(
-            n.verify(Some(&ok), &m, "carrier", "secret", "voicegate", 1001),
+            n.verify(Some(&ok), &m, ME, a, "c1", l, 1001),
             AuthVerdict::Accepted
         );
-        let bad = response("carrier", "wrong", "voicegate", &nonce);
+        // The same header again (a replay) on the same call or a new one.
         assert_eq!(
-            n.verify(Some(&bad), &m, "carrier", "secret", "voicegate", 1001),
-            AuthVerdict::Rejected
-        );
-        assert_eq!(
-            n.verify(None, &m, "carrier", "secret", "voicegate", 1001),
+            n.verify(Some(&ok), &m, ME, a, "c1", l, 1002),
             AuthVerdict::Challenge
         );
+        let next = response("carrier", "secret", "voicegate", &nonce, 2);
         assert_eq!(
-            n.verify(
-                Some(&ok),
-                &m,
-                "carrier",
-                "secret",
-                "voicegate",
-                1000 + NONCE_LIFETIME_S + 1
-            ),
+            n.verify(Some(&next), &m, ME, a, "c2", l, 1002),
             AuthVerdict::Challenge,
-            "stale nonce"
+            "a nonce serves one Call-ID"
         );
-        let forged = response("carrier", "secret", "voicegate", "3e8.0000000000000000");
         assert_eq!(
-            n.verify(Some(&forged), &m, "carrier", "secret", "voicegate", 1001),
+            n.verify(Some(&next), &m, ME, a, "c1", l, 1002),
+            AuthVerdict::Accepted,
+            "nc grows on the same call"
+        );
+        // Wrong user, realm or password: one answer.
+        let nonce = nonce_of(&n.challenge("voicegate", a, 1000));
+        for bad in [
+            response("carrier", "wrong", "voicegate", &nonce, 1),
+            response("someone", "secret", "voicegate", &nonce, 1),
+            response("carrier", "secret", "elsewhere", &nonce, 1),
+        ] {
+            assert_eq!(
+                n.verify(Some(&bad), &m, ME, a, "c3", l, 1001),
+                AuthVerdict::Rejected
+            );
+        }
+        assert_eq!(
+            n.verify(None, &m, ME, a, "c3", l, 1001),
             AuthVerdict::Challenge
         );
+        // Stale, forged, or issued to another source.
+        let nonce = nonce_of(&n.challenge("voicegate", a, 1000));
+        let ok = response("carrier", "secret", "voicegate", &nonce, 1);
+        assert_eq!(
+            n.verify(Some(&ok), &m, ME, a, "c4", l, 1000 + NONCE_LIFETIME_S + 1),
+            AuthVerdict::Challenge
+        );
+        assert_eq!(
+            n.verify(Some(&ok), &m, ME, ip("127.0.0.2"), "c4", l, 1001),
+            AuthVerdict::Challenge
+        );
+        let forged = response(
+            "carrier",
+            "secret",
+            "voicegate",
+            "00000000000000000000000000000000",
+            1,
+        );
+        assert_eq!(
+            n.verify(Some(&forged), &m, ME, a, "c4", l, 1001),
+            AuthVerdict::Challenge
+        );
+    }
+
+    #[test]
+    fn a_guessing_source_is_banned_and_others_are_not() {
+        let n = NonceIssuer::new();
+        let m = Method::Invite;
+        let l = AuthLimits {
+            ban_after: 5,
+            ban_s: 60,
+            window_s: 300,
+        };
+        let bad_guy = ip("127.0.0.2");
+        for i in 0..5 {
+            let nonce = nonce_of(&n.challenge("voicegate", bad_guy, 1000));
+            let guess = response("carrier", &format!("guess{i}"), "voicegate", &nonce, 1);
+            assert_eq!(
+                n.verify(Some(&guess), &m, ME, bad_guy, "x", l, 1000),
+                AuthVerdict::Rejected
+            );
+        }
+        let nonce = nonce_of(&n.challenge("voicegate", bad_guy, 1001));
+        let right = response("carrier", "secret", "voicegate", &nonce, 1);
+        assert_eq!(
+            n.verify(Some(&right), &m, ME, bad_guy, "y", l, 1001),
+            AuthVerdict::Banned,
+            "even the right password"
+        );
+        assert_eq!(n.counts(), (5, 1));
+        let good = ip("127.0.0.1");
+        let nonce = nonce_of(&n.challenge("voicegate", good, 1001));
+        let right = response("carrier", "secret", "voicegate", &nonce, 1);
+        assert_eq!(
+            n.verify(Some(&right), &m, ME, good, "z", l, 1001),
+            AuthVerdict::Accepted
+        );
+        // The ban ends.
+        assert!(!n.banned(bad_guy, 1001 + 60));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod asr;
 pub mod chinese;
+pub mod cli;
 pub mod convert;
 pub mod encoder;
 pub mod models;
