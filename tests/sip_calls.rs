@@ -555,6 +555,8 @@ struct RawInviter {
     sock: std::net::UdpSocket,
     target: String,
     cseq: u32,
+    /// The RTP port our SDP offers.
+    media_port: u16,
 }
 
 impl RawInviter {
@@ -565,6 +567,7 @@ impl RawInviter {
             sock,
             target: format!("127.0.0.1:{}", gw.sip_port),
             cseq: 0,
+            media_port: 40002,
         }
     }
 
@@ -576,7 +579,7 @@ impl RawInviter {
             &self.target,
             self.cseq,
         );
-        let sdp = PCMU_SDP.replace("[auto_media_port]", "40002") + "\r\n";
+        let sdp = PCMU_SDP.replace("[auto_media_port]", &self.media_port.to_string()) + "\r\n";
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
@@ -714,5 +717,93 @@ fn digest_nonces_are_opaque_one_call_each_and_a_guessing_source_is_banned() {
     assert!(
         metrics.contains("voicegate_sip_rejections_total{cause=\"banned\"} 1"),
         "{metrics}"
+    );
+}
+
+/// One RTP packet of PCMU with every byte `byte` (0x00 is loud, 0xff silent).
+fn pcmu_packet(seq: u16, ssrc: u32, byte: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend(seq.to_be_bytes());
+    p.extend((u32::from(seq) * 160).to_be_bytes());
+    p.extend(ssrc.to_be_bytes());
+    p.extend(std::iter::repeat_n(byte, 160));
+    p
+}
+
+#[test]
+fn an_rtp_spray_before_the_callers_first_packet_never_takes_the_call() {
+    let gw = Gateway::start(|g, _| no_speech(g));
+    let caller_media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    caller_media.set_nonblocking(true).ok();
+    let mut sip = RawInviter::new(&gw);
+    sip.media_port = caller_media.local_addr().expect("addr").port();
+    let (status, ok) = sip.invite("spray-1@127.0.0.1", None);
+    assert_eq!(status, 200, "{ok}");
+    sip.ack("spray-1@127.0.0.1", &ok);
+    let port: u16 = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("gateway RTP port");
+    let gateway_rtp = format!("127.0.0.1:{port}");
+    // The attacker: another address, spraying loud audio from before the
+    // caller's first packet to after it.
+    let attacker = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    attacker.set_nonblocking(true).ok();
+    let mut buf = [0u8; 2048];
+    let (mut to_attacker, mut to_caller) = (0, 0);
+    for i in 0..150u16 {
+        attacker
+            .send_to(&pcmu_packet(i, 0xbad, 0x00), &gateway_rtp)
+            .expect("spray");
+        if i >= 25 {
+            caller_media
+                .send_to(&pcmu_packet(i - 25, 0x600d, 0xfe), &gateway_rtp)
+                .expect("caller");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        while attacker.recv_from(&mut buf).is_ok() {
+            to_attacker += 1;
+        }
+        while caller_media.recv_from(&mut buf).is_ok() {
+            to_caller += 1;
+        }
+    }
+    assert_eq!(to_attacker, 0, "the bot's audio never goes to the sprayer");
+    assert!(to_caller > 50, "the caller hears the bot: {to_caller}");
+    // Hang up and read the recording: the caller's channel has no spray in it.
+    let me = sip.sock.local_addr().expect("addr");
+    let to = ok
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .unwrap_or("To: <sip:bot@127.0.0.1>");
+    let bye = format!(
+        "BYE sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKbye1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=s1\r\n{to}\r\nCall-ID: spray-1@127.0.0.1\r\n\
+         CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+        sip.target
+    );
+    sip.sock.send_to(bye.as_bytes(), &sip.target).expect("bye");
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    let (caller_track, _) = stereo(&dirs[0]);
+    let loudest = caller_track
+        .iter()
+        .map(|s| s.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        loudest < 1000,
+        "the sprayer's audio reached the recording: {loudest}"
+    );
+    let ended = events(&dirs[0]);
+    let media = ended
+        .iter()
+        .find(|e| e["kind"] == "call.ended")
+        .map(|e| e["media"].clone())
+        .expect("ended");
+    assert!(
+        media["wrong_source"].as_u64().unwrap_or(0) >= 100,
+        "the spray was counted and dropped: {media}"
     );
 }

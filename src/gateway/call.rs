@@ -72,6 +72,8 @@ pub(super) async fn run(
     negotiated: Negotiated,
 ) {
     let who = parties(&tx);
+    let signalling_source =
+        crate::sip::source::stamped_source(&tx.original.headers).map(|a| a.ip());
     let Some((socket, lease)) =
         crate::media::ports::bind_rtp(shared.config.gateway.media.sdp_address, &shared.ports)
     else {
@@ -189,7 +191,8 @@ pub(super) async fn run(
             gw.media.jitter_buffer,
             rand::random(),
             Duration::ZERO,
-        ),
+        )
+        .with_signalling_source(signalling_source),
         held: negotiated.direction.is_hold(),
         socket,
         lease,

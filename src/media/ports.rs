@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-/// Hands out even RTP ports round-robin and takes them back when a call ends.
+/// Hands out even RTP ports at random and takes them back when a call ends.
 #[derive(Debug, Clone)]
 pub struct PortPool {
     inner: Arc<Mutex<PoolInner>>,
@@ -53,10 +53,22 @@ impl PortPool {
         }
     }
 
-    /// Candidate ports to try binding, in order; each is leased when returned.
+    /// A free even port, leased until the lease is dropped. Chosen at random
+    /// (an attacker cannot predict the next call's port and spray it before
+    /// the caller's first packet); when random picks keep hitting used ports,
+    /// the rest of the range is scanned in order.
     pub fn lease(&self) -> Option<PortLease> {
         let mut inner = self.inner.lock().ok()?;
         let span = (inner.max.saturating_sub(inner.min) / 2 + 1) as usize;
+        for _ in 0..16 {
+            let port = inner.min + 2 * (rand::random::<u16>() % span as u16);
+            if port <= inner.max && inner.in_use.insert(port) {
+                return Some(PortLease {
+                    port,
+                    pool: self.clone(),
+                });
+            }
+        }
         for _ in 0..span {
             let port = inner.next;
             inner.next = if port + 2 > inner.max {
@@ -111,14 +123,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leases_even_ports_and_reuses_after_drop() {
+    fn leases_every_even_port_once_and_reuses_after_drop() {
         let pool = PortPool::new(20000, 20005);
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
         let c = pool.lease().unwrap();
-        assert_eq!((a.port(), b.port(), c.port()), (20000, 20002, 20004));
+        let mut got = vec![a.port(), b.port(), c.port()];
+        got.sort_unstable();
+        assert_eq!(got, vec![20000, 20002, 20004]);
         assert!(pool.lease().is_none());
+        let freed = b.port();
         drop(b);
-        assert_eq!(pool.lease().map(|l| l.port()), Some(20002));
+        assert_eq!(pool.lease().map(|l| l.port()), Some(freed));
+    }
+
+    #[test]
+    fn the_next_port_cannot_be_predicted() {
+        let pool = PortPool::new(20000, 29999);
+        let leases: Vec<PortLease> = (0..50).filter_map(|_| pool.lease()).collect();
+        assert_eq!(leases.len(), 50);
+        assert!(leases
+            .iter()
+            .all(|l| l.port() % 2 == 0 && (20000..=29999).contains(&l.port())));
+        let sequential = leases
+            .windows(2)
+            .filter(|w| w[1].port() == w[0].port() + 2)
+            .count();
+        // Round-robin would make all 49 steps sequential; random makes one
+        // such step a 1-in-5000 event.
+        assert!(sequential <= 2, "{sequential} sequential steps");
     }
 }

@@ -7,7 +7,7 @@ use super::g711;
 use super::jitter::{JitterBuffer, JitterStats, FRAME_8K};
 use crate::config::Codec;
 use bytes::Bytes;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use webrtc_util::marshal::{Marshal, Unmarshal};
 
@@ -57,11 +57,52 @@ pub struct MediaStats {
     pub sent: u64,
 }
 
+/// How long the latched source must have been silent before another port of
+/// the same address may take over.
+const RELATCH_AFTER_QUIET: Duration = Duration::from_millis(500);
+/// Packets in a row the new port must send to take over.
+const RELATCH_PACKETS: u32 = 3;
+
+/// The address media is accepted from: the SDP's, unless it is unspecified
+/// or private while SIP came from a public address (then SIP's source);
+/// `None` (anyone, first packet latches) only when neither is known.
+fn allowed_source(sdp: IpAddr, signalling: Option<IpAddr>) -> Option<IpAddr> {
+    if sdp.is_unspecified() {
+        return signalling;
+    }
+    match signalling {
+        Some(sig) if is_private(sdp) && !is_private(sig) => Some(sig),
+        _ => Some(sdp),
+    }
+}
+
+/// RFC 1918, shared (RFC 6598), link-local and unique-local addresses.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_link_local()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// A call's RTP endpoint.
 #[derive(Debug)]
 pub struct MediaSession {
     params: MediaParams,
     latched: Option<SocketAddr>,
+    /// Where SIP came from: trusted for media when the SDP address is private
+    /// or unspecified (a caller behind NAT).
+    signalling: Option<IpAddr>,
+    /// The only address media is accepted from (any port until latched).
+    allowed: Option<IpAddr>,
+    /// Another port of the allowed address asking to take over: its address
+    /// and how many packets in a row it sent.
+    relatch: Option<(SocketAddr, u32)>,
     jitter: JitterBuffer,
     events: EventReceiver,
     inband: InbandDetector,
@@ -78,9 +119,13 @@ impl MediaSession {
     /// A session for negotiated `params`, answering at `now`.
     pub fn new(params: MediaParams, jitter_depth: Duration, ssrc: u32, now: Duration) -> Self {
         let depth = (jitter_depth.as_millis() / 20).max(1) as usize;
+        let allowed = allowed_source(params.remote.ip(), None);
         Self {
             params,
             latched: None,
+            signalling: None,
+            allowed,
+            relatch: None,
             jitter: JitterBuffer::new(depth),
             events: EventReceiver::default(),
             inband: InbandDetector::default(),
@@ -92,6 +137,14 @@ impl MediaSession {
             stats: MediaStats::default(),
             scratch: Vec::with_capacity(FRAME_8K),
         }
+    }
+
+    /// Media is expected from where SIP came from when the SDP's address is
+    /// private or unspecified (rtpengine's strict-source rule).
+    pub fn with_signalling_source(mut self, source: Option<IpAddr>) -> Self {
+        self.signalling = source;
+        self.allowed = allowed_source(self.params.remote.ip(), source);
+        self
     }
 
     /// Change the jitter buffer's playout depth.
@@ -109,6 +162,8 @@ impl MediaSession {
     pub fn renegotiate(&mut self, params: MediaParams) {
         if params.remote != self.params.remote {
             self.latched = None;
+            self.relatch = None;
+            self.allowed = allowed_source(params.remote.ip(), self.signalling);
         }
         self.params = params;
     }
@@ -148,13 +203,32 @@ impl MediaSession {
         if !is_audio && !is_dtmf {
             return Inbound::Dropped(DropReason::UnknownPayload);
         }
+        // Strict source: only the negotiated address is ever heard (a spray
+        // from elsewhere before the caller's first packet cannot take the
+        // call); the first packet from it latches its port; another port of
+        // that address takes over only once the latched one has gone quiet
+        // and the new one is steady.
+        if self.allowed.is_some_and(|ip| ip != from.ip()) {
+            self.stats.wrong_source += 1;
+            return Inbound::Dropped(DropReason::WrongSource);
+        }
         match self.latched {
             Some(src) if src != from => {
-                self.stats.wrong_source += 1;
-                return Inbound::Dropped(DropReason::WrongSource);
+                let quiet = now.saturating_sub(self.last_rx) >= RELATCH_AFTER_QUIET;
+                let run = match self.relatch {
+                    Some((c, n)) if c == from => n + 1,
+                    _ => 1,
+                };
+                self.relatch = Some((from, run));
+                if !(quiet && run >= RELATCH_PACKETS) {
+                    self.stats.wrong_source += 1;
+                    return Inbound::Dropped(DropReason::WrongSource);
+                }
+                self.latched = Some(from);
+                self.relatch = None;
             }
             None => self.latched = Some(from),
-            _ => {}
+            _ => self.relatch = None,
         }
         self.last_rx = now;
         if is_dtmf {
@@ -264,6 +338,68 @@ mod tests {
         assert_eq!(
             rx.idle_for(Duration::from_millis(1040)),
             Duration::from_millis(1020)
+        );
+    }
+
+    #[test]
+    fn only_the_negotiated_address_is_heard_and_a_quiet_port_hands_over() {
+        let mut tx = MediaSession::new(params(), Duration::from_millis(20), 7, Duration::ZERO);
+        let mut rx = MediaSession::new(params(), Duration::from_millis(20), 9, Duration::ZERO);
+        let attacker: SocketAddr = "127.0.0.2:4000".parse().unwrap();
+        let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let moved: SocketAddr = "127.0.0.1:4010".parse().unwrap();
+        let ms = Duration::from_millis;
+        // A spray before the caller's first packet does not latch.
+        for t in 0..5 {
+            let pkt = tx.encode_frame(&[9000; 160]);
+            assert_eq!(
+                rx.on_datagram(ms(t * 20), attacker, &pkt),
+                Inbound::Dropped(DropReason::WrongSource)
+            );
+        }
+        assert_eq!(
+            rx.destination(),
+            "127.0.0.1:4000".parse::<SocketAddr>().unwrap(),
+            "the SDP's address"
+        );
+        let pkt = tx.encode_frame(&[100; 160]);
+        assert_eq!(rx.on_datagram(ms(120), caller, &pkt), Inbound::Audio);
+        assert_eq!(rx.destination(), caller);
+        // Another port of the caller's address while the caller talks: ignored.
+        for t in 0..5 {
+            let pkt = tx.encode_frame(&[100; 160]);
+            assert_eq!(
+                rx.on_datagram(ms(140 + t), moved, &pkt),
+                Inbound::Dropped(DropReason::WrongSource)
+            );
+            let pkt = tx.encode_frame(&[100; 160]);
+            assert_eq!(rx.on_datagram(ms(141 + t), caller, &pkt), Inbound::Audio);
+        }
+        // The caller's NAT moved them: after 500 ms of quiet, three in a row take over.
+        let mut last = Inbound::Audio;
+        for t in 0..3 {
+            let pkt = tx.encode_frame(&[100; 160]);
+            last = rx.on_datagram(ms(800 + t * 20), moved, &pkt);
+        }
+        assert_eq!(last, Inbound::Audio);
+        assert_eq!(rx.destination(), moved);
+    }
+
+    #[test]
+    fn a_caller_behind_nat_is_heard_from_where_sip_came() {
+        let mut natted = params();
+        natted.remote = "192.168.1.20:4000".parse().unwrap();
+        let mut tx = MediaSession::new(params(), Duration::from_millis(20), 7, Duration::ZERO);
+        let mut rx = MediaSession::new(natted, Duration::from_millis(20), 9, Duration::ZERO)
+            .with_signalling_source(Some("203.0.113.7".parse().unwrap()));
+        let pkt = tx.encode_frame(&[100; 160]);
+        let public: SocketAddr = "203.0.113.7:31000".parse().unwrap();
+        assert_eq!(rx.on_datagram(Duration::ZERO, public, &pkt), Inbound::Audio);
+        assert_eq!(rx.destination(), public);
+        let pkt = tx.encode_frame(&[100; 160]);
+        assert_eq!(
+            rx.on_datagram(Duration::ZERO, "198.51.100.9:31000".parse().unwrap(), &pkt),
+            Inbound::Dropped(DropReason::WrongSource)
         );
     }
 
