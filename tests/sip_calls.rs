@@ -807,3 +807,23 @@ fn an_rtp_spray_before_the_callers_first_packet_never_takes_the_call() {
         "the spray was counted and dropped: {media}"
     );
 }
+
+#[test]
+fn escape_sequences_in_a_call_id_do_not_reach_the_log_raw() {
+    let gw = Gateway::start(|g, _| no_speech(g));
+    let mut sip = RawInviter::new(&gw);
+    let evil = "evil\u{1b}[2J\u{1b}[31mred\rINFO forged line@127.0.0.1";
+    let (status, text) = sip.invite(evil, None);
+    assert!(status == 200 || status >= 400, "{status} {text}");
+    if status == 200 {
+        sip.ack(evil, &text);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = gw.log();
+    assert!(log.contains("evil"), "the call was logged: {log}");
+    assert!(!log.contains('\u{1b}'), "raw ESC in the log: {log:?}");
+    assert!(
+        !log.contains("red\rINFO"),
+        "a bare CR could forge a log line: {log:?}"
+    );
+}

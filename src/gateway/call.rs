@@ -183,7 +183,7 @@ pub(super) async fn run(
         }
         return;
     }
-    info!(from = %who.from_user, to = %who.to_user, trunk = %trunk.name, codec = negotiated.params.codec.name(), "call answered");
+    info!(from = %crate::sip::log_safe(&who.from_user), to = %crate::sip::log_safe(&who.to_user), trunk = %trunk.name, codec = negotiated.params.codec.name(), "call answered");
     drop(log);
     let leg = CallerLeg::Sip(Box::new(SipLeg {
         media: MediaSession::new(

@@ -420,7 +420,7 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
                 .call_id_header()
                 .map(|c| c.value().to_string())
                 .unwrap_or_default();
-            let span = tracing::info_span!("call", call_id = %call_id);
+            let span = tracing::info_span!("call", call_id = %crate::sip::log_safe(&call_id));
             shared
                 .calls
                 .clone()

@@ -234,7 +234,7 @@ impl NonceIssuer {
         // fail2ban: `SIP auth failed from <HOST>` / `SIP source <HOST> banned`.
         tracing::warn!(
             "SIP auth failed from {source} (user {:?}, {count} in {} s)",
-            user.escape_debug().to_string(),
+            super::log_safe(user),
             limits.window_s
         );
         if ban {
