@@ -773,18 +773,7 @@ fn an_rtp_spray_before_the_callers_first_packet_never_takes_the_call() {
     assert_eq!(to_attacker, 0, "the bot's audio never goes to the sprayer");
     assert!(to_caller > 50, "the caller hears the bot: {to_caller}");
     // Hang up and read the recording: the caller's channel has no spray in it.
-    let me = sip.sock.local_addr().expect("addr");
-    let to = ok
-        .lines()
-        .find(|l| l.starts_with("To:"))
-        .unwrap_or("To: <sip:bot@127.0.0.1>");
-    let bye = format!(
-        "BYE sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKbye1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=s1\r\n{to}\r\nCall-ID: spray-1@127.0.0.1\r\n\
-         CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
-        sip.target
-    );
-    sip.sock.send_to(bye.as_bytes(), &sip.target).expect("bye");
+    sip.bye("spray-1@127.0.0.1", &ok);
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
     let (caller_track, _) = stereo(&dirs[0]);
     let loudest = caller_track
@@ -825,5 +814,96 @@ fn escape_sequences_in_a_call_id_do_not_reach_the_log_raw() {
     assert!(
         !log.contains("red\rINFO"),
         "a bare CR could forge a log line: {log:?}"
+    );
+}
+
+impl RawInviter {
+    /// OPTIONS (a dispatcher's probe); the answer.
+    fn options(&mut self) -> (u16, String) {
+        self.cseq += 1;
+        let (me, target, cseq) = (
+            self.sock.local_addr().expect("addr"),
+            &self.target,
+            self.cseq,
+        );
+        let req = format!(
+            "OPTIONS sip:bot@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKopt{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=o{cseq}\r\nTo: <sip:bot@{target}>\r\n\
+             Call-ID: probe-{cseq}@127.0.0.1\r\nCSeq: {cseq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        self.sock.send_to(req.as_bytes(), target).expect("send");
+        let mut buf = [0u8; 4096];
+        while let Ok((len, _)) = self.sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            if text.contains(&format!("CSeq: {cseq} OPTIONS")) {
+                let status = text.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0);
+                return (status, text);
+            }
+        }
+        (0, String::new())
+    }
+
+    fn bye(&mut self, call_id: &str, ok: &str) {
+        self.cseq += 1;
+        let me = self.sock.local_addr().expect("addr");
+        let to = ok
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .unwrap_or("To: <sip:bot@127.0.0.1>");
+        let from_tag = ok
+            .lines()
+            .find(|l| l.starts_with("From:"))
+            .and_then(|l| l.split(";tag=").nth(1))
+            .unwrap_or("s1");
+        let bye = format!(
+            "BYE sip:bot@{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKbye{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag={from_tag}\r\n{to}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {} BYE\r\nContent-Length: 0\r\n\r\n",
+            self.target, self.cseq, self.cseq
+        );
+        self.sock
+            .send_to(bye.as_bytes(), &self.target)
+            .expect("bye");
+    }
+}
+
+#[test]
+fn at_max_calls_invites_and_probes_get_503_with_retry_after_then_recover() {
+    let gw = Gateway::start(|g, _| {
+        no_speech(g);
+        *g = g.replace("max_calls = 0", "max_calls = 1");
+    });
+    let mut sip = RawInviter::new(&gw);
+    let (status, text) = sip.options();
+    assert_eq!(status, 200, "healthy: {text}");
+    let (status, first) = sip.invite("cap-1@127.0.0.1", None);
+    assert_eq!(status, 200, "{first}");
+    sip.ack("cap-1@127.0.0.1", &first);
+    let (status, text) = sip.options();
+    assert_eq!(
+        status, 503,
+        "full: the dispatcher must route around: {text}"
+    );
+    assert!(text.contains("Retry-After: 5"), "{text}");
+    let (status, text) = sip.invite("cap-2@127.0.0.1", None);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("Retry-After: 5"), "{text}");
+    // The call in progress is not disturbed; once it ends the node is back.
+    sip.bye("cap-1@127.0.0.1", &first);
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    assert_eq!(dirs.len(), 1, "only the admitted call was recorded");
+    let mut back = 0;
+    for _ in 0..20 {
+        back = sip.options().0;
+        if back == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(back, 200, "healthy again after the call ended");
+    let (_, metrics) = gw.get("/metrics", None);
+    assert!(
+        metrics.contains("voicegate_sip_rejections_total{cause=\"max_calls\"} 1"),
+        "{metrics}"
     );
 }

@@ -169,6 +169,8 @@ struct SipSection {
     auth_ban_s: u64,
     #[serde(default = "default_auth_window")]
     auth_window_s: u64,
+    #[serde(default)]
+    max_calls: usize,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +265,9 @@ pub struct SipListen {
     pub answer_delay: Duration,
     /// Failed-authentication limits: ban a source after this many failures.
     pub auth_limits: crate::sip::digest::AuthLimits,
+    /// Calls at once (in set-up or up) beyond which INVITEs get 503 with
+    /// `Retry-After` and OPTIONS 503 (0: no limit but the RTP port range).
+    pub max_calls: usize,
 }
 
 /// RTP settings.
@@ -523,6 +528,7 @@ pub(super) fn parse(
                 ban_s: file.sip.auth_ban_s,
                 window_s: file.sip.auth_window_s.max(1),
             },
+            max_calls: file.sip.max_calls,
         },
         media: MediaConfig {
             sdp_address: sdp_address?,

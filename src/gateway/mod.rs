@@ -427,14 +427,23 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
                 .spawn(async move { admit_invite(shared, tx).await }.instrument(span));
         }
         Method::Options => {
-            let headers = vec![
+            // A load balancer's health probe (Kamailio dispatcher): 503 while
+            // this node should get no new calls, so it routes around it.
+            let mut headers = vec![
                 Header::Other("Accept".into(), "application/sdp".into()),
                 Header::Other(
                     "Allow".into(),
                     "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO".into(),
                 ),
             ];
-            let _ = tx.reply_with(StatusCode::OK, headers, None).await;
+            let status = match unavailable(shared, 0) {
+                Some(_) => {
+                    headers.push(Header::Other("Retry-After".into(), "5".into()));
+                    StatusCode::ServiceUnavailable
+                }
+                None => StatusCode::OK,
+            };
+            let _ = tx.reply_with(status, headers, None).await;
         }
         _ => {
             let _ = tx.reply(StatusCode::MethodNotAllowed).await;
@@ -459,17 +468,46 @@ async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: V
     }
 }
 
+/// Why this node takes no new call now, if it does not: draining, at
+/// `[sip] max_calls`, or its recognisers saturated. `own` is the number of
+/// tracked tasks that are the asker itself (an INVITE's own admission task).
+fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
+    if shared.draining.is_cancelled() || shared.shutdown.is_cancelled() {
+        return Some("draining");
+    }
+    let max = shared.config.gateway.sip.max_calls;
+    if max > 0 && shared.calls.len().saturating_sub(own) >= max {
+        return Some("max_calls");
+    }
+    if shared.asr.as_ref().is_some_and(|a| a.saturated()) {
+        return Some("asr_saturated");
+    }
+    None
+}
+
 /// Admission control for a new INVITE: bans, ACL, SDP, digest; then the call
 /// runs. The SDP is checked before the credentials so that what a request
 /// without credentials learns does not depend on them.
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
-    if shared.draining.is_cancelled() || shared.shutdown.is_cancelled() {
-        shared.board.rejected("draining");
+    // Over capacity: 503 with Retry-After, before any work for the call. (A
+    // saturated recogniser does not refuse calls: they degrade to a human.)
+    if let Some(cause @ ("draining" | "max_calls")) = unavailable(&shared, 1) {
+        shared.board.rejected(cause);
+        warn!(
+            cause,
+            calls = shared.calls.len(),
+            "refusing a new call: 503"
+        );
+        let (reason, retry) = if cause == "draining" {
+            ("shutting down", "30")
+        } else {
+            ("at capacity", "5")
+        };
         reject(
             &mut tx,
             StatusCode::ServiceUnavailable,
-            "shutting down",
-            vec![Header::Other("Retry-After".into(), "30".into())],
+            reason,
+            vec![Header::Other("Retry-After".into(), retry.into())],
         )
         .await;
         return;
