@@ -892,6 +892,18 @@ fn at_max_calls_invites_and_probes_get_503_with_retry_after_then_recover() {
     sip.bye("cap-1@127.0.0.1", &first);
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
     assert_eq!(dirs.len(), 1, "only the admitted call was recorded");
+    // The finished call's dialog is gone: a late BYE finds nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    sip.bye("cap-1@127.0.0.1", &first);
+    let mut buf = [0u8; 4096];
+    let mut late = String::new();
+    while let Ok((len, _)) = sip.sock.recv_from(&mut buf) {
+        late = String::from_utf8_lossy(&buf[..len]).to_string();
+        if late.contains(&format!("CSeq: {} BYE", sip.cseq)) {
+            break;
+        }
+    }
+    assert!(late.starts_with("SIP/2.0 481"), "{late}");
     let mut back = 0;
     for _ in 0..20 {
         back = sip.options().0;

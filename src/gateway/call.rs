@@ -98,6 +98,13 @@ pub(super) async fn run(
             return;
         }
     };
+    // However this task ends (hang-up, refusal, never ACKed, crash of the
+    // call), the dialog leaves the layer: a BYE for a finished call gets 481
+    // and memory does not grow with every call.
+    let _release = DialogRelease {
+        layer: shared.dialogs.clone(),
+        dialog: dialog.clone(),
+    };
     let mut handler = dialog.clone();
     tokio::spawn(async move {
         if let Err(e) = handler.handle(&mut tx).await {
@@ -583,6 +590,18 @@ fn submit_asr(
     {
         warn!(start_s, "ASR queue full");
         call.handle_input(now, Input::AsrRefused { start_s, end_s });
+    }
+}
+
+/// Removes a server dialog from the dialog layer when dropped.
+struct DialogRelease {
+    layer: Arc<rsipstack::dialog::dialog_layer::DialogLayer>,
+    dialog: rsipstack::dialog::invite_dialog::InviteDialog,
+}
+
+impl Drop for DialogRelease {
+    fn drop(&mut self) {
+        self.layer.remove_dialog(&self.dialog.id());
     }
 }
 
