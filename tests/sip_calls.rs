@@ -557,6 +557,8 @@ struct RawInviter {
     cseq: u32,
     /// The RTP port our SDP offers.
     media_port: u16,
+    /// An SDP direction attribute to offer (`a=inactive`, …), if any.
+    direction: Option<&'static str>,
 }
 
 impl RawInviter {
@@ -568,6 +570,7 @@ impl RawInviter {
             target: format!("127.0.0.1:{}", gw.sip_port),
             cseq: 0,
             media_port: 40002,
+            direction: None,
         }
     }
 
@@ -579,7 +582,12 @@ impl RawInviter {
             &self.target,
             self.cseq,
         );
-        let sdp = PCMU_SDP.replace("[auto_media_port]", &self.media_port.to_string()) + "\r\n";
+        let sdp = PCMU_SDP.replace("[auto_media_port]", &self.media_port.to_string())
+            + "\r\n"
+            + &self
+                .direction
+                .map(|d| format!("{d}\r\n"))
+                .unwrap_or_default();
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
@@ -918,4 +926,28 @@ fn at_max_calls_invites_and_probes_get_503_with_retry_after_then_recover() {
         metrics.contains("voicegate_sip_rejections_total{cause=\"max_calls\"} 1"),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_caller_who_holds_and_vanishes_is_hung_up_after_hold_timeout() {
+    let gw = Gateway::start(|g, _| {
+        no_speech(g);
+        *g = g.replace("hold_timeout_s = 300", "hold_timeout_s = 2");
+    });
+    let mut sip = RawInviter::new(&gw);
+    sip.direction = Some("a=inactive");
+    let (status, ok) = sip.invite("held-1@127.0.0.1", None);
+    assert_eq!(status, 200, "{ok}");
+    sip.ack("held-1@127.0.0.1", &ok);
+    // Nothing more from the caller: no RTP, no BYE.
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(15));
+    let all = events(&dirs[0]);
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("the gateway hung up");
+    assert_eq!(hangup["reason"], "hold_timeout", "{hangup}");
+    assert_eq!(hangup["by"], "gateway");
+    let t = hangup["t_s"].as_f64().unwrap_or(0.0);
+    assert!((2.0..6.0).contains(&t), "after the 2 s hold limit: {t}");
 }

@@ -109,6 +109,8 @@ pub enum Input<'a> {
     Shutdown,
     /// No media from the caller for too long: end the call.
     MediaTimeout,
+    /// The caller has held the call longer than `[media] hold_timeout_s`.
+    HoldTimeout,
 }
 
 /// What the shell must do.
@@ -325,6 +327,7 @@ impl Call {
             Input::AgentHungUp => self.hang_up("agent_bye"),
             Input::Shutdown => self.hang_up("gateway_shutdown"),
             Input::MediaTimeout => self.hang_up("rtp_timeout"),
+            Input::HoldTimeout => self.hang_up("hold_timeout"),
         }
     }
 

@@ -181,6 +181,8 @@ struct MediaSection {
     rtp_port_max: Spanned<u16>,
     #[serde(default = "default_rtp_timeout")]
     rtp_timeout_s: Spanned<u64>,
+    #[serde(default = "default_hold_timeout")]
+    hold_timeout_s: u64,
     #[serde(default = "default_jitter")]
     jitter_buffer_ms: Spanned<u32>,
 }
@@ -221,6 +223,9 @@ fn default_ban_s() -> u64 {
     600
 }
 fn default_auth_window() -> u64 {
+    300
+}
+fn default_hold_timeout() -> u64 {
     300
 }
 fn default_rtp_timeout() -> Spanned<u64> {
@@ -281,6 +286,9 @@ pub struct MediaConfig {
     pub rtp_port_max: u16,
     /// A call with no RTP for this long is ended with BYE.
     pub rtp_timeout: Duration,
+    /// A call held (sendonly, inactive, `c=0.0.0.0`) longer than this ends,
+    /// RTP or not: a caller who held and vanished does not stay up for ever.
+    pub hold_timeout: Duration,
     /// Jitter buffer depth.
     pub jitter_buffer: Duration,
 }
@@ -535,6 +543,7 @@ pub(super) fn parse(
             rtp_port_min: lo,
             rtp_port_max: hi,
             rtp_timeout: Duration::from_secs(*m.rtp_timeout_s.get_ref()),
+            hold_timeout: Duration::from_secs(m.hold_timeout_s.max(1)),
             jitter_buffer: Duration::from_millis(u64::from(jb)),
         },
         recording: RecordingConfig {

@@ -201,6 +201,7 @@ pub(super) async fn run(
         )
         .with_signalling_source(signalling_source),
         held: negotiated.direction.is_hold(),
+        held_since: None,
         socket,
         lease,
         dialog,
@@ -392,7 +393,15 @@ pub(super) async fn converse(
             }
         }
         if let Some(reason) = hangup {
-            leg.hang_up().await;
+            // A vanished caller never answers our BYE: give it the first
+            // retransmissions (RFC 3261 timer E: 0.5, 1, 2, 4 s), not 32 s,
+            // so the call — and a shutdown waiting for it — ends.
+            if tokio::time::timeout(BYE_PATIENCE, leg.hang_up())
+                .await
+                .is_err()
+            {
+                warn!(reason, "no answer to our BYE: the call ends anyway");
+            }
             ended_by = reason;
             break;
         }
@@ -436,6 +445,10 @@ pub(super) async fn converse(
                 if let Some(idle) = leg.idle_for(now).filter(|i| *i > gw.media.rtp_timeout) {
                     warn!(idle_s = idle.as_secs(), "no media: ending the call");
                     call.handle_input(now, Input::MediaTimeout);
+                }
+                if let Some(held) = leg.held_for(now).filter(|h| *h > gw.media.hold_timeout) {
+                    warn!(held_s = held.as_secs(), "on hold too long: ending the call");
+                    call.handle_input(now, Input::HoldTimeout);
                 }
             }
             signal = leg.signal() => {
@@ -592,6 +605,9 @@ fn submit_asr(
         call.handle_input(now, Input::AsrRefused { start_s, end_s });
     }
 }
+
+/// How long a BYE we send may wait for its answer.
+const BYE_PATIENCE: Duration = Duration::from_secs(4);
 
 /// Removes a server dialog from the dialog layer when dropped.
 struct DialogRelease {

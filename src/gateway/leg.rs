@@ -33,6 +33,8 @@ pub(super) struct SipLeg {
     pub(super) dialog: InviteDialog,
     pub(super) states: rsipstack::dialog::dialog::DialogStateReceiver,
     pub(super) held: bool,
+    /// When the current hold began (on the call's clock).
+    pub(super) held_since: Option<Duration>,
     pub(super) sdp_version: u64,
     pub(super) session_id: u64,
     pub(super) trunk: TrunkConfig,
@@ -114,6 +116,21 @@ impl CallerLeg {
         match self {
             CallerLeg::Sip(s) => (!s.held).then(|| s.media.idle_for(now)),
             CallerLeg::Web(w) => Some(w.idle_for(now)),
+        }
+    }
+
+    /// How long the caller has held the call (sendonly, inactive or
+    /// `c=0.0.0.0`), whether or not RTP flows meanwhile; `None` when not held.
+    pub(super) fn held_for(&mut self, now: Duration) -> Option<Duration> {
+        match self {
+            CallerLeg::Sip(s) if s.held => {
+                Some(now.saturating_sub(*s.held_since.get_or_insert(now)))
+            }
+            CallerLeg::Sip(s) => {
+                s.held_since = None;
+                None
+            }
+            CallerLeg::Web(_) => None,
         }
     }
 
