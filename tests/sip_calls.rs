@@ -951,3 +951,45 @@ fn a_caller_who_holds_and_vanishes_is_hung_up_after_hold_timeout() {
     let t = hangup["t_s"].as_f64().unwrap_or(0.0);
     assert!((2.0..6.0).contains(&t), "after the 2 s hold limit: {t}");
 }
+
+#[test]
+fn with_few_file_descriptors_new_calls_get_503_and_the_calls_up_carry_on() {
+    let mut gw = Gateway::start_limited(200, |g, _| no_speech(g));
+    let mut sip = RawInviter::new(&gw);
+    let mut up: Vec<(String, String)> = Vec::new();
+    let mut refused = None;
+    for n in 0..100 {
+        let call = format!("fd-{n}@127.0.0.1");
+        let (status, text) = sip.invite(&call, None);
+        match status {
+            200 => {
+                sip.ack(&call, &text);
+                up.push((call, text));
+            }
+            503 => {
+                refused = Some(text);
+                break;
+            }
+            other => panic!("call {n}: {other} {text}"),
+        }
+    }
+    let refused = refused.expect("a 503 before the descriptors ran out");
+    assert!(refused.contains("Retry-After"), "{refused}");
+    assert!(up.len() >= 10, "calls were admitted first: {}", up.len());
+    assert!(gw.alive(), "the gateway is still running:\n{}", gw.log());
+    // The calls up end normally, recordings complete; then calls come in again.
+    for (call, ok) in &up {
+        sip.bye(call, ok);
+    }
+    let dirs = gw.wait_calls_ended(up.len(), Duration::from_secs(30));
+    assert_eq!(dirs.len(), up.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, text) = sip.invite("fd-after@127.0.0.1", None);
+    assert_eq!(status, 200, "room again: {text}");
+    sip.ack("fd-after@127.0.0.1", &text);
+    let (_, metrics) = gw.get("/metrics", None);
+    assert!(
+        metrics.contains("voicegate_sip_rejections_total{cause=\"fds\"} 1"),
+        "{metrics}"
+    );
+}

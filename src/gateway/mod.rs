@@ -5,6 +5,7 @@
 mod agent;
 mod call;
 mod events;
+mod fds;
 mod handover;
 mod leg;
 mod register;
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub asr: Option<crate::speech::pool::AsrPool>,
     /// Live and recent calls for the HTTP surface, and the metrics.
     pub board: CallBoard,
+    /// The file-descriptor limit in force (after raising it at start).
+    pub fd_limit: Option<u64>,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             synthesizer: self.synthesizer.clone(),
             asr: self.asr.clone(),
             board: self.board.clone(),
+            fd_limit: self.fd_limit,
             config,
         })
     }
@@ -284,6 +288,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         synthesizer,
         asr,
         board: CallBoard::new(),
+        fd_limit: fds::raise_limit(),
         config,
     });
     for trunk in &shared.config.trunks {
@@ -479,6 +484,9 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
     if max > 0 && shared.calls.len().saturating_sub(own) >= max {
         return Some("max_calls");
     }
+    if fds::short(shared.fd_limit) {
+        return Some("fds");
+    }
     if shared.asr.as_ref().is_some_and(|a| a.saturated()) {
         return Some("asr_saturated");
     }
@@ -491,17 +499,17 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
     // Over capacity: 503 with Retry-After, before any work for the call. (A
     // saturated recogniser does not refuse calls: they degrade to a human.)
-    if let Some(cause @ ("draining" | "max_calls")) = unavailable(&shared, 1) {
+    if let Some(cause @ ("draining" | "max_calls" | "fds")) = unavailable(&shared, 1) {
         shared.board.rejected(cause);
         warn!(
             cause,
             calls = shared.calls.len(),
             "refusing a new call: 503"
         );
-        let (reason, retry) = if cause == "draining" {
-            ("shutting down", "30")
-        } else {
-            ("at capacity", "5")
+        let (reason, retry) = match cause {
+            "draining" => ("shutting down", "30"),
+            "fds" => ("out of file descriptors", "5"),
+            _ => ("at capacity", "5"),
         };
         reject(
             &mut tx,

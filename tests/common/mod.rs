@@ -55,6 +55,8 @@ pub struct Gateway {
     pub http_port: u16,
     /// Temporary directory holding `config/`, `recordings/` and `gateway.log`.
     pub dir: tempfile::TempDir,
+    /// Run under `prlimit --nofile=N:N`.
+    nofile: Option<u32>,
 }
 
 impl Gateway {
@@ -68,6 +70,20 @@ impl Gateway {
     pub fn start_with(
         edit: impl FnOnce(&mut String, &mut String),
         files: impl FnOnce(&Path),
+    ) -> Gateway {
+        Self::start_full(edit, files, None)
+    }
+
+    /// Like [`Gateway::start`], the process limited to `nofile` file
+    /// descriptors (soft and hard).
+    pub fn start_limited(nofile: u32, edit: impl FnOnce(&mut String, &mut String)) -> Gateway {
+        Self::start_full(edit, |_| {}, Some(nofile))
+    }
+
+    fn start_full(
+        edit: impl FnOnce(&mut String, &mut String),
+        files: impl FnOnce(&Path),
+        nofile: Option<u32>,
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let sip_port = free_port();
@@ -115,6 +131,7 @@ impl Gateway {
             sip_port,
             http_port,
             dir,
+            nofile,
         };
         g.spawn();
         g
@@ -128,7 +145,18 @@ impl Gateway {
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        // Under `prlimit --nofile=N:N` when a test asks for a small fd limit.
+        let mut command = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_voicegate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_voicegate")),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(self.dir.path().join("config"))
             .env("RUST_LOG", "info,rsipstack=warn")
