@@ -564,7 +564,7 @@ struct RawInviter {
 impl RawInviter {
     fn new(gw: &Gateway) -> Self {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).ok();
         Self {
             sock,
             target: format!("127.0.0.1:{}", gw.sip_port),
@@ -598,16 +598,31 @@ impl RawInviter {
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
             sdp.len()
         );
-        self.sock.send_to(invite.as_bytes(), target).expect("send");
+        // Like a real UA over UDP: retransmit until a response arrives
+        // (RFC 3261 timer A, 500 ms doubling), for up to ~8 s.
         let mut buf = [0u8; 8192];
-        while let Ok((len, _)) = self.sock.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..len]).to_string();
-            let status: u16 = text.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0);
-            if status >= 200 && text.contains(&format!("CSeq: {cseq} INVITE")) {
-                if status >= 300 {
-                    self.ack(call_id, &text);
+        let mut provisional = false;
+        for attempt in 0..5u32 {
+            if !provisional {
+                self.sock.send_to(invite.as_bytes(), target).expect("send");
+            }
+            let until = std::time::Instant::now() + Duration::from_millis(500 << attempt);
+            while std::time::Instant::now() < until {
+                let Ok((len, _)) = self.sock.recv_from(&mut buf) else {
+                    break;
+                };
+                let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                let status: u16 = text.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0);
+                if !text.contains(&format!("CSeq: {cseq} INVITE")) {
+                    continue;
                 }
-                return (status, text);
+                if status >= 200 {
+                    if status >= 300 {
+                        self.ack(call_id, &text);
+                    }
+                    return (status, text);
+                }
+                provisional = true;
             }
         }
         (0, String::new())
@@ -991,5 +1006,58 @@ fn with_few_file_descriptors_new_calls_get_503_and_the_calls_up_carry_on() {
     assert!(
         metrics.contains("voicegate_sip_rejections_total{cause=\"fds\"} 1"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn an_invite_flood_from_one_source_is_cut_at_its_rate_and_others_still_get_through() {
+    let gw = Gateway::start(|g, _| no_speech(g));
+    let flood = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let me = flood.local_addr().expect("addr");
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let sdp = PCMU_SDP.replace("[auto_media_port]", "40010") + "\r\n";
+    // 400 never-ACKed INVITEs in 0.2 s (bounded).
+    for n in 0..400 {
+        let invite = format!(
+            "INVITE sip:bot@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKfl{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:flood@{me}>;tag=f{n}\r\nTo: <sip:bot@{target}>\r\n\
+             Call-ID: flood-{n}@127.0.0.2\r\nCSeq: 1 INVITE\r\nContact: <sip:flood@{me}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        flood.send_to(invite.as_bytes(), &target).expect("send");
+        if n % 40 == 39 {
+            // 2,000 INVITEs a second, paced so the socket buffer, not the
+            // limiter, is not what drops them.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // A caller from elsewhere (here the exempt loopback address) is served.
+    let mut sip = RawInviter::new(&gw);
+    let (status, ok) = sip.invite("beside-flood@127.0.0.1", None);
+    assert_eq!(status, 200, "{ok}");
+    sip.ack("beside-flood@127.0.0.1", &ok);
+    std::thread::sleep(Duration::from_secs(1));
+    let admitted = gw.call_dirs().len();
+    assert!(
+        admitted <= 1 + 40 + 10,
+        "the flood was cut at its burst and rate: {admitted} calls"
+    );
+    let log = gw.log();
+    assert_eq!(
+        log.matches("SIP INVITE flood from 127.0.0.2").count(),
+        1,
+        "one line per source per 10 s"
+    );
+    let (_, metrics) = gw.get("/metrics", None);
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("voicegate_sip_rejections_total{cause=\"rate\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        dropped >= 200,
+        "{dropped} dropped, {admitted} admitted\n{metrics}"
     );
 }

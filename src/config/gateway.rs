@@ -171,6 +171,12 @@ struct SipSection {
     auth_window_s: u64,
     #[serde(default)]
     max_calls: usize,
+    #[serde(default = "default_invite_rate")]
+    invite_rate: f64,
+    #[serde(default = "default_invite_burst")]
+    invite_burst: f64,
+    #[serde(default = "default_rate_exempt")]
+    rate_exempt: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +221,18 @@ struct PromptsSection {
 /// prober which release (and so which bugs) it talks to.
 fn default_user_agent() -> String {
     "voicegate".into()
+}
+fn default_invite_rate() -> f64 {
+    20.0
+}
+fn default_invite_burst() -> f64 {
+    40.0
+}
+fn default_rate_exempt() -> Vec<Spanned<String>> {
+    ["127.0.0.1/32", "::1/128"]
+        .into_iter()
+        .map(|s| Spanned::new(0..0, s.to_string()))
+        .collect()
 }
 fn default_ban_after() -> u32 {
     20
@@ -273,6 +291,8 @@ pub struct SipListen {
     /// Calls at once (in set-up or up) beyond which INVITEs get 503 with
     /// `Retry-After` and OPTIONS 503 (0: no limit but the RTP port range).
     pub max_calls: usize,
+    /// Per-source INVITE rate limits.
+    pub rate_limits: crate::sip::pike::RateLimits,
 }
 
 /// RTP settings.
@@ -389,6 +409,28 @@ pub(super) fn parse(
         }
     };
     let before = problems.len();
+    let rate_exempt: Vec<ipnet::IpNet> = file
+        .sip
+        .rate_exempt
+        .iter()
+        .filter_map(|a| {
+            let text = a.get_ref();
+            match text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    problems.push(src.at(
+                        Some(a.span()),
+                        format!("bad sip.rate_exempt entry {text:?}"),
+                        "write an address or a network, e.g. \"10.0.0.5\" or \"10.0.0.0/24\"",
+                    ));
+                    None
+                }
+            }
+        })
+        .collect();
     let mut addrs = |list: &[Spanned<String>], what: &str| -> Vec<SocketAddr> {
         list.iter()
             .filter_map(|a| match a.get_ref().parse::<SocketAddr>() {
@@ -537,6 +579,11 @@ pub(super) fn parse(
                 window_s: file.sip.auth_window_s.max(1),
             },
             max_calls: file.sip.max_calls,
+            rate_limits: crate::sip::pike::RateLimits {
+                rate: file.sip.invite_rate.max(0.0),
+                burst: file.sip.invite_burst.max(1.0),
+                exempt: rate_exempt,
+            },
         },
         media: MediaConfig {
             sdp_address: sdp_address?,

@@ -57,6 +57,10 @@ pub(crate) struct Shared {
     pub board: CallBoard,
     /// The file-descriptor limit in force (after raising it at start).
     pub fd_limit: Option<u64>,
+    /// Per-source INVITE token buckets (kept across reloads).
+    pub pike: Arc<crate::sip::pike::Pike>,
+    /// The clock the buckets run on.
+    pub started: std::time::Instant,
 }
 
 impl Shared {
@@ -78,6 +82,8 @@ impl Shared {
             asr: self.asr.clone(),
             board: self.board.clone(),
             fd_limit: self.fd_limit,
+            pike: self.pike.clone(),
+            started: self.started,
             config,
         })
     }
@@ -289,6 +295,8 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         asr,
         board: CallBoard::new(),
         fd_limit: fds::raise_limit(),
+        pike: Arc::new(crate::sip::pike::Pike::default()),
+        started: std::time::Instant::now(),
         config,
     });
     for trunk in &shared.config.trunks {
@@ -419,6 +427,15 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
     }
     match method {
         Method::Invite => {
+            // A flooding source is dropped here, before a task, a port or a
+            // file is spent on it (it retransmits into the same limit).
+            if let Some(ip) = source_ip(&tx) {
+                let limits = &shared.config.gateway.sip.rate_limits;
+                if !shared.pike.allow(ip, shared.started.elapsed(), limits) {
+                    shared.board.rejected("rate");
+                    return;
+                }
+            }
             let shared = shared.clone();
             let call_id = tx
                 .original

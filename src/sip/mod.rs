@@ -2,6 +2,7 @@
 //! outbound registration. Transactions and dialogs come from `rsipstack`.
 
 pub mod digest;
+pub mod pike;
 pub mod sdp;
 pub mod source;
 
