@@ -220,12 +220,14 @@ impl Caller {
         out.setup_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
         let answer = sdp::negotiate(&resp.body, &[Codec::Pcmu, Codec::Pcma])
             .map_err(|e| format!("answer SDP: {e}"))?;
+        // A test caller: whatever the gateway's media leaves from is heard.
         let mut media = MediaSession::new(
             answer.params,
             Duration::from_millis(60),
             rand::random(),
             Duration::ZERO,
-        );
+        )
+        .learning_any_source();
         let started = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval(Duration::from_millis(20));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

@@ -280,12 +280,13 @@ impl AgentLeg {
     /// The agent answered with `answer`: start media towards them.
     pub fn start_media(&mut self, answer: &[u8], jitter: Duration) -> Result<(), String> {
         let n = sdp::negotiate(answer, &[Codec::Pcmu, Codec::Pcma]).map_err(|e| e.to_string())?;
-        self.media = Some(MediaSession::new(
-            n.params,
-            jitter,
-            rand::random(),
-            Duration::ZERO,
-        ));
+        // An agent leg is one we placed through our own PBX: its phone's SDP
+        // may name an interface its RTP does not leave from, so the first
+        // packet latches (the strict rule guards callers' legs).
+        self.media = Some(
+            MediaSession::new(n.params, jitter, rand::random(), Duration::ZERO)
+                .learning_any_source(),
+        );
         Ok(())
     }
 

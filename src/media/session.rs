@@ -63,31 +63,18 @@ const RELATCH_AFTER_QUIET: Duration = Duration::from_millis(500);
 /// Packets in a row the new port must send to take over.
 const RELATCH_PACKETS: u32 = 3;
 
-/// The address media is accepted from: the SDP's, unless it is unspecified
-/// or private while SIP came from a public address (then SIP's source);
-/// `None` (anyone, first packet latches) only when neither is known.
-fn allowed_source(sdp: IpAddr, signalling: Option<IpAddr>) -> Option<IpAddr> {
-    if sdp.is_unspecified() {
-        return signalling;
+/// The addresses media is accepted from: the SDP's (unless unspecified) and
+/// SIP's source; empty (anyone, the first packet latches) only when neither
+/// is known.
+fn allowed_sources(sdp: IpAddr, signalling: Option<IpAddr>) -> Vec<IpAddr> {
+    let mut out = Vec::with_capacity(2);
+    if !sdp.is_unspecified() {
+        out.push(sdp);
     }
-    match signalling {
-        Some(sig) if is_private(sdp) && !is_private(sig) => Some(sig),
-        _ => Some(sdp),
+    if let Some(sig) = signalling.filter(|s| !out.contains(s)) {
+        out.push(sig);
     }
-}
-
-/// RFC 1918, shared (RFC 6598), link-local and unique-local addresses.
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_private()
-                || v4.is_link_local()
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
+    out
 }
 
 /// A call's RTP endpoint.
@@ -98,8 +85,9 @@ pub struct MediaSession {
     /// Where SIP came from: trusted for media when the SDP address is private
     /// or unspecified (a caller behind NAT).
     signalling: Option<IpAddr>,
-    /// The only address media is accepted from (any port until latched).
-    allowed: Option<IpAddr>,
+    /// The addresses media is accepted from (any port until latched); empty:
+    /// anyone (the first packet latches).
+    allowed: Vec<IpAddr>,
     /// Another port of the allowed address asking to take over: its address
     /// and how many packets in a row it sent.
     relatch: Option<(SocketAddr, u32)>,
@@ -119,7 +107,7 @@ impl MediaSession {
     /// A session for negotiated `params`, answering at `now`.
     pub fn new(params: MediaParams, jitter_depth: Duration, ssrc: u32, now: Duration) -> Self {
         let depth = (jitter_depth.as_millis() / 20).max(1) as usize;
-        let allowed = allowed_source(params.remote.ip(), None);
+        let allowed = allowed_sources(params.remote.ip(), None);
         Self {
             params,
             latched: None,
@@ -139,11 +127,20 @@ impl MediaSession {
         }
     }
 
-    /// Media is expected from where SIP came from when the SDP's address is
-    /// private or unspecified (rtpengine's strict-source rule).
+    /// Media is also accepted from where SIP came from (a caller behind NAT
+    /// whose SDP names a private address, a multi-homed phone whose SDP names
+    /// another interface) — never from a third address.
     pub fn with_signalling_source(mut self, source: Option<IpAddr>) -> Self {
         self.signalling = source;
-        self.allowed = allowed_source(self.params.remote.ip(), source);
+        self.allowed = allowed_sources(self.params.remote.ip(), source);
+        self
+    }
+
+    /// Latch to the first packet from anywhere (a leg we placed ourselves
+    /// through a trusted PBX, whose SDP may name an address its RTP does not
+    /// come from).
+    pub fn learning_any_source(mut self) -> Self {
+        self.allowed.clear();
         self
     }
 
@@ -163,7 +160,9 @@ impl MediaSession {
         if params.remote != self.params.remote {
             self.latched = None;
             self.relatch = None;
-            self.allowed = allowed_source(params.remote.ip(), self.signalling);
+            if !self.allowed.is_empty() {
+                self.allowed = allowed_sources(params.remote.ip(), self.signalling);
+            }
         }
         self.params = params;
     }
@@ -208,7 +207,7 @@ impl MediaSession {
         // call); the first packet from it latches its port; another port of
         // that address takes over only once the latched one has gone quiet
         // and the new one is steady.
-        if self.allowed.is_some_and(|ip| ip != from.ip()) {
+        if !self.allowed.is_empty() && !self.allowed.contains(&from.ip()) {
             self.stats.wrong_source += 1;
             return Inbound::Dropped(DropReason::WrongSource);
         }
