@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONFIG ?= sip-config
 SHELL := /bin/bash
 
-.PHONY: run test bootstrap build models lint bench load calls clean
+.PHONY: run test bootstrap build models lint bench load calls clean cluster
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -31,6 +31,11 @@ lint:
 
 bench: bootstrap
 	$(CARGO) bench --locked
+
+# Kamailio's dispatcher on 127.0.0.1:5080 in front of three nodes
+# (127.0.0.2-4:5060), each with its state under cluster/nodeN/. Ctrl-C drains.
+cluster: models
+	./scripts/cluster.sh
 
 load: build
 	./benches/load/sipp_load.sh

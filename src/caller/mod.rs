@@ -41,6 +41,8 @@ pub struct CallPlan {
 pub struct CallOutcome {
     /// The file played.
     pub file: String,
+    /// The call's SIP Call-ID (to find it in the gateway's recordings).
+    pub call_id: String,
     /// Whether the far end answered.
     pub answered: bool,
     /// Final SIP status of the INVITE (0: none).
@@ -150,6 +152,7 @@ impl Caller {
     pub async fn call(&self, uri: &str, plan: &CallPlan) -> CallOutcome {
         let mut outcome = CallOutcome {
             file: plan.play.display().to_string(),
+            call_id: String::new(),
             answered: false,
             status: 0,
             setup_ms: None,
@@ -183,6 +186,8 @@ impl Caller {
         );
         let callee = rsipstack::sip::Uri::try_from(uri).map_err(|e| format!("{uri}: {e}"))?;
         let me = format!("sip:{}@{}", plan.caller, self.local);
+        let call_id = format!("{:032x}@{}", rand::random::<u128>(), self.local.ip());
+        out.call_id = call_id.clone();
         let opt = InviteOption {
             caller_display_name: None,
             caller_params: vec![],
@@ -196,11 +201,7 @@ impl Caller {
             headers: None,
             support_prack: false,
             // Our own host in the Call-ID (the SIP library's default names its vendor's domain).
-            call_id: Some(format!(
-                "{:032x}@{}",
-                rand::random::<u128>(),
-                self.local.ip()
-            )),
+            call_id: Some(call_id.clone()),
             session_id: None,
             route_set: vec![],
         };

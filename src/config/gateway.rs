@@ -177,6 +177,18 @@ struct SipSection {
     invite_burst: f64,
     #[serde(default = "default_rate_exempt")]
     rate_exempt: Vec<Spanned<String>>,
+    #[serde(default)]
+    advertised_address: Option<Spanned<String>>,
+    #[serde(default)]
+    advertised_port: Option<u16>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default = "default_proxy_source_header")]
+    proxy_source_header: String,
+}
+
+fn default_proxy_source_header() -> String {
+    "X-Forwarded-For".into()
 }
 
 #[derive(Deserialize)]
@@ -293,6 +305,18 @@ pub struct SipListen {
     pub max_calls: usize,
     /// Per-source INVITE rate limits.
     pub rate_limits: crate::sip::pike::RateLimits,
+    /// The address peers reach this node's SIP at (Via, Contact), when it is
+    /// not the listening address: a node behind NAT or listening on 0.0.0.0.
+    pub advertised_address: Option<IpAddr>,
+    /// The port peers reach this node's SIP at, when not the listener's.
+    pub advertised_port: Option<u16>,
+    /// Proxies in front of this node (a Kamailio dispatcher) whose
+    /// [`proxy_source_header`](Self::proxy_source_header) is believed: for
+    /// their requests the trunk ACL, bans and rate limits judge the original
+    /// caller's address. Anyone else's copy of that header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy writes the caller's source address in.
+    pub proxy_source_header: String,
 }
 
 /// RTP settings.
@@ -409,28 +433,55 @@ pub(super) fn parse(
         }
     };
     let before = problems.len();
-    let rate_exempt: Vec<ipnet::IpNet> = file
-        .sip
-        .rate_exempt
-        .iter()
-        .filter_map(|a| {
-            let text = a.get_ref();
-            match text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
-            {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    problems.push(src.at(
-                        Some(a.span()),
-                        format!("bad sip.rate_exempt entry {text:?}"),
-                        "write an address or a network, e.g. \"10.0.0.5\" or \"10.0.0.0/24\"",
-                    ));
-                    None
+    let mut nets = |list: &[Spanned<String>], key: &str| -> Vec<ipnet::IpNet> {
+        list.iter()
+            .filter_map(|a| {
+                let text = a.get_ref();
+                match text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+                {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        problems.push(src.at(
+                            Some(a.span()),
+                            format!("bad sip.{key} entry {text:?}"),
+                            "write an address or a network, e.g. \"10.0.0.5\" or \"10.0.0.0/24\"",
+                        ));
+                        None
+                    }
                 }
+            })
+            .collect()
+    };
+    let rate_exempt = nets(&file.sip.rate_exempt, "rate_exempt");
+    let trusted_proxies = nets(&file.sip.trusted_proxies, "trusted_proxies");
+    let advertised_address = match &file.sip.advertised_address {
+        None => None,
+        Some(a) => match a.get_ref().parse::<IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => Some(ip),
+            _ => {
+                problems.push(src.at(
+                    Some(a.span()),
+                    format!("bad sip.advertised_address {:?}", a.get_ref()),
+                    "write the IP address peers reach this node at, e.g. \"203.0.113.10\"",
+                ));
+                None
             }
-        })
-        .collect();
+        },
+    };
+    let proxy_source_header = file.sip.proxy_source_header.trim().to_string();
+    if proxy_source_header.is_empty()
+        || !proxy_source_header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problems.push(src.at(
+            None,
+            format!("bad sip.proxy_source_header {proxy_source_header:?}"),
+            "write a SIP header name, e.g. \"X-Forwarded-For\"",
+        ));
+    }
     let mut addrs = |list: &[Spanned<String>], what: &str| -> Vec<SocketAddr> {
         list.iter()
             .filter_map(|a| match a.get_ref().parse::<SocketAddr>() {
@@ -584,6 +635,10 @@ pub(super) fn parse(
                 burst: file.sip.invite_burst.max(1.0),
                 exempt: rate_exempt,
             },
+            advertised_address,
+            advertised_port: file.sip.advertised_port.filter(|p| *p != 0),
+            trusted_proxies,
+            proxy_source_header,
         },
         media: MediaConfig {
             sdp_address: sdp_address?,

@@ -124,16 +124,18 @@ impl AgentLeg {
             .copied()
             .ok_or("no UDP SIP listener to call agents from")?;
         let callee = rsipstack::sip::Uri::try_from(uri).map_err(|e| e.to_string())?;
-        let host = local_sip.ip();
+        // What the PBX reaches us at: the advertised address behind NAT or a
+        // proxy, else the listener's.
+        let host = gw.sip.advertised_address.unwrap_or(local_sip.ip());
+        let port = gw.sip.advertised_port.unwrap_or(local_sip.port());
         let from_user = caller
             .filter(|c| !c.is_empty())
             .unwrap_or(agents.from_user.as_str());
-        let caller_uri = rsipstack::sip::Uri::try_from(
-            format!("sip:{from_user}@{host}:{}", local_sip.port()).as_str(),
-        )
-        .map_err(|e| e.to_string())?;
+        let caller_uri =
+            rsipstack::sip::Uri::try_from(format!("sip:{from_user}@{host}:{port}").as_str())
+                .map_err(|e| e.to_string())?;
         let contact = rsipstack::sip::Uri::try_from(
-            format!("sip:{}@{host}:{}", agents.from_user, local_sip.port()).as_str(),
+            format!("sip:{}@{host}:{port}", agents.from_user).as_str(),
         )
         .map_err(|e| e.to_string())?;
         let offer = sdp::build_offer(

@@ -72,8 +72,9 @@ pub(super) async fn run(
     negotiated: Negotiated,
 ) {
     let who = parties(&tx);
-    let signalling_source =
-        crate::sip::source::stamped_source(&tx.original.headers).map(|a| a.ip());
+    // The caller's own address (through a trusted proxy, the one it names):
+    // RTP from there is the caller's even when its SDP names another.
+    let signalling_source = super::source_ip(&shared, &tx);
     let Some((socket, lease)) =
         crate::media::ports::bind_rtp(shared.config.gateway.media.sdp_address, &shared.ports)
     else {
@@ -156,6 +157,7 @@ pub(super) async fn run(
             "codec": negotiated.params.codec.name(),
             "remote_rtp": negotiated.params.remote.to_string(),
             "telephone_event": negotiated.params.dtmf_payload_type,
+            "source": signalling_source.map(|ip| ip.to_string()),
         }),
     );
     let _ = dialog.ringing(None, None);

@@ -28,7 +28,7 @@ use rsipstack::transport::{
     udp::UdpConnection, SipConnection, TcpListenerConnection, TransportLayer,
 };
 use rsipstack::EndpointBuilder;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -240,14 +240,18 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
 
     let transport = TransportLayer::new(sip_stop.child_token());
     for addr in &config.gateway.sip.udp {
-        let udp = UdpConnection::create_connection(*addr, None, Some(sip_stop.child_token()))
-            .await
-            .with_context(|| format!("cannot listen on udp {addr}"))?;
+        let udp = UdpConnection::create_connection(
+            *addr,
+            advertised(&config.gateway.sip, *addr),
+            Some(sip_stop.child_token()),
+        )
+        .await
+        .with_context(|| format!("cannot listen on udp {addr}"))?;
         transport.add_transport(udp.into());
         info!(%addr, "SIP listening on UDP");
     }
     for addr in &config.gateway.sip.tcp {
-        let tcp = TcpListenerConnection::new(*addr, None)
+        let tcp = TcpListenerConnection::new(*addr, advertised(&config.gateway.sip, *addr))
             .await
             .with_context(|| format!("cannot listen on tcp {addr}"))?;
         transport.add_transport(SipConnection::TcpListener(tcp));
@@ -429,7 +433,7 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
         Method::Invite => {
             // A flooding source is dropped here, before a task, a port or a
             // file is spent on it (it retransmits into the same limit).
-            if let Some(ip) = source_ip(&tx) {
+            if let Some(ip) = source_ip(shared, &tx) {
                 let limits = &shared.config.gateway.sip.rate_limits;
                 if !shared.pike.allow(ip, shared.started.elapsed(), limits) {
                     shared.board.rejected("rate");
@@ -474,9 +478,15 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
 }
 
 /// Where a request really came from: the packet's source address as the
-/// transport saw it (never a `Via` parameter the sender wrote).
-fn source_ip(tx: &Transaction) -> Option<IpAddr> {
-    crate::sip::source::stamped_source(&tx.original.headers).map(|a| a.ip())
+/// transport saw it (never a `Via` parameter the sender wrote), or, through a
+/// trusted proxy (`[sip] trusted_proxies`), the caller's address it wrote.
+pub(crate) fn source_ip(shared: &Shared, tx: &Transaction) -> Option<IpAddr> {
+    let sip = &shared.config.gateway.sip;
+    crate::sip::source::caller_source(
+        &tx.original.headers,
+        &sip.trusted_proxies,
+        &sip.proxy_source_header,
+    )
 }
 
 async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: Vec<Header>) {
@@ -504,7 +514,7 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
     if fds::short(shared.fd_limit) {
         return Some("fds");
     }
-    if shared.asr.as_ref().is_some_and(|a| a.saturated()) {
+    if shared.asr.as_ref().is_some_and(|a| a.overloaded()) {
         return Some("asr_saturated");
     }
     None
@@ -537,7 +547,7 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         .await;
         return;
     }
-    let Some(ip) = source_ip(&tx) else {
+    let Some(ip) = source_ip(&shared, &tx) else {
         reject(&mut tx, StatusCode::BadRequest, "unknown source", vec![]).await;
         return;
     };
@@ -631,6 +641,18 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         }
     }
     call::run(shared, trunk, tx, negotiated).await;
+}
+
+/// The address peers reach a listener at, when `[sip] advertised_address` or
+/// `advertised_port` says it is not the bound one (Via and Contact carry it).
+fn advertised(sip: &crate::config::SipListen, bound: SocketAddr) -> Option<SocketAddr> {
+    if sip.advertised_address.is_none() && sip.advertised_port.is_none() {
+        return None;
+    }
+    Some(SocketAddr::new(
+        sip.advertised_address.unwrap_or(bound.ip()),
+        sip.advertised_port.unwrap_or(bound.port()),
+    ))
 }
 
 pub(crate) fn unix_now() -> u64 {

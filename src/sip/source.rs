@@ -7,7 +7,7 @@
 use rsipstack::sip::{Header, SipMessage};
 use rsipstack::transaction::endpoint::MessageInspector;
 use rsipstack::transport::SipAddr;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The header that carries the transport's source address inside voicegate.
 pub const SOURCE_HEADER: &str = "X-Voicegate-Source";
@@ -50,4 +50,100 @@ pub fn stamped_source(headers: &rsipstack::sip::Headers) -> Option<SocketAddr> {
         }
         _ => None,
     })
+}
+
+/// The address a request's caller really sent it from. Straight from a
+/// phone or a carrier that is the packet's source. Through a proxy listed in
+/// `trusted` (a Kamailio dispatcher in front of this node) it is what that
+/// proxy wrote in `header` — the last copy, the one the proxy appended after
+/// any the caller forged, and the last address in it. A header from anyone
+/// else is ignored: a sender cannot choose the address it is judged by.
+pub fn caller_source(
+    headers: &rsipstack::sip::Headers,
+    trusted: &[ipnet::IpNet],
+    header: &str,
+) -> Option<IpAddr> {
+    let hop = stamped_source(headers)?.ip();
+    if !trusted.iter().any(|n| n.contains(&hop)) {
+        return Some(hop);
+    }
+    let written = headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Other(name, value) if name.eq_ignore_ascii_case(header) => Some(value.clone()),
+            _ => None,
+        })
+        .last();
+    match written.as_deref().and_then(parse_forwarded) {
+        Some(ip) => Some(ip),
+        // A trusted proxy that says nothing is the caller itself (its own
+        // OPTIONS, a call it originates).
+        None => Some(hop),
+    }
+}
+
+/// The last address of a `X-Forwarded-For`-style value: `a, b, c`, each an
+/// IP, optionally with a port (`1.2.3.4:5060`, `[2001:db8::1]:5060`).
+fn parse_forwarded(value: &str) -> Option<IpAddr> {
+    let last = value.rsplit(',').next()?.trim();
+    last.parse::<IpAddr>()
+        .ok()
+        .or_else(|| last.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsipstack::sip::Headers;
+
+    fn headers(from: &str, extra: &[(&str, &str)]) -> Headers {
+        let mut h = Headers::default();
+        for (n, v) in extra {
+            h.push(Header::Other((*n).into(), (*v).into()));
+        }
+        h.push(Header::Other(SOURCE_HEADER.into(), from.into()));
+        h
+    }
+
+    #[test]
+    fn untrusted_senders_are_judged_by_their_packets() {
+        let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let h = headers("127.0.0.9:5060", &[("X-Forwarded-For", "10.1.1.1")]);
+        assert_eq!(
+            caller_source(&h, &trusted, "X-Forwarded-For"),
+            Some("127.0.0.9".parse().unwrap())
+        );
+        assert_eq!(
+            caller_source(&h, &[], "X-Forwarded-For"),
+            Some("127.0.0.9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_caller_with_its_own_last_copy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/29".parse().unwrap()];
+        // The caller forged one copy; the proxy appended the real one.
+        let h = headers(
+            "127.0.0.1:5080",
+            &[
+                ("X-Forwarded-For", "10.9.9.9"),
+                ("x-forwarded-for", "192.0.2.7, 198.51.100.4:5060"),
+            ],
+        );
+        assert_eq!(
+            caller_source(&h, &trusted, "X-Forwarded-For"),
+            Some("198.51.100.4".parse().unwrap())
+        );
+        let v6 = headers("127.0.0.1:5080", &[("X-Src", "[2001:db8::1]:5060")]);
+        assert_eq!(
+            caller_source(&v6, &trusted, "X-Src"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // Garbage or nothing from the proxy: the proxy itself.
+        let junk = headers("127.0.0.1:5080", &[("X-Forwarded-For", "\x1b[31mevil")]);
+        assert_eq!(
+            caller_source(&junk, &trusted, "X-Forwarded-For"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+    }
 }

@@ -179,6 +179,15 @@ impl AsrPool {
         self.queued() > 0 || self.busy.load(Ordering::Relaxed) >= self.config.workers.max(1)
     }
 
+    /// Whether the pool is behind, not merely working: half its queue is
+    /// waiting (at least two utterances). A node says so to health probes so
+    /// that a dispatcher sends new calls elsewhere; a busy worker alone is
+    /// normal operation (a node with one worker is busy whenever anyone
+    /// talks) and must not take the node out of rotation.
+    pub fn overloaded(&self) -> bool {
+        self.queued() >= (self.config.queue / 2).max(2)
+    }
+
     /// Queue an utterance in the pool's default language; never blocks.
     pub fn submit(
         &self,

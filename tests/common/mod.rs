@@ -384,7 +384,7 @@ request_route {{
 "); if (t_check_trans()) {{ t_relay(); }} exit; }}
   {auth}
   if (is_method("INVITE")) {{
-    xlog("L_ERR", "VG-INVITE ruri=$rU|at=$TV(Sn)|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|callinfo=$hdr(Call-Info)|
+    xlog("L_ERR", "VG-INVITE ruri=$rU|src=$si|at=$TV(Sn)|uui=$hdr(User-to-User)|reason=$hdr(X-Voicegate-Reason)|summary=$hdr(X-Voicegate-Summary)|callinfo=$hdr(Call-Info)|
 ");
   }}
   record_route();
