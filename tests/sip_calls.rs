@@ -1061,3 +1061,131 @@ fn an_invite_flood_from_one_source_is_cut_at_its_rate_and_others_still_get_throu
         "{dropped} dropped, {admitted} admitted\n{metrics}"
     );
 }
+
+#[test]
+fn only_a_trusted_proxy_names_the_caller_the_acl_judges() {
+    // The trunk admits 10.1.1.1 only. A dispatcher on 127.0.0.1 is trusted
+    // and writes the caller's address in X-Forwarded-For; 127.0.0.2 is not.
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
+        *g = g.replace(
+            "trusted_proxies = []",
+            "trusted_proxies = [\"127.0.0.1/32\"]",
+        );
+        *t = t.replace(
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"10.1.1.1/32\"]",
+        );
+    });
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
+    let final_status = |from_ip: &str, forwarded: &str, n: usize| -> String {
+        let sock = std::net::UdpSocket::bind((from_ip, 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        let me = sock.local_addr().expect("addr");
+        let invite = format!(
+            "INVITE sip:bot@{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bKxff{n}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:caller@{me}>;tag=xff{n}\r\n\
+             To: <sip:bot@{target}>\r\n\
+             Call-ID: xff-{n}@{from_ip}\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:caller@{me}>\r\n\
+             X-Forwarded-For: {forwarded}\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sock.send_to(invite.as_bytes(), &target).expect("send");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if let Ok((len, _)) = sock.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                let status = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                if !status.starts_with('1') {
+                    return status;
+                }
+            }
+        }
+        "none".into()
+    };
+    assert_eq!(
+        final_status("127.0.0.1", "10.1.1.1", 1),
+        "200",
+        "the trusted proxy's caller is in the ACL:\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        final_status("127.0.0.1", "10.9.9.9", 2),
+        "403",
+        "the trusted proxy's caller is outside the ACL"
+    );
+    assert_eq!(
+        final_status("127.0.0.2", "10.1.1.1", 3),
+        "403",
+        "an untrusted sender cannot name its own address:\n{}",
+        gw.log()
+    );
+    // The accepted call records the caller's address, not the proxy's.
+    let dirs = gw.call_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let invite = events(&dirs[0])
+        .into_iter()
+        .find(|e| e["kind"] == "call.invite")
+        .expect("call.invite");
+    assert_eq!(invite["source"], "10.1.1.1", "{invite}");
+}
+
+#[test]
+fn the_advertised_address_is_the_contact_peers_are_given() {
+    // Behind NAT: peers must send in-dialog requests to the public address.
+    let gw = Gateway::start(|g, _| {
+        no_speech(g);
+        *g = g.replace(
+            "# advertised_address = \"203.0.113.10\"\n# advertised_port = 5060",
+            "advertised_address = \"203.0.113.10\"\nadvertised_port = 5999",
+        );
+    });
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    let me = sock.local_addr().expect("addr");
+    let invite = format!(
+        "INVITE sip:bot@{target} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKadv1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@{me}>;tag=adv1\r\n\
+         To: <sip:bot@{target}>\r\n\
+         Call-ID: adv-1@127.0.0.1\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:caller@{me}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), &target).expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    let mut ok = String::new();
+    while std::time::Instant::now() < deadline && ok.is_empty() {
+        if let Ok((len, _)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            if text.starts_with("SIP/2.0 200") {
+                ok = text;
+            }
+        }
+    }
+    let contact = ok
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("contact:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        contact.contains("203.0.113.10:5999"),
+        "200 OK Contact: {contact:?}\n{ok}\n{}",
+        gw.log()
+    );
+}
