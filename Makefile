@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONFIG ?= sip-config
 SHELL := /bin/bash
 
-.PHONY: run test bootstrap build models lint bench load calls clean cluster
+.PHONY: run test bootstrap build models lint bench load load-cluster calls clean cluster
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -39,6 +39,11 @@ cluster: models
 
 load: build
 	./benches/load/sipp_load.sh
+
+# make load through the dispatcher: 3 × the single-node calls over three
+# nodes, alternating with one node direct (RUNS=3), same script run.
+load-cluster: build
+	./benches/load/cluster_load.sh
 
 # Regenerate our own regression calls (tests/calls/generated) from
 # tests/calls/generate.py with flite, festival and espeak-ng voices.

@@ -57,6 +57,7 @@ die() { say "$*"; exit 1; }
 command -v kamailio >/dev/null || die "kamailio is not installed (scripts/bootstrap.sh installs it)"
 [ -f "$CONFIG/gateway.toml" ] || die "$CONFIG/gateway.toml not found (CLUSTER_CONFIG)"
 udp_busy() { ss -Hulnp 2>/dev/null | awk '{print $4}' | grep -qx "$1"; }
+tcp_busy() { ss -Htlnp 2>/dev/null | awk '{print $4}' | grep -qx "$1"; }
 udp_busy "$LISTEN" && die "udp $LISTEN is already in use (another cluster running? CLUSTER_LISTEN)"
 
 rm -f "$DIR/.stopping"
@@ -169,14 +170,16 @@ KAM=$!
 pids+=($KAM)
 
 
-# Ready when Kamailio listens and every node answers /healthz.
+# Ready when Kamailio and every node listen.
 for _ in $(seq 150); do
   kill -0 "$KAM" 2>/dev/null || die "kamailio exited: see $DIR/kamailio.log"
   ready=1
   n=0
   for ip in "${NODES[@]}"; do
     n=$((n + 1))
-    grep -q "voicegate ready" "$DIR/node$n/voicegate.log" 2>/dev/null || ready=0
+    # Ready: SIP and HTTP bound (whatever RUST_LOG lets the log say).
+    udp_busy "$ip:$SIP_PORT" || ready=0
+    tcp_busy "$ip:$((HTTP_BASE + n))" || ready=0
   done
   udp_busy "$LISTEN" || ready=0
   [ "$ready" = 1 ] && break

@@ -160,8 +160,12 @@ pub(super) async fn run(
             "source": signalling_source.map(|ip| ip.to_string()),
         }),
     );
-    let _ = dialog.ringing(None, None);
+    // 180 only when the caller will actually hear ringing: a 180 sent just
+    // before an immediate 200 is one more message per call, and through a
+    // multi-process proxy it can overtake nothing but be overtaken (a late
+    // 180 after the 200 confuses strict UACs — seen with SIPp behind Kamailio).
     if !gw.sip.answer_delay.is_zero() {
+        let _ = dialog.ringing(None, None);
         let ring = tokio::time::sleep(gw.sip.answer_delay);
         tokio::pin!(ring);
         loop {
