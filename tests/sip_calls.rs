@@ -1078,24 +1078,15 @@ fn only_a_trusted_proxy_names_the_caller_the_acl_judges() {
         );
     });
     let target = format!("127.0.0.1:{}", gw.sip_port);
-    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
     let final_status = |from_ip: &str, forwarded: &str, n: usize| -> String {
         let sock = std::net::UdpSocket::bind((from_ip, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
         let me = sock.local_addr().expect("addr");
-        let invite = format!(
-            "INVITE sip:bot@{target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {me};branch=z9hG4bKxff{n}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:caller@{me}>;tag=xff{n}\r\n\
-             To: <sip:bot@{target}>\r\n\
-             Call-ID: xff-{n}@{from_ip}\r\n\
-             CSeq: 1 INVITE\r\n\
-             Contact: <sip:caller@{me}>\r\n\
-             X-Forwarded-For: {forwarded}\r\n\
-             Content-Type: application/sdp\r\n\
-             Content-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
+        let invite = bare_invite(
+            &target,
+            &me,
+            &format!("xff{n}"),
+            &format!("X-Forwarded-For: {forwarded}\r\n"),
         );
         sock.send_to(invite.as_bytes(), &target).expect("send");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1149,23 +1140,10 @@ fn the_advertised_address_is_the_contact_peers_are_given() {
         );
     });
     let target = format!("127.0.0.1:{}", gw.sip_port);
-    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
     let me = sock.local_addr().expect("addr");
-    let invite = format!(
-        "INVITE sip:bot@{target} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {me};branch=z9hG4bKadv1\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:caller@{me}>;tag=adv1\r\n\
-         To: <sip:bot@{target}>\r\n\
-         Call-ID: adv-1@127.0.0.1\r\n\
-         CSeq: 1 INVITE\r\n\
-         Contact: <sip:caller@{me}>\r\n\
-         Content-Type: application/sdp\r\n\
-         Content-Length: {}\r\n\r\n{sdp}",
-        sdp.len()
-    );
+    let invite = bare_invite(&target, &me, "adv1", "");
     sock.send_to(invite.as_bytes(), &target).expect("send");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 4096];
@@ -1188,4 +1166,25 @@ fn the_advertised_address_is_the_contact_peers_are_given() {
         "200 OK Contact: {contact:?}\n{ok}\n{}",
         gw.log()
     );
+}
+
+/// A bare INVITE from `me` to `target` with a PCMU offer; `tag` makes its
+/// branch, tags and Call-ID unique, `extra` adds header lines (each ending
+/// in CRLF).
+fn bare_invite(target: &str, me: &std::net::SocketAddr, tag: &str, extra: &str) -> String {
+    let sdp = PCMU_SDP.replace("[auto_media_port]", "40000") + "\r\n";
+    format!(
+        "INVITE sip:bot@{target} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bK{tag}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@{me}>;tag={tag}\r\n\
+         To: <sip:bot@{target}>\r\n\
+         Call-ID: {tag}@{}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:caller@{me}>\r\n\
+         {extra}Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        me.ip(),
+        sdp.len()
+    )
 }
