@@ -1119,13 +1119,25 @@ fn only_a_trusted_proxy_names_the_caller_the_acl_judges() {
         "an untrusted sender cannot name its own address:\n{}",
         gw.log()
     );
-    // The accepted call records the caller's address, not the proxy's.
+    // The accepted call records the caller's address, not the proxy's (its
+    // events reach the disk on the recorder's flush: wait for them).
     let dirs = gw.call_dirs();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
-    let invite = events(&dirs[0])
-        .into_iter()
-        .find(|e| e["kind"] == "call.invite")
-        .expect("call.invite");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let invite = loop {
+        if let Some(e) = events(&dirs[0])
+            .into_iter()
+            .find(|e| e["kind"] == "call.invite")
+        {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call.invite event:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(invite["source"], "10.1.1.1", "{invite}");
 }
 
