@@ -214,3 +214,54 @@ fn semantic_intent_speech_rate_and_recorded_prompt_settings_are_checked() {
     let (code, _, err) = check(&dir);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn proxy_and_nat_settings_are_checked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cfg");
+    copy_dir(&root().join("sip-config"), &dir);
+    let gateway = std::fs::read_to_string(dir.join("gateway.toml")).expect("read");
+    let cases = [
+        (
+            "trusted_proxies = []",
+            "trusted_proxies = [\"kamailio.local\"]",
+            "bad sip.trusted_proxies entry",
+        ),
+        (
+            "# advertised_address = \"203.0.113.10\"",
+            "advertised_address = \"0.0.0.0\"",
+            "bad sip.advertised_address",
+        ),
+        (
+            "proxy_source_header = \"X-Forwarded-For\"",
+            "proxy_source_header = \"X Forwarded: For\"",
+            "bad sip.proxy_source_header",
+        ),
+    ];
+    for (from, to, message) in cases {
+        assert!(gateway.contains(from), "gateway.toml lacks {from:?}");
+        std::fs::write(dir.join("gateway.toml"), gateway.replacen(from, to, 1)).expect("write");
+        let (code, _, err) = check(&dir);
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains("gateway.toml:") && l.contains(message) && l.contains(" — ")),
+            "{to}: {err}"
+        );
+    }
+    // A dispatcher in front, behind NAT: accepted.
+    let good = gateway
+        .replacen(
+            "trusted_proxies = []",
+            "trusted_proxies = [\"10.0.0.0/24\", \"192.0.2.5\"]",
+            1,
+        )
+        .replacen(
+            "# advertised_address = \"203.0.113.10\"\n# advertised_port = 5060",
+            "advertised_address = \"203.0.113.10\"\nadvertised_port = 5060",
+            1,
+        );
+    std::fs::write(dir.join("gateway.toml"), good).expect("write");
+    let (code, _, err) = check(&dir);
+    assert_eq!(code, 0, "{err}");
+}

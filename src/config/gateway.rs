@@ -184,11 +184,11 @@ struct SipSection {
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default = "default_proxy_source_header")]
-    proxy_source_header: String,
+    proxy_source_header: Spanned<String>,
 }
 
-fn default_proxy_source_header() -> String {
-    "X-Forwarded-For".into()
+fn default_proxy_source_header() -> Spanned<String> {
+    Spanned::new(0..0, "X-Forwarded-For".into())
 }
 
 #[derive(Deserialize)]
@@ -470,14 +470,14 @@ pub(super) fn parse(
             }
         },
     };
-    let proxy_source_header = file.sip.proxy_source_header.trim().to_string();
+    let proxy_source_header = file.sip.proxy_source_header.get_ref().trim().to_string();
     if proxy_source_header.is_empty()
         || !proxy_source_header
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         problems.push(src.at(
-            None,
+            Some(file.sip.proxy_source_header.span()),
             format!("bad sip.proxy_source_header {proxy_source_header:?}"),
             "write a SIP header name, e.g. \"X-Forwarded-For\"",
         ));

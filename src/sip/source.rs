@@ -70,16 +70,13 @@ pub fn caller_source(
     let written = headers
         .iter()
         .filter_map(|h| match h {
-            Header::Other(name, value) if name.eq_ignore_ascii_case(header) => Some(value.clone()),
+            Header::Other(name, value) if name.eq_ignore_ascii_case(header) => Some(value.as_str()),
             _ => None,
         })
         .last();
-    match written.as_deref().and_then(parse_forwarded) {
-        Some(ip) => Some(ip),
-        // A trusted proxy that says nothing is the caller itself (its own
-        // OPTIONS, a call it originates).
-        None => Some(hop),
-    }
+    // A trusted proxy that says nothing is the caller itself (its own
+    // OPTIONS, a call it originates).
+    Some(written.and_then(parse_forwarded).unwrap_or(hop))
 }
 
 /// The last address of a `X-Forwarded-For`-style value: `a, b, c`, each an
