@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONFIG ?= sip-config
 SHELL := /bin/bash
 
-.PHONY: run test bootstrap build models lint bench load load-cluster calls clean cluster
+.PHONY: run test bootstrap build models lint bench load load-cluster calls clean cluster fuzz soak
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -44,6 +44,17 @@ load: build
 # nodes, alternating with one node direct (RUNS=3), same script run.
 load-cluster: build
 	./benches/load/cluster_load.sh
+
+# Coverage-guided fuzzing (cargo-fuzz, nightly) of the SIP, SDP, digest,
+# RTP, WAV and config input paths, FUZZ_RUNS executions each (10 M); the
+# corpus in fuzz/corpus/ grows. make test runs a short stable pass of it.
+fuzz: bootstrap
+	./scripts/fuzz.sh
+
+# 100 concurrent calls with churn for 10 minutes, speech off then on:
+# failed calls, truncated recordings, RSS slope (MiB/h).
+soak: build
+	./benches/load/soak.sh
 
 # Regenerate our own regression calls (tests/calls/generated) from
 # tests/calls/generate.py with flite, festival and espeak-ng voices.

@@ -9,6 +9,7 @@ pub mod call;
 pub mod caller;
 pub mod config;
 pub mod emotion;
+pub mod fuzz;
 pub mod gateway;
 pub mod media;
 pub mod record;

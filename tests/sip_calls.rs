@@ -149,14 +149,14 @@ fn cancel_before_answer_gets_487() {
     });
     let out = sipp(&gw, "cancel.xml", &[], &[]);
     assert!(out.status.success(), "CANCEL → 200 + 487");
-    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
-    let all = events(&dirs[0]);
-    let ended = all
-        .iter()
-        .find(|e| e["kind"] == "call.ended")
-        .expect("ended");
-    assert_eq!(ended["reason"], "caller_cancel");
-    assert_eq!(ended["answered"], false);
+    // A call that was never confirmed leaves a log line, not a recording.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("call ended before it was confirmed") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gw.log().contains("caller_cancel"), "{}", gw.log());
+    assert!(gw.call_dirs().is_empty(), "{:?}", gw.call_dirs());
 }
 
 #[test]
@@ -1077,30 +1077,13 @@ fn only_a_trusted_proxy_names_the_caller_the_acl_judges() {
             "allow = [\"10.1.1.1/32\"]",
         );
     });
-    let target = format!("127.0.0.1:{}", gw.sip_port);
     let final_status = |from_ip: &str, forwarded: &str, n: usize| -> String {
-        let sock = std::net::UdpSocket::bind((from_ip, 0)).expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
-        let me = sock.local_addr().expect("addr");
-        let invite = bare_invite(
-            &target,
-            &me,
-            &format!("xff{n}"),
-            &format!("X-Forwarded-For: {forwarded}\r\n"),
-        );
-        sock.send_to(invite.as_bytes(), &target).expect("send");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 4096];
-        while std::time::Instant::now() < deadline {
-            if let Ok((len, _)) = sock.recv_from(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..len]).to_string();
-                let status = text.split_whitespace().nth(1).unwrap_or("").to_string();
-                if !status.starts_with('1') {
-                    return status;
-                }
-            }
+        let mut ua = RawUa::new(from_ip, &gw, &format!("xff{n}"));
+        let resp = ua.invite(&format!("X-Forwarded-For: {forwarded}\r\n"));
+        if status_of(&resp) == "200" {
+            ua.ack();
         }
-        "none".into()
+        status_of(&resp).to_string()
     };
     assert_eq!(
         final_status("127.0.0.1", "10.1.1.1", 1),
@@ -1121,9 +1104,15 @@ fn only_a_trusted_proxy_names_the_caller_the_acl_judges() {
     );
     // The accepted call records the caller's address, not the proxy's (its
     // events reach the disk on the recorder's flush: wait for them).
-    let dirs = gw.call_dirs();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let dirs = loop {
+        let dirs = gw.call_dirs();
+        if !dirs.is_empty() || std::time::Instant::now() > deadline {
+            break dirs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
     let invite = loop {
         if let Some(e) = events(&dirs[0])
             .into_iter()
@@ -1199,4 +1188,313 @@ fn bare_invite(target: &str, me: &std::net::SocketAddr, tag: &str, extra: &str) 
         me.ip(),
         sdp.len()
     )
+}
+
+/// A hand-written SIP UA on a UDP socket, for what SIPp scenarios make
+/// awkward: half-open calls, session timers, in-dialog requests from either
+/// side. Requests that arrive while it waits for a response are kept.
+struct RawUa {
+    sock: std::net::UdpSocket,
+    me: std::net::SocketAddr,
+    target: String,
+    tag: String,
+    cseq: u32,
+    to_tag: Option<String>,
+    requests: std::collections::VecDeque<String>,
+}
+
+fn header_of<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn status_of(msg: &str) -> &str {
+    msg.split_whitespace().nth(1).unwrap_or("")
+}
+
+impl RawUa {
+    fn new(bind_ip: &str, gw: &Gateway, tag: &str) -> Self {
+        let sock = std::net::UdpSocket::bind((bind_ip, 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(100))).ok();
+        let me = sock.local_addr().expect("addr");
+        Self {
+            sock,
+            me,
+            target: format!("127.0.0.1:{}", gw.sip_port),
+            tag: tag.to_string(),
+            cseq: 1,
+            to_tag: None,
+            requests: Default::default(),
+        }
+    }
+
+    fn recv(&self) -> Option<String> {
+        let mut buf = [0u8; 8192];
+        let (len, _) = self.sock.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..len]).to_string())
+    }
+
+    /// The final response to the request with CSeq `cseq`, within `wait`.
+    fn final_response(&mut self, cseq: u32, wait: Duration) -> String {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            let Some(msg) = self.recv() else { continue };
+            if !msg.starts_with("SIP/2.0") {
+                self.requests.push_back(msg);
+                continue;
+            }
+            let ours = header_of(&msg, "CSeq")
+                .and_then(|c| c.split_whitespace().next())
+                .is_some_and(|n| n == cseq.to_string());
+            if ours && !status_of(&msg).starts_with('1') {
+                if status_of(&msg).starts_with('2') && self.to_tag.is_none() {
+                    self.to_tag = header_of(&msg, "To")
+                        .and_then(|t| t.split(";tag=").nth(1))
+                        .map(|t| t.split(';').next().unwrap_or(t).to_string());
+                }
+                return msg;
+            }
+        }
+        "none".into()
+    }
+
+    /// INVITE with a PCMU offer and `extra` header lines; its final response.
+    fn invite(&mut self, extra: &str) -> String {
+        let invite = bare_invite(&self.target, &self.me, &self.tag, extra);
+        self.sock
+            .send_to(invite.as_bytes(), &self.target)
+            .expect("send");
+        self.final_response(1, Duration::from_secs(10))
+    }
+
+    fn to(&self) -> String {
+        let tag = self.to_tag.as_deref().unwrap_or("");
+        format!("<sip:bot@{}>;tag={tag}", self.target)
+    }
+
+    fn ack(&self) {
+        let msg = format!(
+            "ACK sip:bot@{t} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack{tag}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag={tag}\r\nTo: {to}\r\n\
+             Call-ID: {tag}@{ip}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            t = self.target,
+            me = self.me,
+            tag = self.tag,
+            to = self.to(),
+            ip = self.me.ip(),
+        );
+        self.sock
+            .send_to(msg.as_bytes(), &self.target)
+            .expect("ack");
+    }
+
+    /// An in-dialog request without a body; its final response.
+    fn request(&mut self, method: &str, extra: &str) -> String {
+        self.cseq += 1;
+        let msg = format!(
+            "{method} sip:bot@{t} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{method}{n}{tag}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag={tag}\r\nTo: {to}\r\n\
+             Call-ID: {tag}@{ip}\r\nCSeq: {n} {method}\r\nContact: <sip:caller@{me}>\r\n\
+             {extra}Content-Length: 0\r\n\r\n",
+            t = self.target,
+            me = self.me,
+            tag = self.tag,
+            to = self.to(),
+            ip = self.me.ip(),
+            n = self.cseq,
+        );
+        self.sock
+            .send_to(msg.as_bytes(), &self.target)
+            .expect("send");
+        self.final_response(self.cseq, Duration::from_secs(10))
+    }
+
+    /// The next request the gateway sends us within `wait` (answered 200
+    /// with `extra` header lines).
+    fn next_request(&mut self, wait: Duration, extra: &str) -> Option<String> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let msg = match self.requests.pop_front() {
+                Some(m) => m,
+                None if std::time::Instant::now() >= deadline => return None,
+                None => match self.recv() {
+                    Some(m) if !m.starts_with("SIP/2.0") => m,
+                    _ => continue,
+                },
+            };
+            let mut reply = String::from("SIP/2.0 200 OK\r\n");
+            for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+                for line in msg.lines() {
+                    if line
+                        .split_once(':')
+                        .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+                    {
+                        reply.push_str(line);
+                        reply.push_str("\r\n");
+                    }
+                }
+            }
+            reply.push_str(extra);
+            reply.push_str("Content-Length: 0\r\n\r\n");
+            self.sock
+                .send_to(reply.as_bytes(), &self.target)
+                .expect("reply");
+            return Some(msg);
+        }
+    }
+}
+
+fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let (_, body) = gw.get("/metrics", None);
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_metric(gw: &Gateway, name: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(gw, name) != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never reached {want}: {:?}\n{}",
+            metric(gw, name),
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn nothing_is_recorded_before_the_ack_and_calls_in_set_up_are_capped() {
+    let gw = Gateway::start(|g, _| {
+        no_speech(g);
+        *g = g.replace("max_setup_calls = 200", "max_setup_calls = 2");
+    });
+    // Two callers answered but not ACKed: half-open, nothing on disk.
+    let mut first = RawUa::new("127.0.0.1", &gw, "half1");
+    let ok = first.invite("Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n");
+    assert_eq!(status_of(&ok), "200", "{ok}\n{}", gw.log());
+    assert_eq!(
+        header_of(&ok, "Session-Expires"),
+        Some("120;refresher=uac"),
+        "the session timer the caller asked for:\n{ok}"
+    );
+    assert_eq!(header_of(&ok, "Require"), Some("timer"), "{ok}");
+    let mut second = RawUa::new("127.0.0.1", &gw, "half2");
+    assert_eq!(status_of(&second.invite("")), "200");
+    wait_metric(&gw, "voicegate_calls_setting_up", 2.0);
+    // A third is refused while two are in set-up: busy, retry shortly.
+    let mut third = RawUa::new("127.0.0.1", &gw, "half3");
+    let busy = third.invite("");
+    assert_eq!(status_of(&busy), "503", "{busy}");
+    assert!(header_of(&busy, "Retry-After").is_some(), "{busy}");
+    let (_, m) = gw.get("/metrics", None);
+    assert!(
+        m.contains("voicegate_sip_rejections_total{cause=\"setup_limit\"} 1"),
+        "{m}"
+    );
+    assert!(
+        gw.call_dirs().is_empty(),
+        "no recording before the ACK: {:?}",
+        gw.call_dirs()
+    );
+    // A session timer below our minimum: 422 with ours.
+    let mut short = RawUa::new("127.0.0.1", &gw, "short1");
+    first.ack();
+    wait_metric(&gw, "voicegate_calls_setting_up", 1.0);
+    let small = short.invite("Supported: timer\r\nSession-Expires: 30\r\n");
+    assert_eq!(status_of(&small), "422", "{small}");
+    assert_eq!(header_of(&small, "Min-SE"), Some("90"), "{small}");
+    // The ACKed call is recorded; a refresh (UPDATE, no offer) is answered
+    // with the timer and no SDP.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.call_dirs().len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refreshed = first.request(
+        "UPDATE",
+        "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n",
+    );
+    assert_eq!(status_of(&refreshed), "200", "{refreshed}\n{}", gw.log());
+    assert_eq!(
+        header_of(&refreshed, "Session-Expires"),
+        Some("120;refresher=uac")
+    );
+    assert_eq!(header_of(&refreshed, "Content-Length"), Some("0"));
+    assert_eq!(status_of(&first.request("BYE", "")), "200");
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    assert_eq!(dirs.len(), 1, "only the confirmed call: {dirs:?}");
+    let all = events(&dirs[0]);
+    assert_eq!(all[0]["kind"], "call.invite", "{all:?}");
+    assert_eq!(all[0]["session_expires_s"], 120);
+}
+
+#[test]
+fn calls_whose_session_refreshes_stop_are_ended() {
+    // RFC 4028 with the 90 s minimum: one caller refreshes nothing (it should,
+    // refresher=uac) and is ended ~60 s in; for another we are the refresher
+    // and send UPDATE at half the interval, and its call goes on.
+    let gw = Gateway::start(|g, _| {
+        no_speech(g);
+        *g = g.replace("rtp_timeout_s = 30", "rtp_timeout_s = 600");
+    });
+    let silent = {
+        let mut ua = RawUa::new("127.0.0.1", &gw, "stale1");
+        let ok = ua.invite("Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n");
+        assert_eq!(status_of(&ok), "200", "{ok}");
+        ua.ack();
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            let bye = ua.next_request(Duration::from_secs(100), "");
+            (t0.elapsed(), bye)
+        })
+    };
+    let mut ua = RawUa::new("127.0.0.1", &gw, "fresh1");
+    let ok = ua.invite(
+        "Supported: timer\r\nSession-Expires: 90;refresher=uas\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n",
+    );
+    assert_eq!(header_of(&ok, "Session-Expires"), Some("90;refresher=uas"));
+    ua.ack();
+    let t0 = std::time::Instant::now();
+    let refresh = ua
+        .next_request(
+            Duration::from_secs(80),
+            "Session-Expires: 90;refresher=uas\r\nRequire: timer\r\n",
+        )
+        .expect("the gateway refreshes the session");
+    let at = t0.elapsed();
+    assert!(refresh.starts_with("UPDATE "), "{refresh}");
+    assert!(
+        at >= Duration::from_secs(40) && at <= Duration::from_secs(60),
+        "at half the interval: {at:?}"
+    );
+    let (after, bye) = silent.join().expect("thread");
+    let bye = bye.expect("the stale call is ended");
+    assert!(bye.starts_with("BYE "), "{bye}");
+    assert!(
+        after >= Duration::from_secs(55) && after <= Duration::from_secs(80),
+        "90 s less a third: {after:?}"
+    );
+    // The refreshed call is still up past the point the stale one ended.
+    assert!(
+        ua.next_request(Duration::from_secs(3), "").is_none(),
+        "no BYE for the refreshed call"
+    );
+    assert_eq!(status_of(&ua.request("BYE", "")), "200");
+    let dirs = gw.wait_calls_ended(2, Duration::from_secs(20));
+    let reasons: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| events(d))
+        .filter(|e| e["kind"] == "call.hangup")
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons.contains(&"session_expired".to_string()),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"caller_bye".to_string()), "{reasons:?}");
 }

@@ -69,6 +69,21 @@ pub struct AgentPop {
     pub call: Value,
 }
 
+/// What the running gateway reports at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Utterances waiting for a Whisper worker.
+    pub asr_queue: usize,
+    /// Calls admitted and not yet confirmed by an ACK.
+    pub calls_setting_up: usize,
+    /// Descriptors open now.
+    pub fds_open: Option<u64>,
+    /// The descriptor limit in force.
+    pub fd_limit: Option<u64>,
+    /// Sources banned now for failed authentications.
+    pub banned_sources: usize,
+}
+
 struct Metrics {
     registry: Registry,
     active: Gauge,
@@ -77,6 +92,10 @@ struct Metrics {
     wait: Histogram,
     asr_latency: Histogram,
     asr_queue: Gauge,
+    setting_up: Gauge,
+    fds_open: Gauge,
+    fd_limit: Gauge,
+    banned_sources: Gauge,
     rtp_received: Counter,
     rtp_lost: Counter,
     rtp_late: Counter,
@@ -120,6 +139,30 @@ impl Metrics {
             "Utterances waiting for a Whisper worker",
             asr_queue.clone(),
         );
+        let setting_up = Gauge::default();
+        registry.register(
+            "calls_setting_up",
+            "Half-open calls: answered or ringing, not yet confirmed by the caller's ACK",
+            setting_up.clone(),
+        );
+        let fds_open = Gauge::default();
+        registry.register(
+            "open_fds",
+            "File descriptors the process has open",
+            fds_open.clone(),
+        );
+        let fd_limit = Gauge::default();
+        registry.register(
+            "max_fds",
+            "The process's file descriptor limit (soft, after raising it to the hard limit)",
+            fd_limit.clone(),
+        );
+        let banned_sources = Gauge::default();
+        registry.register(
+            "banned_sources",
+            "Sources banned now for failed authentications",
+            banned_sources.clone(),
+        );
         let rtp_received = Counter::default();
         registry.register(
             "rtp_packets_received",
@@ -153,7 +196,7 @@ impl Metrics {
         let rejections = Family::default();
         registry.register(
             "sip_rejections",
-            "INVITEs refused, by cause (acl, auth, banned, draining, no_rtp_port, bad_sdp)",
+            "INVITEs refused, by cause (acl, auth, banned, rate, max_calls, setup_limit, draining, fds, no_rtp_port, bad_sdp)",
             rejections.clone(),
         );
         Self {
@@ -165,6 +208,10 @@ impl Metrics {
             wait,
             asr_latency,
             asr_queue,
+            setting_up,
+            fds_open,
+            fd_limit,
+            banned_sources,
             rtp_received,
             rtp_lost,
             rtp_late,
@@ -422,11 +469,19 @@ impl CallBoard {
             .set(i64::from(registered));
     }
 
-    /// Prometheus text exposition; `asr_queue` is read at scrape time.
-    pub fn metrics_text(&self, asr_queue: Option<usize>) -> String {
-        self.metrics
-            .asr_queue
-            .set(asr_queue.unwrap_or(0).try_into().unwrap_or(i64::MAX));
+    /// Prometheus text exposition, with `gauges` read at scrape time.
+    pub fn metrics_text(&self, gauges: &Gauges) -> String {
+        let int = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let m = &self.metrics;
+        m.asr_queue.set(int(gauges.asr_queue));
+        m.setting_up.set(int(gauges.calls_setting_up));
+        m.banned_sources.set(int(gauges.banned_sources));
+        if let Some(n) = gauges.fds_open {
+            m.fds_open.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let Some(n) = gauges.fd_limit {
+            m.fd_limit.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if encode(&mut out, &self.metrics.registry).is_err() {
             out.clear();
@@ -498,13 +553,23 @@ mod tests {
             &json!({"uri": "sip:1001@pbx"}),
         );
         assert_eq!(board.for_extension("1001").len(), 1);
-        let m = board.metrics_text(Some(3));
+        let m = board.metrics_text(&Gauges {
+            asr_queue: 3,
+            calls_setting_up: 2,
+            fds_open: Some(40),
+            fd_limit: Some(1024),
+            banned_sources: 1,
+        });
         assert!(m.contains("voicegate_active_calls 1"), "{m}");
         assert!(
             m.contains("voicegate_handovers_total{reason=\"frustration\"} 1"),
             "{m}"
         );
         assert!(m.contains("voicegate_asr_queue_depth 3"), "{m}");
+        assert!(m.contains("voicegate_calls_setting_up 2"), "{m}");
+        assert!(m.contains("voicegate_open_fds 40"), "{m}");
+        assert!(m.contains("voicegate_max_fds 1024"), "{m}");
+        assert!(m.contains("voicegate_banned_sources 1"), "{m}");
         board.event(
             "c1",
             20.0,
@@ -513,7 +578,7 @@ mod tests {
                     "media": {"jitter": {"received": 990, "lost": 10, "late": 2, "queued_sum": 1980, "played": 990}}}),
         );
         board.close("c1");
-        let m = board.metrics_text(None);
+        let m = board.metrics_text(&Gauges::default());
         assert!(m.contains("voicegate_active_calls 0"), "{m}");
         assert!(
             m.contains("voicegate_calls_total{outcome=\"transferred\"} 1"),

@@ -50,8 +50,9 @@ pub trait Control: Send + Sync + 'static {
     fn reload(&self) -> Result<String, Vec<String>>;
     /// True once shutdown began (new calls are refused).
     fn draining(&self) -> bool;
-    /// Utterances waiting for a Whisper worker.
-    fn asr_queued(&self) -> Option<usize>;
+    /// The gauges read at scrape time (ASR queue, calls in set-up,
+    /// descriptors, bans).
+    fn gauges(&self) -> crate::api::board::Gauges;
     /// The current admin token.
     fn admin_token(&self) -> Option<String>;
     /// The screen-pop's token, when one is configured.
@@ -146,7 +147,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.board.metrics_text(s.control.asr_queued()),
+        s.board.metrics_text(&s.control.gauges()),
     )
         .into_response()
 }

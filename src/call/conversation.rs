@@ -55,6 +55,9 @@ pub struct CallSetup {
     pub greeting: Option<Prompt>,
     /// Whether the caller is listened to at all (no recogniser: no speech).
     pub listen: bool,
+    /// `[media] max_call_duration_s`: the call ends (`max_duration`) this
+    /// long after answer, whatever it is doing. `None`: no limit.
+    pub max_duration: Option<Duration>,
 }
 
 /// Something that happened, for the call.
@@ -111,6 +114,8 @@ pub enum Input<'a> {
     MediaTimeout,
     /// The caller has held the call longer than `[media] hold_timeout_s`.
     HoldTimeout,
+    /// The caller's RFC 4028 session timer ran out without a refresh.
+    SessionExpired,
 }
 
 /// What the shell must do.
@@ -208,6 +213,8 @@ pub struct Call {
     said: Vec<(Duration, String)>,
     transfer: Option<(Duration, String, Value)>,
     caller: Option<String>,
+    /// The longest the call may last (from answer).
+    max_duration: Option<Duration>,
     /// The time of the last input.
     now: Duration,
 }
@@ -254,6 +261,7 @@ impl Call {
             said: Vec::new(),
             transfer: None,
             caller: setup.caller,
+            max_duration: setup.max_duration,
             now: Duration::ZERO,
         }
     }
@@ -328,6 +336,7 @@ impl Call {
             Input::Shutdown => self.hang_up("gateway_shutdown"),
             Input::MediaTimeout => self.hang_up("rtp_timeout"),
             Input::HoldTimeout => self.hang_up("hold_timeout"),
+            Input::SessionExpired => self.hang_up("session_expired"),
         }
     }
 
@@ -360,7 +369,14 @@ impl Call {
     /// hang-up. (Audio frames are the call's clock; a shell with no audio to
     /// feed ticks at this time.)
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.goodbye.and_then(|(_, at)| at)
+        if self.hung_up {
+            return None;
+        }
+        let goodbye = self.goodbye.and_then(|(_, at)| at);
+        match (goodbye, self.max_duration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The call is ending: transcribe what the caller was still saying. The
@@ -495,6 +511,10 @@ impl Call {
     /// The call's clock: deadlines, the goodbye hold.
     fn tick(&mut self, now: Duration) {
         if self.hung_up {
+            return;
+        }
+        if self.max_duration.is_some_and(|max| now >= max) {
+            self.hang_up("max_duration");
             return;
         }
         if std::mem::take(&mut self.asr_refused) {
@@ -697,6 +717,7 @@ mod tests {
             partial_interval: Duration::from_secs(3600),
             greeting: Some(Prompt::from_samples(vec![500; 8000])),
             listen,
+            max_duration: None,
         }
     }
 
@@ -810,6 +831,42 @@ mod tests {
             }
         }
         panic!("never hung up");
+    }
+
+    #[test]
+    fn a_call_ends_at_its_maximum_duration_or_when_its_session_expires() {
+        let mut call = Call::new(CallSetup {
+            max_duration: Some(Duration::from_secs(5)),
+            ..setup(false)
+        });
+        call.handle_input(Duration::ZERO, Input::Answered);
+        drain(&mut call);
+        assert_eq!(call.poll_timeout(), Some(Duration::from_secs(5)));
+        let out = silence(&mut call, 20, 4_980);
+        assert!(!out.iter().any(|o| matches!(o, Output::Hangup { .. })));
+        let out = silence(&mut call, 4_980, 5_100);
+        let hangups: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Hangup { reason } => Some(*reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(hangups, ["max_duration"], "once, at 5 s");
+        assert_eq!(call.poll_timeout(), None, "nothing left to wait for");
+
+        let mut call = Call::new(setup(false));
+        call.handle_input(Duration::ZERO, Input::Answered);
+        drain(&mut call);
+        assert_eq!(call.poll_timeout(), None, "no limit, no goodbye");
+        call.handle_input(ms(1000), Input::SessionExpired);
+        let out = drain(&mut call);
+        assert!(matches!(
+            out.last(),
+            Some(Output::Hangup {
+                reason: "session_expired"
+            })
+        ));
     }
 
     #[test]

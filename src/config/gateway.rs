@@ -169,8 +169,14 @@ struct SipSection {
     auth_ban_s: u64,
     #[serde(default = "default_auth_window")]
     auth_window_s: u64,
+    #[serde(default = "default_user_lock_after")]
+    auth_user_lock_after: u32,
     #[serde(default)]
     max_calls: usize,
+    #[serde(default = "default_max_setup_calls")]
+    max_setup_calls: usize,
+    #[serde(default = "default_session_expires")]
+    session_expires_s: u64,
     #[serde(default = "default_invite_rate")]
     invite_rate: f64,
     #[serde(default = "default_invite_burst")]
@@ -201,6 +207,8 @@ struct MediaSection {
     rtp_timeout_s: Spanned<u64>,
     #[serde(default = "default_hold_timeout")]
     hold_timeout_s: u64,
+    #[serde(default = "default_max_call_duration")]
+    max_call_duration_s: u64,
     #[serde(default = "default_jitter")]
     jitter_buffer_ms: Spanned<u32>,
 }
@@ -255,9 +263,22 @@ fn default_ban_s() -> u64 {
 fn default_auth_window() -> u64 {
     300
 }
+fn default_user_lock_after() -> u32 {
+    10
+}
 fn default_hold_timeout() -> u64 {
     300
 }
+fn default_max_call_duration() -> u64 {
+    4 * 3600
+}
+fn default_max_setup_calls() -> usize {
+    200
+}
+fn default_session_expires() -> u64 {
+    1800
+}
+
 fn default_rtp_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 30)
 }
@@ -303,6 +324,15 @@ pub struct SipListen {
     /// Calls at once (in set-up or up) beyond which INVITEs get 503 with
     /// `Retry-After` and OPTIONS 503 (0: no limit but the RTP port range).
     pub max_calls: usize,
+    /// Calls answered but not yet confirmed by the caller's ACK (or ringing)
+    /// beyond which INVITEs get 503 with `Retry-After`: a flood of INVITEs
+    /// that are never ACKed holds at most this many RTP ports and tasks
+    /// (0: no cap).
+    pub max_setup_calls: usize,
+    /// RFC 4028 session timer: the `Session-Expires` we grant a caller that
+    /// supports `timer` (it refreshes; a call not refreshed in time ends).
+    /// At least [`crate::sip::session_timer::MIN_SE_S`].
+    pub session_expires: Duration,
     /// Per-source INVITE rate limits.
     pub rate_limits: crate::sip::pike::RateLimits,
     /// The address peers reach this node's SIP at (Via, Contact), when it is
@@ -333,6 +363,9 @@ pub struct MediaConfig {
     /// A call held (sendonly, inactive, `c=0.0.0.0`) longer than this ends,
     /// RTP or not: a caller who held and vanished does not stay up for ever.
     pub hold_timeout: Duration,
+    /// The longest a call may last, whatever it does; then it ends with BYE
+    /// (`max_duration`). `None`: no limit (`max_call_duration_s = 0`).
+    pub max_call_duration: Option<Duration>,
     /// Jitter buffer depth.
     pub jitter_buffer: Duration,
 }
@@ -628,8 +661,15 @@ pub(super) fn parse(
                 ban_after: file.sip.auth_ban_after,
                 ban_s: file.sip.auth_ban_s,
                 window_s: file.sip.auth_window_s.max(1),
+                user_lock_after: file.sip.auth_user_lock_after,
             },
             max_calls: file.sip.max_calls,
+            max_setup_calls: file.sip.max_setup_calls,
+            session_expires: Duration::from_secs(
+                file.sip
+                    .session_expires_s
+                    .max(crate::sip::session_timer::MIN_SE_S),
+            ),
             rate_limits: crate::sip::pike::RateLimits {
                 rate: file.sip.invite_rate.max(0.0),
                 burst: file.sip.invite_burst.max(1.0),
@@ -646,6 +686,8 @@ pub(super) fn parse(
             rtp_port_max: hi,
             rtp_timeout: Duration::from_secs(*m.rtp_timeout_s.get_ref()),
             hold_timeout: Duration::from_secs(m.hold_timeout_s.max(1)),
+            max_call_duration: (m.max_call_duration_s > 0)
+                .then(|| Duration::from_secs(m.max_call_duration_s)),
             jitter_buffer: Duration::from_millis(u64::from(jb)),
         },
         recording: RecordingConfig {

@@ -176,3 +176,19 @@ pub fn load_or_explain(dir: &Path) -> Result<Config, std::process::ExitCode> {
         std::process::ExitCode::from(2)
     })
 }
+
+/// Parse configuration file texts as `config check` would, without files:
+/// the number of problems found. For the fuzzers (`src/fuzz.rs`): whatever
+/// the text, this returns (a diagnostic), never panics.
+#[doc(hidden)]
+pub fn check_texts(gateway_toml: &str, trunks_toml: &str, agents_toml: &str) -> usize {
+    let dir = Path::new("/nonexistent/voicegate-fuzz");
+    let mut problems = Vec::new();
+    let _ = gateway::parse(dir, &dir.join("gateway.toml"), gateway_toml, &mut problems);
+    let _ = trunks::parse(&dir.join("trunks.toml"), trunks_toml, &mut problems);
+    let _ = agents::parse(dir, &dir.join("agents.toml"), agents_toml, &mut problems);
+    for p in &problems {
+        let _ = p.to_string();
+    }
+    problems.len()
+}

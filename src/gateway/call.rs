@@ -64,12 +64,21 @@ fn parties(tx: &Transaction) -> Parties {
     }
 }
 
-/// Answer and run a call until either side ends it.
+/// How long after our 200 OK the caller's ACK may take: RFC 3261's 64·T1,
+/// plus a margin (the SIP stack gives up at 64·T1 and says so first).
+const ACK_PATIENCE: Duration = Duration::from_secs(40);
+
+/// Answer and run a call until either side ends it. Nothing is written to
+/// disk before the caller's ACK: an INVITE that is never confirmed (a flood,
+/// a caller who cancels while it rings) costs a task and a port for at most
+/// 64·T1, no recording.
 pub(super) async fn run(
     shared: Arc<Shared>,
     trunk: TrunkConfig,
     mut tx: Transaction,
     negotiated: Negotiated,
+    timer: Option<crate::sip::session_timer::SessionTimer>,
+    setting_up: super::SettingUp,
 ) {
     let who = parties(&tx);
     // The caller's own address (through a trusted proxy, the one it names):
@@ -114,15 +123,6 @@ pub(super) async fn run(
     });
 
     let gw = &shared.config.gateway;
-    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let mut recorder = match CallRecorder::create(&gw.recording.dir, &date, &who.call_id, 8000) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            // Never drop a caller because the disk is unhappy: answer, log loudly.
-            tracing::error!(error = %e, "cannot create the recording; the call goes on unrecorded");
-            None
-        }
-    };
     let session_id = u64::from(rand::random::<u32>());
     let sdp_version = 1u64;
     let answer = sdp::build(
@@ -144,22 +144,29 @@ pub(super) async fn run(
     );
     // The board forgets the call however this function returns.
     let _on_board = OnBoard(shared.board.clone(), who.call_id.clone());
-    let mut log = EventLog {
-        recorder: recorder.as_mut(),
+    let invite = json!({
+        "call_id": who.call_id, "from": who.from_user, "from_name": who.from_display,
+        "to": who.to_user, "trunk": trunk.name, "flow": trunk.flow_for(&who.to_user),
+        "codec": negotiated.params.codec.name(),
+        "remote_rtp": negotiated.params.remote.to_string(),
+        "telephone_event": negotiated.params.dtmf_payload_type,
+        "source": signalling_source.map(|ip| ip.to_string()),
+        "session_expires_s": timer.map(|t| t.interval.as_secs()),
+    });
+    // Before the ACK the call lives on the board and in the log only.
+    let mut early = EventLog {
+        recorder: None,
         start: Instant::now(),
         board: Some((shared.board.clone(), who.call_id.clone())),
     };
-    log.event(
-        "call.invite",
-        json!({
-            "call_id": who.call_id, "from": who.from_user, "from_name": who.from_display,
-            "to": who.to_user, "trunk": trunk.name, "flow": trunk.flow_for(&who.to_user),
-            "codec": negotiated.params.codec.name(),
-            "remote_rtp": negotiated.params.remote.to_string(),
-            "telephone_event": negotiated.params.dtmf_payload_type,
-            "source": signalling_source.map(|ip| ip.to_string()),
-        }),
-    );
+    early.event("call.invite", invite.clone());
+    let ended_early = |early: &mut EventLog<'_>, reason: &str| {
+        info!(
+            reason,
+            "call ended before it was confirmed: nothing recorded"
+        );
+        early.event("call.ended", json!({"reason": reason, "answered": false}));
+    };
     // 180 only when the caller will actually hear ringing: a 180 sent just
     // before an immediate 200 is one more message per call, and through a
     // multi-process proxy it can overtake nothing but be overtaken (a late
@@ -174,11 +181,7 @@ pub(super) async fn run(
                 state = states.recv() => match state {
                     Some(DialogState::Terminated(_, reason)) => {
                         let reason = if matches!(reason, TerminatedReason::UacCancel) { "caller_cancel" } else { "terminated_before_answer" };
-                        info!(reason, "call ended before answer");
-                        log.event("call.ended", json!({"reason": reason, "answered": false}));
-                        if let Some(r) = recorder {
-                            let _ = r.finalize();
-                        }
+                        ended_early(&mut early, reason);
                         return;
                     }
                     Some(_) => {}
@@ -187,17 +190,61 @@ pub(super) async fn run(
             }
         }
     }
-    let content_type = Header::ContentType("application/sdp".into());
-    if let Err(e) = dialog.accept(Some(vec![content_type.clone()]), Some(answer.into_bytes())) {
+    let mut headers = vec![Header::ContentType("application/sdp".into())];
+    if let Some(t) = &timer {
+        headers.extend(t.response_headers());
+    }
+    if let Err(e) = dialog.accept(Some(headers), Some(answer.into_bytes())) {
         warn!(error = %e, "could not answer");
-        log.event("call.ended", json!({"reason": "answer_failed"}));
-        if let Some(r) = recorder {
-            let _ = r.finalize();
-        }
+        ended_early(&mut early, "answer_failed");
         return;
     }
+    // The caller's ACK confirms the call; until then it is half-open.
+    let patience = tokio::time::sleep(ACK_PATIENCE);
+    tokio::pin!(patience);
+    loop {
+        tokio::select! {
+            _ = &mut patience => {
+                warn!("no ACK for our 200 OK: ending the call");
+                let _ = tokio::time::timeout(BYE_PATIENCE, dialog.bye()).await;
+                ended_early(&mut early, "no_ack");
+                return;
+            }
+            state = states.recv() => match state {
+                Some(DialogState::Confirmed(..)) => break,
+                Some(DialogState::Terminated(_, reason)) => {
+                    let reason = match reason {
+                        TerminatedReason::UacCancel => "caller_cancel",
+                        TerminatedReason::Timeout => "no_ack",
+                        TerminatedReason::UacBye => "caller_bye",
+                        _ => "terminated_before_ack",
+                    };
+                    ended_early(&mut early, reason);
+                    return;
+                }
+                Some(_) => {}
+                None => return,
+            },
+        }
+    }
+    drop(setting_up);
     info!(from = %crate::sip::log_safe(&who.from_user), to = %crate::sip::log_safe(&who.to_user), trunk = %trunk.name, codec = negotiated.params.codec.name(), "call answered");
-    drop(log);
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let mut recorder = match CallRecorder::create(&gw.recording.dir, &date, &who.call_id, 8000) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // Never drop a caller because the disk is unhappy: answer, log loudly.
+            tracing::error!(error = %e, "cannot create the recording; the call goes on unrecorded");
+            None
+        }
+    };
+    if let Some(r) = recorder.as_mut() {
+        for (kind, fields) in [("call.invite", invite), ("call.confirmed", json!({}))] {
+            if let Err(e) = r.event(Duration::ZERO, kind, fields) {
+                tracing::error!(error = %e, "event log write failed");
+            }
+        }
+    }
     let leg = CallerLeg::Sip(Box::new(SipLeg {
         media: MediaSession::new(
             negotiated.params.clone(),
@@ -215,6 +262,9 @@ pub(super) async fn run(
         sdp_version,
         session_id,
         trunk: trunk.clone(),
+        timer,
+        refreshed_at: Duration::ZERO,
+        refreshing: None,
     }));
     converse(shared, who, trunk, leg, recorder, page_key, _on_board).await;
 }
@@ -262,6 +312,7 @@ pub(super) async fn converse(
         partial_interval: sp.partial_interval,
         greeting: Some(shared.greeting.clone()),
         listen: shared.asr.is_some(),
+        max_duration: gw.media.max_call_duration,
     });
     let (tts_tx, mut tts_rx) =
         tokio::sync::mpsc::unbounded_channel::<crate::media::prompt::Prompt>();
@@ -456,10 +507,20 @@ pub(super) async fn converse(
                     warn!(held_s = held.as_secs(), "on hold too long: ending the call");
                     call.handle_input(now, Input::HoldTimeout);
                 }
+                match leg.session_check(now, &shared) {
+                    crate::sip::session_timer::TimerCheck::Expired => {
+                        warn!("session timer expired without a refresh: ending the call");
+                        call.handle_input(now, Input::SessionExpired);
+                    }
+                    crate::sip::session_timer::TimerCheck::Refresh => {
+                        log.event("sip.session_refresh", json!({"by": "gateway"}));
+                    }
+                    crate::sip::session_timer::TimerCheck::Fine => {}
+                }
             }
             signal = leg.signal() => {
                 let Some(signal) = signal else { ended_by = "dialog_gone"; break };
-                match leg.on_signal(signal, &shared, &mut log).await {
+                match leg.on_signal(start.elapsed(), signal, &shared, &mut log).await {
                     DialogOutcome::Continue => {}
                     DialogOutcome::Digit(digit) => {
                         call.handle_input(start.elapsed(), Input::Digit { digit, source: "sip_info" });

@@ -7,6 +7,7 @@ use super::Shared;
 use crate::config::TrunkConfig;
 use crate::media::session::{Inbound, MediaSession};
 use crate::sip::sdp::{self, Direction};
+use crate::sip::session_timer::{Negotiation, SessionTimer, TimerCheck};
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCode};
@@ -38,6 +39,12 @@ pub(super) struct SipLeg {
     pub(super) sdp_version: u64,
     pub(super) session_id: u64,
     pub(super) trunk: TrunkConfig,
+    /// The RFC 4028 session timer, when the caller (or a proxy) asked for one.
+    pub(super) timer: Option<SessionTimer>,
+    /// The last refresh (or the answer), on the call's clock.
+    pub(super) refreshed_at: Duration,
+    /// Our refresh in flight: whether it was answered 2xx.
+    pub(super) refreshing: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 /// Something the caller's signalling said.
@@ -144,29 +151,85 @@ impl CallerLeg {
 
     pub(super) async fn on_signal(
         &mut self,
+        now: Duration,
         signal: LegSignal,
         shared: &Shared,
         log: &mut EventLog<'_>,
     ) -> DialogOutcome {
         match (self, signal) {
             (CallerLeg::Sip(s), LegSignal::Sip(state)) => {
-                let port = s.lease.port();
-                on_dialog_state(
-                    *state,
-                    &s.dialog,
-                    &mut s.media,
-                    &mut s.held,
-                    &mut s.sdp_version,
-                    s.session_id,
-                    shared,
-                    port,
-                    &s.trunk,
-                    log,
-                )
-                .await
+                on_dialog_state(now, *state, s, shared, log).await
             }
             (_, LegSignal::WebEnded(reason)) => DialogOutcome::Ended(reason),
             (_, LegSignal::Sip(_)) => DialogOutcome::Continue,
+        }
+    }
+
+    /// The session timer at `now`: refresh it ourselves when it is our turn
+    /// (UPDATE where the caller allows it, else re-INVITE with our current
+    /// SDP), or say it expired — no refresh from the caller, or ours failed.
+    pub(super) fn session_check(&mut self, now: Duration, shared: &Shared) -> TimerCheck {
+        let CallerLeg::Sip(s) = self else {
+            return TimerCheck::Fine;
+        };
+        let Some(timer) = s.timer else {
+            return TimerCheck::Fine;
+        };
+        if let Some(rx) = s.refreshing.as_mut() {
+            match rx.try_recv() {
+                Ok(true) => {
+                    s.refreshing = None;
+                    s.refreshed_at = now;
+                    return TimerCheck::Fine;
+                }
+                Ok(false) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    s.refreshing = None;
+                    warn!("our session refresh failed: ending the call");
+                    return TimerCheck::Expired;
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        match timer.check(now.saturating_sub(s.refreshed_at)) {
+            TimerCheck::Refresh if s.refreshing.is_none() => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                s.refreshing = Some(rx);
+                let dialog = s.dialog.clone();
+                let headers = timer.refresh_headers();
+                let offer = (!timer.caller_allows_update).then(|| {
+                    sdp::build(
+                        s.session_id,
+                        s.sdp_version,
+                        shared.config.gateway.media.sdp_address,
+                        s.lease.port(),
+                        s.media.params().codec,
+                        s.media.params().dtmf_payload_type,
+                        if s.held {
+                            Direction::RecvOnly
+                        } else {
+                            Direction::SendRecv
+                        },
+                    )
+                });
+                tokio::spawn(async move {
+                    let result = match offer {
+                        None => dialog.update(Some(headers), None).await,
+                        Some(sdp) => {
+                            let mut headers = headers;
+                            headers.push(Header::ContentType("application/sdp".into()));
+                            dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await
+                        }
+                    };
+                    let ok = matches!(&result, Ok(Some(r)) if r.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful);
+                    if !ok {
+                        warn!(result = ?result.as_ref().map(|r| r.as_ref().map(|r| r.status_code.clone())), "session refresh not accepted");
+                    }
+                    let _ = tx.send(ok);
+                });
+                TimerCheck::Refresh
+            }
+            TimerCheck::Refresh => TimerCheck::Fine,
+            other => other,
         }
     }
 
@@ -197,19 +260,19 @@ pub(super) enum DialogOutcome {
     Ended(&'static str),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn on_dialog_state(
+    now: Duration,
     state: DialogState,
-    dialog: &InviteDialog,
-    media: &mut MediaSession,
-    held: &mut bool,
-    sdp_version: &mut u64,
-    session_id: u64,
+    leg: &mut SipLeg,
     shared: &Shared,
-    port: u16,
-    trunk: &TrunkConfig,
     log: &mut EventLog<'_>,
 ) -> DialogOutcome {
+    let port = leg.lease.port();
+    let session_id = leg.session_id;
+    let trunk = &leg.trunk;
+    let media = &mut leg.media;
+    let held = &mut leg.held;
+    let sdp_version = &mut leg.sdp_version;
     match state {
         DialogState::Terminated(_, reason) => DialogOutcome::Ended(match reason {
             TerminatedReason::UacBye => "caller_bye",
@@ -222,6 +285,43 @@ async fn on_dialog_state(
             DialogOutcome::Continue
         }
         DialogState::Updated(_, req, handle) => {
+            // Any re-INVITE or UPDATE refreshes the session (RFC 4028 §9);
+            // the answer restates the timer.
+            let sip = &shared.config.gateway.sip;
+            let mut timer_headers = Vec::new();
+            match crate::sip::session_timer::negotiate(
+                &req.headers,
+                sip.session_expires,
+                crate::sip::session_timer::MIN_SE_S,
+            ) {
+                Negotiation::Timer(t) => {
+                    timer_headers = t.response_headers();
+                    leg.timer = Some(t);
+                }
+                Negotiation::TooSmall { min_se } => {
+                    let _ = handle
+                        .respond(
+                            StatusCode::Other(422, "Session Interval Too Small".into()),
+                            Some(vec![Header::Other("Min-SE".into(), min_se.to_string())]),
+                            None,
+                        )
+                        .await;
+                    return DialogOutcome::Continue;
+                }
+                Negotiation::None => {
+                    if let Some(t) = leg.timer {
+                        timer_headers = t.response_headers();
+                    }
+                }
+            }
+            leg.refreshed_at = now;
+            if req.method == rsipstack::sip::Method::Update && req.body.is_empty() {
+                // A session refresh: no offer, so no answer.
+                let _ = handle
+                    .respond(StatusCode::OK, Some(timer_headers), None)
+                    .await;
+                return DialogOutcome::Continue;
+            }
             if req.body.is_empty() {
                 // Offerless re-INVITE: offer what we have.
                 *sdp_version += 1;
@@ -234,10 +334,11 @@ async fn on_dialog_state(
                     media.params().dtmf_payload_type,
                     Direction::SendRecv,
                 );
+                timer_headers.push(Header::ContentType("application/sdp".into()));
                 let _ = handle
                     .respond(
                         StatusCode::OK,
-                        Some(vec![Header::ContentType("application/sdp".into())]),
+                        Some(timer_headers),
                         Some(offer.into_bytes()),
                     )
                     .await;
@@ -262,10 +363,11 @@ async fn on_dialog_state(
                     }));
                     info!(hold = *held, codec = n.params.codec.name(), "re-INVITE");
                     media.renegotiate(n.params);
+                    timer_headers.push(Header::ContentType("application/sdp".into()));
                     let _ = handle
                         .respond(
                             StatusCode::OK,
-                            Some(vec![Header::ContentType("application/sdp".into())]),
+                            Some(timer_headers),
                             Some(answer.into_bytes()),
                         )
                         .await;
@@ -303,9 +405,6 @@ async fn on_dialog_state(
             let _ = handle.reply(StatusCode::NotImplemented).await;
             DialogOutcome::Continue
         }
-        _ => {
-            let _ = dialog;
-            DialogOutcome::Continue
-        }
+        _ => DialogOutcome::Continue,
     }
 }

@@ -61,6 +61,24 @@ pub(crate) struct Shared {
     pub pike: Arc<crate::sip::pike::Pike>,
     /// The clock the buckets run on.
     pub started: std::time::Instant,
+    /// Calls in set-up: admitted, not yet confirmed by the caller's ACK.
+    pub setting_up: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a call as in set-up while it lives (see `Shared::setting_up`).
+pub(crate) struct SettingUp(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SettingUp {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for SettingUp {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -84,6 +102,7 @@ impl Shared {
             fd_limit: self.fd_limit,
             pike: self.pike.clone(),
             started: self.started,
+            setting_up: self.setting_up.clone(),
             config,
         })
     }
@@ -158,8 +177,15 @@ impl crate::api::http::Control for Running {
     fn draining(&self) -> bool {
         self.current.load().draining.is_cancelled()
     }
-    fn asr_queued(&self) -> Option<usize> {
-        self.current.load().asr.as_ref().map(|a| a.queued())
+    fn gauges(&self) -> crate::api::board::Gauges {
+        let shared = self.current.load();
+        crate::api::board::Gauges {
+            asr_queue: shared.asr.as_ref().map_or(0, |a| a.queued()),
+            calls_setting_up: shared.setting_up.load(std::sync::atomic::Ordering::Relaxed),
+            fds_open: fds::open_now(),
+            fd_limit: shared.fd_limit,
+            banned_sources: shared.nonces.banned_now(unix_now()),
+        }
     }
     fn admin_token(&self) -> Option<String> {
         self.current.load().config.gateway.http.admin_token.clone()
@@ -301,6 +327,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         fd_limit: fds::raise_limit(),
         pike: Arc::new(crate::sip::pike::Pike::default()),
         started: std::time::Instant::now(),
+        setting_up: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         config,
     });
     for trunk in &shared.config.trunks {
@@ -511,6 +538,10 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
     if max > 0 && shared.calls.len().saturating_sub(own) >= max {
         return Some("max_calls");
     }
+    let setup = shared.config.gateway.sip.max_setup_calls;
+    if setup > 0 && shared.setting_up.load(std::sync::atomic::Ordering::Relaxed) >= setup {
+        return Some("setup_limit");
+    }
     if fds::short(shared.fd_limit) {
         return Some("fds");
     }
@@ -526,7 +557,9 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
     // Over capacity: 503 with Retry-After, before any work for the call. (A
     // saturated recogniser does not refuse calls: they degrade to a human.)
-    if let Some(cause @ ("draining" | "max_calls" | "fds")) = unavailable(&shared, 1) {
+    if let Some(cause @ ("draining" | "max_calls" | "setup_limit" | "fds")) =
+        unavailable(&shared, 1)
+    {
         shared.board.rejected(cause);
         warn!(
             cause,
@@ -536,6 +569,7 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         let (reason, retry) = match cause {
             "draining" => ("shutting down", "30"),
             "fds" => ("out of file descriptors", "5"),
+            "setup_limit" => ("too many calls in set-up", "2"),
             _ => ("at capacity", "5"),
         };
         reject(
@@ -640,7 +674,32 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
             }
         }
     }
-    call::run(shared, trunk, tx, negotiated).await;
+    // RFC 4028: a caller asking for a session timer shorter than our
+    // minimum is told ours (422 + Min-SE) and retries.
+    let sip = &shared.config.gateway.sip;
+    let timer = match crate::sip::session_timer::negotiate(
+        &tx.original.headers,
+        sip.session_expires,
+        crate::sip::session_timer::MIN_SE_S,
+    ) {
+        crate::sip::session_timer::Negotiation::None => None,
+        crate::sip::session_timer::Negotiation::Timer(t) => Some(t),
+        crate::sip::session_timer::Negotiation::TooSmall { min_se } => {
+            if let Err(e) = tx
+                .reply_with(
+                    StatusCode::Other(422, "Session Interval Too Small".into()),
+                    vec![Header::Other("Min-SE".into(), min_se.to_string())],
+                    None,
+                )
+                .await
+            {
+                warn!(error = %e, "could not send 422");
+            }
+            return;
+        }
+    };
+    let setting_up = SettingUp::new(&shared.setting_up);
+    call::run(shared, trunk, tx, negotiated, timer, setting_up).await;
 }
 
 /// The address peers reach a listener at, when `[sip] advertised_address` or

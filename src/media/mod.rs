@@ -6,4 +6,5 @@ pub mod jitter;
 pub mod ports;
 pub mod prompt;
 pub mod resample;
+pub mod rtp_packet;
 pub mod session;

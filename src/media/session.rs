@@ -9,7 +9,7 @@ use crate::config::Codec;
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use webrtc_util::marshal::{Marshal, Unmarshal};
+use webrtc_util::marshal::Marshal;
 
 /// What was negotiated in SDP for this call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,16 +187,11 @@ impl MediaSession {
 
     /// Feed one received datagram.
     pub fn on_datagram(&mut self, now: Duration, from: SocketAddr, data: &[u8]) -> Inbound {
-        let mut buf = data;
-        let Ok(packet) = rtp::packet::Packet::unmarshal(&mut buf) else {
+        let Ok(packet) = crate::media::rtp_packet::RtpView::parse(data) else {
             self.stats.malformed += 1;
             return Inbound::Dropped(DropReason::Malformed);
         };
-        if packet.header.version != 2 {
-            self.stats.malformed += 1;
-            return Inbound::Dropped(DropReason::Malformed);
-        }
-        let pt = packet.header.payload_type;
+        let pt = packet.payload_type;
         let is_audio = pt == self.params.codec.payload_type();
         let is_dtmf = Some(pt) == self.params.dtmf_payload_type;
         if !is_audio && !is_dtmf {
@@ -232,17 +227,14 @@ impl MediaSession {
         self.last_rx = now;
         if is_dtmf {
             self.rfc4733_seen = true;
-            return match self
-                .events
-                .on_packet(packet.header.timestamp, &packet.payload)
-            {
+            return match self.events.on_packet(packet.timestamp, packet.payload) {
                 Some(d) => Inbound::Digit(d),
                 None => Inbound::Audio,
             };
         }
         let mut pcm = Vec::with_capacity(packet.payload.len());
-        g711::decode(self.params.codec, &packet.payload, &mut pcm);
-        self.jitter.push(packet.header.sequence_number, pcm);
+        g711::decode(self.params.codec, packet.payload, &mut pcm);
+        self.jitter.push(packet.sequence_number, pcm);
         Inbound::Audio
     }
 

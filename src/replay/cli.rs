@@ -105,6 +105,7 @@ pub fn replay(
                     voice: Some(voice.clone()),
                     greeting: greeting.clone(),
                     keys: batch::recorded_keys(file),
+                    max_duration: cfg.gateway.media.max_call_duration,
                 },
             )
             .map_err(|e| e.to_string())

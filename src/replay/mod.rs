@@ -97,6 +97,8 @@ pub struct Listening<'a> {
     /// recording's `dtmf` events: RFC 4733 and SIP INFO keys are not in the
     /// audio).
     pub keys: Vec<(Duration, char, &'static str)>,
+    /// `[media] max_call_duration_s`, as on a live call.
+    pub max_duration: Option<Duration>,
 }
 
 /// Replay `track` as a call from `caller`: the same sans-IO [`Call`] a live
@@ -116,6 +118,7 @@ pub fn replay(
         voice,
         greeting,
         keys,
+        max_duration,
     } = listening;
     let mut call = Call::new(CallSetup {
         policy,
@@ -126,6 +129,7 @@ pub fn replay(
         partial_interval: Duration::from_secs(3600),
         greeting,
         listen: true,
+        max_duration,
     });
     let mut io = ReplayIo {
         recognizer,

@@ -10,7 +10,13 @@
 //! - every wrong credential (user, realm or password) gets the same answer;
 //! - failures are counted per source; after `ban_after` of them within
 //!   `window_s` the source is banned for `ban_s` — logged in one
-//!   fail2ban-friendly line — and everything it sends is refused unread.
+//!   fail2ban-friendly line — and everything it sends is refused unread;
+//! - failures are also counted per user name, so that guesses spread over
+//!   many sources (a botnet, which no per-source ban stops) are slowed: after
+//!   `user_lock_after` of them within `window_s` the user is locked for 1 s,
+//!   then 2, 4, … up to `MAX_USER_LOCK_S`, for every source except those that
+//!   have authenticated as that user before — so an attacker cannot lock the
+//!   real trunk out.
 
 use rsipstack::sip::headers::auth::AuthQop;
 use rsipstack::sip::typed::Authorization;
@@ -25,6 +31,12 @@ pub const NONCE_LIFETIME_S: u64 = 30;
 const MAX_NONCES: usize = 20_000;
 /// Sources tracked for failures at most.
 const MAX_SOURCES: usize = 20_000;
+/// User names tracked for failures at most.
+const MAX_USERS: usize = 20_000;
+/// The longest a user name is locked after repeated failures.
+pub const MAX_USER_LOCK_S: u64 = 300;
+/// Sources remembered per user as having authenticated right.
+const MAX_KNOWN_SOURCES: usize = 64;
 
 /// Limits on failed authentication, from `[sip]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +47,9 @@ pub struct AuthLimits {
     pub ban_s: u64,
     /// The window failures are counted in.
     pub window_s: u64,
+    /// Failures for one user name (from any source) within `window_s` that
+    /// lock it, with a lock that doubles each time (0: never).
+    pub user_lock_after: u32,
 }
 
 impl Default for AuthLimits {
@@ -43,6 +58,7 @@ impl Default for AuthLimits {
             ban_after: 20,
             ban_s: 600,
             window_s: 300,
+            user_lock_after: 10,
         }
     }
 }
@@ -77,10 +93,24 @@ struct Failures {
 }
 
 #[derive(Debug, Default)]
+struct UserFailures {
+    /// Failure times (s) within the window.
+    at: VecDeque<u64>,
+    locked_until: Option<u64>,
+    /// Locks so far (the next lasts 2^locks s).
+    locks: u32,
+    last_failure: Option<u64>,
+    /// Sources that authenticated as this user: never locked out.
+    known: Vec<IpAddr>,
+}
+
+#[derive(Debug, Default)]
 struct State {
     nonces: HashMap<String, NonceState>,
     issued: VecDeque<String>,
     sources: HashMap<IpAddr, Failures>,
+    users: HashMap<String, UserFailures>,
+    user_locks: u64,
     bans: u64,
     failures: u64,
 }
@@ -146,6 +176,15 @@ impl NonceIssuer {
             .is_some_and(|until| now_s < until)
     }
 
+    /// How many sources are banned now.
+    pub fn banned_now(&self, now_s: u64) -> usize {
+        self.lock()
+            .sources
+            .values()
+            .filter(|f| f.banned_until.is_some_and(|u| now_s < u))
+            .count()
+    }
+
     /// (failures, bans) since start, for `/metrics`.
     pub fn counts(&self) -> (u64, u64) {
         let st = self.lock();
@@ -172,7 +211,7 @@ impl NonceIssuer {
             return AuthVerdict::Challenge;
         };
         let Ok(auth) = Authorization::parse(value) else {
-            return self.fail(source, "(unparsable)", limits, now_s);
+            return self.fail_source(source, "(unparsable)", limits, now_s);
         };
         let nc = match &auth.qop {
             Some(AuthQop::Auth { nc, .. }) => *nc,
@@ -192,11 +231,17 @@ impl NonceIssuer {
                 return AuthVerdict::Challenge;
             }
         }
+        if self.user_locked(&auth.username, source, now_s) {
+            // Locked for this source: refused unchecked, with the same answer
+            // as a wrong password (it still counts against the source).
+            return self.fail_source(source, &auth.username, limits, now_s);
+        }
         let right = auth.username == username
             && auth.realm == realm
             && DigestGenerator::from(&auth, password, method).verify(&auth.response);
         if !right {
-            return self.fail(source, &auth.username, limits, now_s);
+            self.fail_user(&auth.username, limits, now_s);
+            return self.fail_source(source, &auth.username, limits, now_s);
         }
         let mut st = self.lock();
         if let Some(n) = st.nonces.get_mut(&auth.nonce) {
@@ -204,10 +249,87 @@ impl NonceIssuer {
             n.last_nc = nc;
         }
         st.sources.remove(&source);
+        if st.users.len() >= MAX_USERS && !st.users.contains_key(&auth.username) {
+            st.users
+                .retain(|_, u| !u.known.is_empty() || u.locked_until.is_some());
+        }
+        // A success does not reset the user's failures or lock level: the
+        // real trunk authenticating every call must not make guessing cheap.
+        let user = st.users.entry(auth.username.clone()).or_default();
+        if !user.known.contains(&source) {
+            if user.known.len() >= MAX_KNOWN_SOURCES {
+                user.known.remove(0);
+            }
+            user.known.push(source);
+        }
         AuthVerdict::Accepted
     }
 
-    fn fail(&self, source: IpAddr, user: &str, limits: AuthLimits, now_s: u64) -> AuthVerdict {
+    /// Whether `user` is locked now for `source` (one it never
+    /// authenticated from).
+    fn user_locked(&self, user: &str, source: IpAddr, now_s: u64) -> bool {
+        self.lock().users.get(user).is_some_and(|u| {
+            u.locked_until.is_some_and(|until| now_s < until) && !u.known.contains(&source)
+        })
+    }
+
+    /// Locks of user names since start, for `/metrics` and tests.
+    pub fn user_locks(&self) -> u64 {
+        self.lock().user_locks
+    }
+
+    fn fail_user(&self, user: &str, limits: AuthLimits, now_s: u64) {
+        if limits.user_lock_after == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        if st.users.len() >= MAX_USERS && !st.users.contains_key(user) {
+            st.users.retain(|_, u| {
+                !u.known.is_empty()
+                    || u.locked_until.is_some_and(|t| now_s < t)
+                    || u.at
+                        .back()
+                        .is_some_and(|t| now_s.saturating_sub(*t) <= limits.window_s)
+            });
+        }
+        let u = st.users.entry(user.to_string()).or_default();
+        // The lock level decays after a quiet window.
+        if u.last_failure
+            .is_some_and(|t| now_s.saturating_sub(t) > limits.window_s)
+        {
+            u.locks = 0;
+        }
+        u.last_failure = Some(now_s);
+        u.at.push_back(now_s);
+        while u
+            .at
+            .front()
+            .is_some_and(|t| now_s.saturating_sub(*t) > limits.window_s)
+        {
+            u.at.pop_front();
+        }
+        if u.at.len() < limits.user_lock_after as usize {
+            return;
+        }
+        let lock_s = (1u64 << u.locks.min(16)).min(MAX_USER_LOCK_S);
+        u.locks = u.locks.saturating_add(1);
+        u.locked_until = Some(now_s + lock_s);
+        let count = u.at.len();
+        u.at.clear();
+        st.user_locks += 1;
+        tracing::warn!(
+            "SIP user {:?} locked for {lock_s} s after {count} failed authentications (sources that authenticated as it before are not locked out)",
+            super::log_safe(user)
+        );
+    }
+
+    fn fail_source(
+        &self,
+        source: IpAddr,
+        user: &str,
+        limits: AuthLimits,
+        now_s: u64,
+    ) -> AuthVerdict {
         let mut st = self.lock();
         st.failures += 1;
         if st.sources.len() >= MAX_SOURCES && !st.sources.contains_key(&source) {
@@ -358,6 +480,7 @@ mod tests {
             ban_after: 5,
             ban_s: 60,
             window_s: 300,
+            user_lock_after: 0,
         };
         let bad_guy = ip("127.0.0.2");
         for i in 0..5 {
@@ -385,5 +508,57 @@ mod tests {
         );
         // The ban ends.
         assert!(!n.banned(bad_guy, 1001 + 60));
+    }
+
+    #[test]
+    fn guesses_spread_over_sources_lock_the_user_but_not_its_known_sources() {
+        let n = NonceIssuer::new();
+        let m = Method::Invite;
+        let l = AuthLimits {
+            ban_after: 20,
+            ban_s: 600,
+            window_s: 300,
+            user_lock_after: 3,
+        };
+        let trunk = ip("10.0.0.1");
+        let try_as = |src: IpAddr, pass: &str, now: u64, call: &str| {
+            let nonce = nonce_of(&n.challenge("voicegate", src, now));
+            let r = response("carrier", pass, "voicegate", &nonce, 1);
+            n.verify(Some(&r), &m, ME, src, call, l, now)
+        };
+        // The real trunk authenticates once: its source is known.
+        assert_eq!(try_as(trunk, "secret", 1000, "t1"), AuthVerdict::Accepted);
+        // A botnet: one guess per source, three sources → the user is locked.
+        for i in 1..=3 {
+            let src = ip(&format!("192.0.2.{i}"));
+            assert_eq!(try_as(src, "guess", 1000, "g"), AuthVerdict::Rejected);
+        }
+        assert_eq!(n.user_locks(), 1);
+        // Locked for 1 s: even the right password from a new source fails…
+        let other = ip("192.0.2.99");
+        assert_eq!(try_as(other, "secret", 1000, "o1"), AuthVerdict::Rejected);
+        // …but the trunk that authenticated before is not locked out.
+        assert_eq!(try_as(trunk, "secret", 1000, "t2"), AuthVerdict::Accepted);
+        // The lock ends; the next one lasts twice as long.
+        assert_eq!(try_as(other, "secret", 1001, "o2"), AuthVerdict::Accepted);
+        for i in 4..=6 {
+            let src = ip(&format!("192.0.2.{i}"));
+            assert_eq!(try_as(src, "guess", 1002, "g"), AuthVerdict::Rejected);
+        }
+        assert_eq!(n.user_locks(), 2);
+        let third = ip("192.0.2.98");
+        assert_eq!(try_as(third, "secret", 1002, "x1"), AuthVerdict::Rejected);
+        assert_eq!(try_as(third, "secret", 1003, "x2"), AuthVerdict::Rejected);
+        // `other` authenticated at 1001: known now, so not locked out.
+        assert_eq!(try_as(other, "secret", 1003, "o3"), AuthVerdict::Accepted);
+        assert_eq!(try_as(third, "secret", 1004, "x3"), AuthVerdict::Accepted);
+        // After a quiet window the level starts again at 1 s.
+        for i in 7..=9 {
+            let src = ip(&format!("192.0.2.{i}"));
+            assert_eq!(try_as(src, "guess", 2000, "g"), AuthVerdict::Rejected);
+        }
+        let fourth = ip("192.0.2.97");
+        assert_eq!(try_as(fourth, "secret", 2000, "f1"), AuthVerdict::Rejected);
+        assert_eq!(try_as(fourth, "secret", 2001, "f2"), AuthVerdict::Accepted);
     }
 }

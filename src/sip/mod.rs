@@ -4,6 +4,7 @@
 pub mod digest;
 pub mod pike;
 pub mod sdp;
+pub mod session_timer;
 pub mod source;
 
 /// A value a remote party wrote (Call-ID, user names, …) made safe for a log

@@ -191,8 +191,17 @@ pub fn load_caller_track(path: &Path) -> Result<Track, AudioError> {
         path: path.display().to_string(),
         reason,
     };
+    let file =
+        std::fs::File::open(path).map_err(|e| err(format!("not a readable WAV file ({e})")))?;
+    read_caller_track(std::io::BufReader::new(file)).map_err(err)
+}
+
+/// [`load_caller_track`] from any reader (a file, bytes in memory); the
+/// error is the reason alone.
+pub fn read_caller_track<R: std::io::Read>(source: R) -> Result<Track, String> {
+    let err = |reason: String| reason;
     let reader =
-        hound::WavReader::open(path).map_err(|e| err(format!("not a readable WAV file ({e})")))?;
+        hound::WavReader::new(source).map_err(|e| err(format!("not a readable WAV file ({e})")))?;
     let spec = reader.spec();
     if spec.channels == 0 || spec.sample_rate < 4000 {
         return Err(err(format!(
