@@ -22,7 +22,21 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
     let caller = Caller::dial(&gw, &wav, 30);
     std::thread::sleep(Duration::from_secs(4));
     caller.send_digit('5');
-    std::thread::sleep(Duration::from_secs(7));
+    // '#' once the gateway has decided the hand-over (the angry words end
+    // at ~9.7 s; on a busy machine their transcript comes late): waiting on
+    // the gateway's own state, not on a guess at Whisper's speed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = gw.get("/api/calls", Some(Gateway::TOKEN));
+        let decided = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["calls"].as_array().cloned())
+            .is_some_and(|calls| calls.iter().any(|c| !c["handover_reason"].is_null()));
+        if decided || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     caller.send_digit('#');
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(15));
     drop(caller);

@@ -82,6 +82,8 @@ pub struct Gauges {
     pub fd_limit: Option<u64>,
     /// Sources banned now for failed authentications.
     pub banned_sources: usize,
+    /// The latest any call's media tick ran in the last full second.
+    pub media_tick_late: std::time::Duration,
 }
 
 struct Metrics {
@@ -96,6 +98,7 @@ struct Metrics {
     fds_open: Gauge,
     fd_limit: Gauge,
     banned_sources: Gauge,
+    tick_late: Gauge<f64, std::sync::atomic::AtomicU64>,
     rtp_received: Counter,
     rtp_lost: Counter,
     rtp_late: Counter,
@@ -163,6 +166,12 @@ impl Metrics {
             "Sources banned now for failed authentications",
             banned_sources.clone(),
         );
+        let tick_late = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "media_tick_lateness_seconds",
+            "The latest any call's 20 ms media tick ran in the last full second (admission refuses new calls while it stays above [media] overload_tick_late_ms)",
+            tick_late.clone(),
+        );
         let rtp_received = Counter::default();
         registry.register(
             "rtp_packets_received",
@@ -196,7 +205,7 @@ impl Metrics {
         let rejections = Family::default();
         registry.register(
             "sip_rejections",
-            "INVITEs refused, by cause (acl, auth, banned, rate, max_calls, setup_limit, draining, fds, no_rtp_port, bad_sdp)",
+            "INVITEs refused, by cause (acl, auth, banned, rate, max_calls, setup_limit, media_late, draining, fds, no_rtp_port, bad_sdp)",
             rejections.clone(),
         );
         Self {
@@ -212,6 +221,7 @@ impl Metrics {
             fds_open,
             fd_limit,
             banned_sources,
+            tick_late,
             rtp_received,
             rtp_lost,
             rtp_late,
@@ -476,6 +486,7 @@ impl CallBoard {
         m.asr_queue.set(int(gauges.asr_queue));
         m.setting_up.set(int(gauges.calls_setting_up));
         m.banned_sources.set(int(gauges.banned_sources));
+        m.tick_late.set(gauges.media_tick_late.as_secs_f64());
         if let Some(n) = gauges.fds_open {
             m.fds_open.set(i64::try_from(n).unwrap_or(i64::MAX));
         }
@@ -559,6 +570,7 @@ mod tests {
             fds_open: Some(40),
             fd_limit: Some(1024),
             banned_sources: 1,
+            media_tick_late: std::time::Duration::from_millis(7),
         });
         assert!(m.contains("voicegate_active_calls 1"), "{m}");
         assert!(
@@ -570,6 +582,10 @@ mod tests {
         assert!(m.contains("voicegate_open_fds 40"), "{m}");
         assert!(m.contains("voicegate_max_fds 1024"), "{m}");
         assert!(m.contains("voicegate_banned_sources 1"), "{m}");
+        assert!(
+            m.contains("voicegate_media_tick_lateness_seconds 0.007"),
+            "{m}"
+        );
         board.event(
             "c1",
             20.0,

@@ -209,6 +209,8 @@ struct MediaSection {
     hold_timeout_s: u64,
     #[serde(default = "default_max_call_duration")]
     max_call_duration_s: u64,
+    #[serde(default = "default_overload_tick_late")]
+    overload_tick_late_ms: u64,
     #[serde(default = "default_jitter")]
     jitter_buffer_ms: Spanned<u32>,
 }
@@ -268,6 +270,9 @@ fn default_user_lock_after() -> u32 {
 }
 fn default_hold_timeout() -> u64 {
     300
+}
+fn default_overload_tick_late() -> u64 {
+    100
 }
 fn default_max_call_duration() -> u64 {
     4 * 3600
@@ -366,6 +371,9 @@ pub struct MediaConfig {
     /// The longest a call may last, whatever it does; then it ends with BYE
     /// (`max_duration`). `None`: no limit (`max_call_duration_s = 0`).
     pub max_call_duration: Option<Duration>,
+    /// New calls are refused (503) while the media clock has run later than
+    /// this in each of the last 3 seconds (zero: never).
+    pub overload_tick_late: Duration,
     /// Jitter buffer depth.
     pub jitter_buffer: Duration,
 }
@@ -686,6 +694,7 @@ pub(super) fn parse(
             rtp_port_max: hi,
             rtp_timeout: Duration::from_secs(*m.rtp_timeout_s.get_ref()),
             hold_timeout: Duration::from_secs(m.hold_timeout_s.max(1)),
+            overload_tick_late: Duration::from_millis(m.overload_tick_late_ms),
             max_call_duration: (m.max_call_duration_s > 0)
                 .then(|| Duration::from_secs(m.max_call_duration_s)),
             jitter_buffer: Duration::from_millis(u64::from(jb)),

@@ -463,7 +463,8 @@ pub(super) async fn converse(
             break;
         }
         tokio::select! {
-            _ = ticker.tick() => {
+            deadline = ticker.tick() => {
+                shared.media_load.observe(deadline.elapsed());
                 let now = start.elapsed();
                 // Drain what arrived since the last tick: one wake-up per 20 ms
                 // per call instead of one per packet.

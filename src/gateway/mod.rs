@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub started: std::time::Instant,
     /// Calls in set-up: admitted, not yet confirmed by the caller's ACK.
     pub setting_up: Arc<std::sync::atomic::AtomicUsize>,
+    /// How late the calls' media clocks run (admission control).
+    pub media_load: Arc<crate::media::load::MediaLoad>,
 }
 
 /// Counts a call as in set-up while it lives (see `Shared::setting_up`).
@@ -103,6 +105,7 @@ impl Shared {
             pike: self.pike.clone(),
             started: self.started,
             setting_up: self.setting_up.clone(),
+            media_load: self.media_load.clone(),
             config,
         })
     }
@@ -185,6 +188,7 @@ impl crate::api::http::Control for Running {
             fds_open: fds::open_now(),
             fd_limit: shared.fd_limit,
             banned_sources: shared.nonces.banned_now(unix_now()),
+            media_tick_late: shared.media_load.last_second_worst(),
         }
     }
     fn admin_token(&self) -> Option<String> {
@@ -328,6 +332,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         pike: Arc::new(crate::sip::pike::Pike::default()),
         started: std::time::Instant::now(),
         setting_up: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        media_load: Arc::default(),
         config,
     });
     for trunk in &shared.config.trunks {
@@ -340,6 +345,32 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
                 shared.board.clone(),
             ));
         }
+    }
+    limit_heap_arenas();
+    {
+        // Give memory freed by ended calls back to the system: glibc keeps
+        // freed heap pages mapped, so after a burst (a flood of half-open
+        // calls, a peak hour) RSS would stay at its peak for ever.
+        // Housekeeping each second: the media clock's lateness history for
+        // admission control, and every 10 s the memory trim.
+        let stop = sip_stop.clone();
+        let load = shared.media_load.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        load.rotate();
+                        n += 1;
+                        if n.is_multiple_of(10) {
+                            release_free_memory();
+                        }
+                    }
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
     }
     let grace = shared.config.gateway.shutdown_grace;
     let running = Arc::new(Running {
@@ -538,6 +569,12 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
     if max > 0 && shared.calls.len().saturating_sub(own) >= max {
         return Some("max_calls");
     }
+    if shared
+        .media_load
+        .overloaded(shared.config.gateway.media.overload_tick_late)
+    {
+        return Some("media_late");
+    }
     let setup = shared.config.gateway.sip.max_setup_calls;
     if setup > 0 && shared.setting_up.load(std::sync::atomic::Ordering::Relaxed) >= setup {
         return Some("setup_limit");
@@ -557,7 +594,7 @@ fn unavailable(shared: &Shared, own: usize) -> Option<&'static str> {
 async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
     // Over capacity: 503 with Retry-After, before any work for the call. (A
     // saturated recogniser does not refuse calls: they degrade to a human.)
-    if let Some(cause @ ("draining" | "max_calls" | "setup_limit" | "fds")) =
+    if let Some(cause @ ("draining" | "max_calls" | "setup_limit" | "media_late" | "fds")) =
         unavailable(&shared, 1)
     {
         shared.board.rejected(cause);
@@ -570,6 +607,7 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
             "draining" => ("shutting down", "30"),
             "fds" => ("out of file descriptors", "5"),
             "setup_limit" => ("too many calls in set-up", "2"),
+            "media_late" => ("overloaded", "5"),
             _ => ("at capacity", "5"),
         };
         reject(
@@ -712,6 +750,27 @@ fn advertised(sip: &crate::config::SipListen, bound: SocketAddr) -> Option<Socke
         sip.advertised_address.unwrap_or(bound.ip()),
         sip.advertised_port.unwrap_or(bound.port()),
     ))
+}
+
+/// Two malloc arenas instead of glibc's 8 per core: with one arena per
+/// thread that ever allocated, memory freed after a burst is scattered over
+/// many heaps and is never given back.
+fn limit_heap_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Return free heap pages to the kernel (glibc `malloc_trim`); elsewhere a
+/// no-op.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 pub(crate) fn unix_now() -> u64 {

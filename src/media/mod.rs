@@ -3,6 +3,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod load;
 pub mod ports;
 pub mod prompt;
 pub mod resample;

@@ -2,13 +2,20 @@
 //! per worker thread, a bounded queue. It never blocks the media path: a full
 //! queue or a job that waited too long is reported as overload, so the call
 //! can go to a human instead of waiting in silence.
+//!
+//! Finals before partials: a caller's final text (what the bot answers) is
+//! taken before any interim look at someone's unfinished utterance, a newer
+//! partial of a call replaces its older one still waiting, a final of a call
+//! drops its waiting partial, and a partial that waited too long is dropped
+//! quietly (it was only a preview) — so under load a caller's answer never
+//! waits behind other callers' partials.
 
 use super::asr::{Recognizer, WhisperModel};
 use super::pipeline::{result_for, UtteranceResult};
 use super::vad::Utterance;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -76,10 +83,65 @@ struct Job {
 #[error("ASR queue full")]
 pub struct QueueFull;
 
+/// The jobs waiting for a worker: finals first.
+#[derive(Default)]
+struct Waiting {
+    finals: VecDeque<Job>,
+    partials: VecDeque<Job>,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.finals.len() + self.partials.len()
+    }
+
+    fn next(&mut self) -> Option<Job> {
+        self.finals
+            .pop_front()
+            .or_else(|| self.partials.pop_front())
+    }
+
+    /// Queue `job` within `capacity`: finals before partials, one partial
+    /// per call (the newest), a final making room by dropping the oldest
+    /// partial. `Err`: no room.
+    fn push(&mut self, job: Job, capacity: usize) -> Result<(), QueueFull> {
+        // This call's partial still waiting is superseded by what comes now.
+        self.partials.retain(|p| !p.reply.same_channel(&job.reply));
+        match job.kind {
+            JobKind::Partial if self.len() >= capacity => Err(QueueFull),
+            JobKind::Partial => {
+                self.partials.push_back(job);
+                Ok(())
+            }
+            JobKind::Final => {
+                if self.len() >= capacity && self.partials.pop_front().is_none() {
+                    return Err(QueueFull);
+                }
+                self.finals.push_back(job);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The queue shared by submitters and workers.
+struct Queue {
+    waiting: Mutex<Waiting>,
+    ready: Condvar,
+    /// Worker threads (each holds one reference to the queue).
+    workers: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A running pool.
 #[derive(Clone)]
 pub struct AsrPool {
-    tx: SyncSender<Job>,
+    queue: Arc<Queue>,
     queued: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     config: PoolConfig,
@@ -124,8 +186,11 @@ impl AsrPool {
         encoder: Option<Arc<super::encoder::SentenceEncoder>>,
     ) -> Result<AsrPool, super::asr::AsrError> {
         let multilingual = multilingual.filter(|_| !model.is_multilingual());
-        let (tx, rx) = sync_channel::<Job>(config.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue {
+            waiting: Mutex::default(),
+            ready: Condvar::new(),
+            workers: config.workers.max(1),
+        });
         let queued = Arc::new(AtomicUsize::new(0));
         let busy = Arc::new(AtomicUsize::new(0));
         for i in 0..config.workers.max(1) {
@@ -139,7 +204,7 @@ impl AsrPool {
                 )?),
                 None => None,
             };
-            let rx = rx.clone();
+            let rx = queue.clone();
             let queued = queued.clone();
             let busy = busy.clone();
             let max_wait = config.max_wait;
@@ -162,7 +227,7 @@ impl AsrPool {
                 })?;
         }
         Ok(AsrPool {
-            tx,
+            queue,
             queued,
             busy,
             config,
@@ -199,6 +264,8 @@ impl AsrPool {
     }
 
     /// Queue an utterance in `language` (e.g. a trunk's); never blocks.
+    /// A full queue refuses a partial, and makes room for a final by dropping
+    /// the oldest waiting partial (a preview nobody will miss).
     pub fn submit_in(
         &self,
         kind: JobKind,
@@ -206,7 +273,6 @@ impl AsrPool {
         language: Option<String>,
         reply: UnboundedSender<AsrReply>,
     ) -> Result<(), QueueFull> {
-        self.queued.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             kind,
             language,
@@ -214,13 +280,13 @@ impl AsrPool {
             submitted: Instant::now(),
             reply,
         };
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(QueueFull)
-            }
-        }
+        let mut w = self.queue.lock();
+        let pushed = w.push(job, self.config.queue.max(1));
+        self.queued.store(w.len(), Ordering::Relaxed);
+        drop(w);
+        pushed?;
+        self.queue.ready.notify_one();
+        Ok(())
     }
 }
 
@@ -231,21 +297,35 @@ type WorkerRecognizers = (Recognizer, Option<Recognizer>, Option<String>);
 fn worker(
     (mut recognizer, mut multilingual, default_language): WorkerRecognizers,
     encoder: Option<Arc<super::encoder::SentenceEncoder>>,
-    rx: Arc<Mutex<Receiver<Job>>>,
+    rx: Arc<Queue>,
     queued: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     max_wait: Duration,
 ) {
     loop {
         let job = {
-            let Ok(guard) = rx.lock() else { return };
-            match guard.recv() {
-                Ok(j) => j,
-                Err(_) => return,
+            let mut w = rx.lock();
+            loop {
+                if let Some(job) = w.next() {
+                    queued.store(w.len(), Ordering::Relaxed);
+                    break job;
+                }
+                // Every pool handle gone: the workers end with the pool.
+                if Arc::strong_count(&rx) <= rx.workers {
+                    return;
+                }
+                w = rx
+                    .ready
+                    .wait_timeout(w, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
         };
-        queued.fetch_sub(1, Ordering::Relaxed);
         let waited = job.submitted.elapsed();
+        if waited > max_wait && job.kind == JobKind::Partial {
+            // Only a preview, and stale: not worth a worker, not an overload.
+            continue;
+        }
         if waited > max_wait {
             let _ = job.reply.send(AsrReply::Overloaded {
                 reason: "latency",
@@ -285,5 +365,70 @@ fn worker(
         };
         busy.fetch_sub(1, Ordering::Relaxed);
         let _ = job.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(kind: JobKind, reply: &UnboundedSender<AsrReply>, start_ms: u64) -> Job {
+        Job {
+            kind,
+            language: None,
+            utterance: Utterance {
+                start: Duration::from_millis(start_ms),
+                end: Duration::from_millis(start_ms + 500),
+                voiced: Duration::from_millis(400),
+                loudness_dbfs: -20.0,
+                forced_cut: false,
+                samples: Vec::new(),
+                samples_start: Duration::from_millis(start_ms),
+                closed_at: Duration::from_millis(start_ms + 1100),
+            },
+            submitted: Instant::now(),
+            reply: reply.clone(),
+        }
+    }
+
+    #[test]
+    fn finals_go_first_and_partials_never_pile_up() {
+        let (a, _ra) = tokio::sync::mpsc::unbounded_channel();
+        let (b, _rb) = tokio::sync::mpsc::unbounded_channel();
+        let (c, _rc) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = Waiting::default();
+        w.push(job(JobKind::Partial, &a, 1), 3).expect("room");
+        w.push(job(JobKind::Partial, &b, 2), 3).expect("room");
+        // A's newer partial replaces its older one.
+        w.push(job(JobKind::Partial, &a, 3), 3).expect("room");
+        assert_eq!(w.len(), 2);
+        // C's final goes before both partials.
+        w.push(job(JobKind::Final, &c, 4), 3).expect("room");
+        // Full: a partial is refused, a final makes room (the oldest partial
+        // — B's — is dropped) and B's final replaces nothing else.
+        assert_eq!(w.push(job(JobKind::Partial, &c, 5), 3), Err(QueueFull));
+        w.push(job(JobKind::Final, &b, 6), 3)
+            .expect("a partial made room");
+        let order: Vec<(JobKind, u64)> = std::iter::from_fn(|| w.next())
+            .map(|j| (j.kind, j.utterance.start.as_millis() as u64))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (JobKind::Final, 4),
+                (JobKind::Final, 6),
+                (JobKind::Partial, 3)
+            ]
+        );
+        // Finals only and full: refused.
+        for n in 0..3 {
+            w.push(job(JobKind::Final, &a, n), 3).expect("room");
+        }
+        assert_eq!(w.push(job(JobKind::Final, &b, 9), 3), Err(QueueFull));
+        // A final drops its own call's waiting partial.
+        let mut w = Waiting::default();
+        w.push(job(JobKind::Partial, &a, 1), 3).expect("room");
+        w.push(job(JobKind::Final, &a, 1), 3).expect("room");
+        assert_eq!((w.finals.len(), w.partials.len()), (1, 0));
     }
 }
