@@ -97,8 +97,8 @@ fn main() {
     };
     let after_model = rss_kib();
     println!("{workers} worker(s) x {threads} thread(s); model + worker states: {:.1} MiB resident (process before: {:.1} MiB)", (after_model - base) as f64 / 1024.0, base as f64 / 1024.0);
-    println!("| concurrent talking callers | utterances | p50 latency | p95 latency | p95 (≤ 5 s utterances) |");
-    println!("|---|---|---|---|---|");
+    println!("| concurrent talking callers | utterances | p50 latency | p95 latency | p95 (≤ 5 s utterances) | p95 queue wait | p95 Whisper |");
+    println!("|---|---|---|---|---|---|---|");
     for &n in &callers {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = Instant::now() + Duration::from_secs(seconds);
@@ -119,19 +119,28 @@ fn main() {
                     let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel();
                     let submitted = Instant::now();
                     if p.submit(pool::JobKind::Final, u, reply_tx).is_err() {
-                        let _ = tx.send((f64::INFINITY, long));
+                        let _ = tx.send((f64::INFINITY, long, f64::INFINITY, f64::INFINITY));
                         continue;
                     }
-                    let lat = loop {
+                    let (lat, queue, whisper) = loop {
                         match reply_rx.try_recv() {
-                            Ok(_) => break submitted.elapsed().as_secs_f64(),
+                            Ok(pool::AsrReply::Done {
+                                latency, decode, ..
+                            }) => {
+                                break (
+                                    submitted.elapsed().as_secs_f64(),
+                                    latency.saturating_sub(decode).as_secs_f64(),
+                                    decode.as_secs_f64(),
+                                )
+                            }
+                            Ok(_) => break (f64::INFINITY, f64::INFINITY, f64::INFINITY),
                             Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
                                 std::thread::sleep(Duration::from_millis(2))
                             }
-                            Err(_) => break f64::INFINITY,
+                            Err(_) => break (f64::INFINITY, f64::INFINITY, f64::INFINITY),
                         }
                     };
-                    let _ = tx.send((lat, long));
+                    let _ = tx.send((lat, long, queue, whisper));
                     // The bot answers for about as long as the caller spoke.
                     std::thread::sleep(Duration::from_millis(1500));
                 }
@@ -143,8 +152,11 @@ fn main() {
         }
         let mut all = Vec::new();
         let mut short = Vec::new();
-        while let Ok((lat, long)) = rx.try_recv() {
+        let (mut queues, mut whispers) = (Vec::new(), Vec::new());
+        while let Ok((lat, long, queue, whisper)) = rx.try_recv() {
             all.push(lat);
+            queues.push(queue);
+            whispers.push(whisper);
             if !long {
                 short.push(lat);
             }
@@ -153,11 +165,15 @@ fn main() {
         let p50 = percentile(&mut all, 0.5);
         let p95 = percentile(&mut all, 0.95);
         let p95s = percentile(&mut short, 0.95);
+        let q95 = percentile(&mut queues, 0.95);
+        let w95 = percentile(&mut whispers, 0.95);
         println!(
-            "| {n} | {count} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {n} | {count} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
             p50 * 1000.0,
             p95 * 1000.0,
-            p95s * 1000.0
+            p95s * 1000.0,
+            q95 * 1000.0,
+            w95 * 1000.0
         );
     }
     // Per-caller memory on the media/speech path: upsampler + VAD + buffers.

@@ -98,6 +98,10 @@ enum ModelsCommand {
         /// Directory for models.
         #[arg(long, default_value = "models")]
         dir: PathBuf,
+        /// Also write a quantised copy (`q8_0` or `q5_1`), as whisper.cpp's
+        /// quantiser would: `models/ggml-<model>-<quant>.bin`.
+        #[arg(long)]
+        quant: Option<String>,
     },
 }
 
@@ -140,15 +144,34 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Models {
-            command: ModelsCommand::Install { model, dir },
+            command: ModelsCommand::Install { model, dir, quant },
         } => {
             use voicegate::speech::models;
-            // The Whisper model asked for, and beside it the sentence encoder
-            // behind semantic intents.
+            // The Whisper model asked for (and its quantised copy), and
+            // beside it the sentence encoder behind semantic intents.
+            let whisper = models::source(&model).and_then(|src| models::install(&dir, &src));
+            let quantized = match (&quant, &whisper) {
+                (None, _) => None,
+                (Some(q), Ok(installed)) => Some(
+                    voicegate::speech::quantize::Quant::parse(q)
+                        .ok_or_else(|| models::InstallError::UnknownQuant(q.clone()))
+                        .and_then(|q| {
+                            let path = match installed {
+                                models::InstallOutcome::AlreadyInstalled(p)
+                                | models::InstallOutcome::Installed(p) => p,
+                            };
+                            models::install_quantized(path, q)
+                        }),
+                ),
+                (Some(_), Err(_)) => None,
+            };
             let results = [
-                models::source(&model).and_then(|src| models::install(&dir, &src)),
-                models::install_encoder(&dir, &models::E5_SMALL),
-            ];
+                Some(whisper),
+                quantized,
+                Some(models::install_encoder(&dir, &models::E5_SMALL)),
+            ]
+            .into_iter()
+            .flatten();
             let mut code = ExitCode::SUCCESS;
             for result in results {
                 match result {

@@ -181,24 +181,9 @@ fn public_calls_transcribe_under_15_percent_wer_with_vad_within_300ms() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let spec: toml::Value =
-            toml::from_str(&std::fs::read_to_string(&path).expect("toml")).expect("parse");
         let wav = path.with_extension("wav");
-        let track = pipeline::load_caller_track(&wav).expect("wav");
-        let utts =
-            pipeline::transcribe_track(&track.samples, vad::VadConfig::default(), &mut rec, None)
-                .expect("asr");
+        let (spec, utts, reference, hypothesis) = transcribe_public_call(&path, &mut rec);
         let speech = spec["speech"].as_array().expect("[[speech]]");
-        let reference: String = speech
-            .iter()
-            .map(|s| s["text"].as_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let hypothesis: String = utts
-            .iter()
-            .map(|u| u.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
         let (r, h) = (normalise(&reference), normalise(&hypothesis));
         let e = edit_distance(&r, &h);
         errors += e;
@@ -480,4 +465,127 @@ fn mandarin_calls_transcribe_in_simplified_characters_with_a_bounded_cer() {
     eprintln!("{report}CER {:.1} % ({errors}/{chars})", cer * 100.0);
     assert!(chars > 80);
     assert!(cer <= 0.35, "CER {:.1} %\n{report}", cer * 100.0);
+}
+
+/// One public call (`path` is its .toml) through the VAD and `rec`: its
+/// spec, the utterances, the reference and the hypothesis texts.
+fn transcribe_public_call(
+    path: &Path,
+    rec: &mut asr::Recognizer,
+) -> (toml::Value, Vec<pipeline::UtteranceResult>, String, String) {
+    let spec: toml::Value =
+        toml::from_str(&std::fs::read_to_string(path).expect("toml")).expect("parse");
+    let track = pipeline::load_caller_track(&path.with_extension("wav")).expect("wav");
+    let utts = pipeline::transcribe_track(&track.samples, vad::VadConfig::default(), rec, None)
+        .expect("asr");
+    let reference: String = spec["speech"]
+        .as_array()
+        .expect("[[speech]]")
+        .iter()
+        .map(|s| s["text"].as_str().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let hypothesis: String = utts
+        .iter()
+        .map(|u| u.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (spec, utts, reference, hypothesis)
+}
+
+/// WER of `rec` over the public calls (and the hypotheses).
+fn public_calls_wer(rec: &mut asr::Recognizer) -> (f64, Vec<String>) {
+    let (mut errors, mut words) = (0, 0);
+    let mut hyps = Vec::new();
+    let mut calls: Vec<PathBuf> = std::fs::read_dir(root().join("tests/calls"))
+        .expect("calls")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    calls.sort();
+    for path in calls {
+        let (_, _, reference, hypothesis) = transcribe_public_call(&path, rec);
+        let (r, h) = (normalise(&reference), normalise(&hypothesis));
+        errors += edit_distance(&r, &h);
+        words += r.len();
+        hyps.push(hypothesis);
+    }
+    (errors as f64 / words.max(1) as f64, hyps)
+}
+
+#[test]
+fn models_install_quant_writes_whisper_cpp_blocks_that_transcribe_like_f16() {
+    use voicegate::speech::quantize;
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["models", "install", "--quant", "q8_0"])
+        .output()
+        .expect("models install");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q8 = root().join("models/ggml-tiny.en-q8_0.bin");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ggml-tiny.en-q8_0.bin"), "{stdout}");
+    // The tensors whisper.cpp's quantiser quantises, and only those.
+    let tensors = quantize::tensors(&std::fs::read(&q8).expect("q8_0 file")).expect("readable");
+    for t in &tensors {
+        let skipped = [
+            "encoder.conv1.bias",
+            "encoder.conv2.bias",
+            "encoder.positional_embedding",
+            "decoder.positional_embedding",
+        ]
+        .contains(&t.name.as_str());
+        let want_q8 = t.dims.len() == 2 && !skipped;
+        assert_eq!(
+            t.ty == quantize::TensorType::Q8_0,
+            want_q8,
+            "{} {:?} {:?}",
+            t.name,
+            t.dims,
+            t.ty
+        );
+    }
+    assert!(
+        tensors
+            .iter()
+            .filter(|t| t.ty == quantize::TensorType::Q8_0)
+            .count()
+            > 20
+    );
+    // whisper.cpp loads it, and it hears the public calls as f16 does.
+    let f16 = model();
+    let quantised = asr::WhisperModel::load(&q8).expect("whisper.cpp loads q8_0");
+    let (wer_f16, hyp_f16) =
+        public_calls_wer(&mut asr::Recognizer::new(&f16, 2, None).expect("state"));
+    let (wer_q8, hyp_q8) =
+        public_calls_wer(&mut asr::Recognizer::new(&quantised, 2, None).expect("state"));
+    let same = hyp_f16.iter().zip(&hyp_q8).filter(|(a, b)| a == b).count();
+    eprintln!(
+        "WER f16 {:.1} %, q8_0 {:.1} %; {same}/{} transcripts identical",
+        wer_f16 * 100.0,
+        wer_q8 * 100.0,
+        hyp_f16.len()
+    );
+    assert!(
+        wer_q8 <= wer_f16 + 0.02,
+        "q8_0 WER {:.1} % vs f16 {:.1} %\n{hyp_q8:#?}\n{hyp_f16:#?}",
+        wer_q8 * 100.0,
+        wer_f16 * 100.0
+    );
+    // A second install keeps the file.
+    let again = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .args(["models", "install", "--quant", "q8_0"])
+        .output()
+        .expect("models install");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("q8_0.bin: already installed"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
 }

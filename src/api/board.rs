@@ -93,6 +93,8 @@ struct Metrics {
     handovers: Family<Vec<(String, String)>, Counter>,
     wait: Histogram,
     asr_latency: Histogram,
+    asr_queue_wait: Histogram,
+    asr_decode: Histogram,
     asr_queue: Gauge,
     setting_up: Gauge,
     fds_open: Gauge,
@@ -135,6 +137,18 @@ impl Metrics {
             "asr_latency_seconds",
             "End of utterance to final transcript",
             asr_latency.clone(),
+        );
+        let asr_queue_wait = Histogram::new([0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0]);
+        registry.register(
+            "asr_queue_wait_seconds",
+            "End of utterance to a worker taking it (final transcripts)",
+            asr_queue_wait.clone(),
+        );
+        let asr_decode = Histogram::new([0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 3.0]);
+        registry.register(
+            "asr_decode_seconds",
+            "Whisper's time on one final utterance (mel, encoder, decoder) plus its embedding",
+            asr_decode.clone(),
         );
         let asr_queue = Gauge::default();
         registry.register(
@@ -216,6 +230,8 @@ impl Metrics {
             handovers,
             wait,
             asr_latency,
+            asr_queue_wait,
+            asr_decode,
             asr_queue,
             setting_up,
             fds_open,
@@ -321,6 +337,12 @@ impl CallBoard {
                         "text": text,
                     }));
                     pop = call.agent.is_some();
+                }
+                if let Some(ms) = fields["queue_ms"].as_f64() {
+                    self.metrics.asr_queue_wait.observe(ms / 1000.0);
+                }
+                if let Some(ms) = fields["decode_ms"].as_f64() {
+                    self.metrics.asr_decode.observe(ms / 1000.0);
                 }
                 if let Some(ms) = fields["latency_ms"].as_f64() {
                     self.metrics.asr_latency.observe(ms / 1000.0);
@@ -538,7 +560,7 @@ mod tests {
             "c1",
             3.0,
             "utterance",
-            &json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180}),
+            &json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180, "queue_ms": 30, "decode_ms": 150}),
         );
         board.event(
             "c1",
@@ -578,6 +600,11 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("voicegate_asr_queue_depth 3"), "{m}");
+        assert!(
+            m.contains("voicegate_asr_queue_wait_seconds_sum 0.03"),
+            "{m}"
+        );
+        assert!(m.contains("voicegate_asr_decode_seconds_sum 0.15"), "{m}");
         assert!(m.contains("voicegate_calls_setting_up 2"), "{m}");
         assert!(m.contains("voicegate_open_fds 40"), "{m}");
         assert!(m.contains("voicegate_max_fds 1024"), "{m}");

@@ -562,6 +562,12 @@ impl Call {
                 if let Some(obj) = fields.as_object_mut() {
                     obj.insert("latency_ms".into(), json!(latency.as_millis() as u64));
                     obj.insert("decode_ms".into(), json!(decode.as_millis() as u64));
+                    // Per stage: waiting for a worker, then Whisper (mel,
+                    // encoder and decoder in one call) and the embedding.
+                    obj.insert(
+                        "queue_ms".into(),
+                        json!(latency.saturating_sub(decode).as_millis() as u64),
+                    );
                 }
                 self.event("utterance", fields);
                 Some(CoreEvent::Utterance(result))

@@ -48,8 +48,12 @@ impl WhisperModel {
                 "file not found (run `voicegate models install`, which `make run` does)".into(),
             ));
         }
-        let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut params = WhisperContextParameters::default();
+        // Flash attention: off unless VOICEGATE_FLASH_ATTN=1 (a measurement
+        // knob for benches/asr/compare.sh; docs/performance.md has the table).
+        params.flash_attn(std::env::var("VOICEGATE_FLASH_ATTN").is_ok_and(|v| v == "1"));
+        let ctx =
+            WhisperContext::new_with_params(path, params).map_err(|e| load_err(e.to_string()))?;
         Ok(Self { ctx: Arc::new(ctx) })
     }
 

@@ -9,5 +9,6 @@ pub mod encoder;
 pub mod models;
 pub mod pipeline;
 pub mod pool;
+pub mod quantize;
 pub mod tts;
 pub mod vad;

@@ -93,6 +93,12 @@ pub enum InstallError {
         /// Recorded.
         want: String,
     },
+    /// Quantisation failed.
+    #[error(transparent)]
+    Quantize(#[from] super::quantize::QuantizeError),
+    /// Unknown `--quant`.
+    #[error("unknown quantisation {0:?} (known: q8_0, q5_1)")]
+    UnknownQuant(String),
     /// File system.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -335,4 +341,41 @@ pub fn install_encoder(
     std::fs::write(&tmp, &weights)?;
     std::fs::rename(&tmp, &out_path)?;
     Ok(InstallOutcome::Installed(out_path))
+}
+
+/// `ggml-tiny.en.bin` quantised to `q8_0` → `ggml-tiny.en-q8_0.bin`.
+pub fn quantized_name(model_file: &Path, quant: super::quantize::Quant) -> PathBuf {
+    let stem = model_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    model_file.with_file_name(format!("{stem}-{}.bin", quant.name()))
+}
+
+/// Write the quantised copy of the installed ggml model `model_file`
+/// (whisper.cpp's block layout, [`super::quantize`]) beside it; idempotent:
+/// a copy that is already there and reads as that quantisation is kept.
+pub fn install_quantized(
+    model_file: &Path,
+    quant: super::quantize::Quant,
+) -> Result<InstallOutcome, InstallError> {
+    use super::quantize;
+    let out = quantized_name(model_file, quant);
+    if let Ok(existing) = std::fs::read(&out) {
+        let expected = match quant {
+            quantize::Quant::Q8_0 => quantize::TensorType::Q8_0,
+            quantize::Quant::Q5_1 => quantize::TensorType::Q5_1,
+        };
+        if quantize::tensors(&existing).is_ok_and(|t| t.iter().any(|t| t.ty == expected)) {
+            return Ok(InstallOutcome::AlreadyInstalled(out));
+        }
+    }
+    let model = std::fs::read(model_file)?;
+    let tmp = out.with_extension("bin.partial");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    quantize::quantize(&model, quant, &mut w)?;
+    std::io::Write::flush(&mut w)?;
+    drop(w);
+    std::fs::rename(&tmp, &out)?;
+    Ok(InstallOutcome::Installed(out))
 }
