@@ -83,3 +83,5 @@ print(f"memory: {rss:.1f} KiB resident per call (peak {int(peak)/1024:.1f} MiB, 
 print(f"packet loss: {loss:.4f} % ({lost} of {lost+recv})")
 PY
 tail -5 "$work/sipp.out" | grep -iE 'fail|success|answered' || true
+# Calls the gateway refused (503 + Retry-After), by cause.
+grep -o 'refusing a new call: 503.*' "$work/gateway.log" | grep -oE 'cause="?[a-z_]+' | sort | uniq -c | sed 's/^/refused: /' || true
