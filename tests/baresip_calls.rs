@@ -1109,3 +1109,70 @@ fn screen_pop(gw: &Gateway, ext: &str) -> std::thread::JoinHandle<Vec<serde_json
         out
     })
 }
+
+#[test]
+fn a_trunk_in_auto_takes_each_callers_language_from_their_first_words() {
+    let _serial = serial();
+    // One trunk, no per-number language: each caller is heard in whatever
+    // language they speak, by the multilingual model.
+    let gw = Gateway::start(|_, trunks| {
+        *trunks = trunks.replacen("# language = \"auto\"", "language = \"auto\"", 1);
+    });
+    let calls = [
+        ("zh", root().join("tests/calls/zh/zh_calm_billing.wav")),
+        ("en", root().join("tests/calls/calm_billing.wav")),
+    ];
+    for (n, (_, wav)) in calls.iter().enumerate() {
+        let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+            .current_dir(root())
+            .arg("call")
+            .arg(format!("sip:bot@127.0.0.1:{}", gw.sip_port))
+            .arg("--play")
+            .arg(wav)
+            .args(["--linger", "5", "--json", "--no-listen"])
+            .output()
+            .expect("voicegate call");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        gw.wait_calls_ended(n + 1, Duration::from_secs(30));
+    }
+    let mut dirs = gw.call_dirs();
+    dirs.sort_by_key(|d| {
+        std::fs::metadata(d.join("events.jsonl"))
+            .and_then(|m| m.modified())
+            .ok()
+    });
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let cjk = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+    for ((language, wav), dir) in calls.iter().zip(&dirs) {
+        let all = events(dir);
+        let answered = all
+            .iter()
+            .find(|e| e["kind"] == "call.answered")
+            .expect("answered");
+        assert_eq!(answered["language"], "auto", "{}", wav.display());
+        let adopted: Vec<&str> = all
+            .iter()
+            .filter(|e| e["kind"] == "decision" && e["decision"] == "language")
+            .filter_map(|e| e["reason"].as_str())
+            .collect();
+        assert_eq!(adopted, [*language], "{}: {all:?}", wav.display());
+        let intents: Vec<&str> = all
+            .iter()
+            .filter(|e| e["kind"] == "decision" && e["decision"] == "intent")
+            .filter_map(|e| e["reason"].as_str())
+            .collect();
+        assert!(intents.contains(&"billing"), "{}: {all:?}", wav.display());
+        // The bot answered in the caller's language.
+        let reply = all
+            .iter()
+            .filter(|e| e["kind"] == "bot.say")
+            .filter_map(|e| e["text"].as_str())
+            .find(|t| t.contains("42") || t.contains("forty") || t.contains("余额") || cjk(t))
+            .unwrap_or_else(|| panic!("{}: no reply: {all:?}", wav.display()));
+        assert_eq!(cjk(reply), *language == "zh", "{}: {reply}", wav.display());
+    }
+}
