@@ -40,5 +40,12 @@ for t in $TARGETS; do
   printf 'fuzz %-12s %s  executions: %s  coverage: %s  corpus: %s files  %ss\n' \
     "$t" "$result" "${execs:-?}" "${cov:-?}" "$(ls "fuzz/corpus/$t" | wc -l)" "$(( $(date +%s) - start ))"
   if [ "$result" = CRASH ]; then tail -40 "$log"; fi
+  # Keep the committed corpus small: only inputs that add coverage.
+  min="fuzz/artifacts/$t.min"
+  rm -rf "$min"; mkdir -p "$min"
+  if "$bin_dir/$t" -merge=1 "$min" "fuzz/corpus/$t" -max_len="$max_len" >"fuzz/artifacts/$t.merge.log" 2>&1; then
+    rm -rf "fuzz/corpus/$t" && mv "$min" "fuzz/corpus/$t"
+    echo "fuzz $t corpus minimised to $(ls "fuzz/corpus/$t" | wc -l) files"
+  fi
 done
 exit $status

@@ -46,8 +46,31 @@ impl Upsampler {
     }
 }
 
+/// Lowest sample rate accepted (Hz).
+pub const MIN_RATE: u32 = 1_000;
+/// Highest sample rate accepted (Hz): studio audio goes to 384 kHz.
+pub const MAX_RATE: u32 = 384_000;
+
+/// Why audio could not be resampled.
+#[derive(Debug, thiserror::Error)]
+pub enum ResampleError {
+    /// A sample rate outside [`MIN_RATE`]..=[`MAX_RATE`].
+    #[error("unsupported sample rate {0} Hz (1,000 to 384,000)")]
+    Rate(u32),
+    /// The resampler failed.
+    #[error(transparent)]
+    Rubato(#[from] rubato::ResampleError),
+}
+
 /// Convert a whole mono signal between rates (output length scaled exactly).
-pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, rubato::ResampleError> {
+pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, ResampleError> {
+    for rate in [from, to] {
+        if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+            // A WAV header can claim any rate; the FFT resampler's tables
+            // grow with it (4 GHz asked for gigabytes — found by `make fuzz`).
+            return Err(ResampleError::Rate(rate));
+        }
+    }
     if from == to || samples.is_empty() {
         return Ok(samples.to_vec());
     }
@@ -79,6 +102,23 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, rubato:
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn absurd_rates_are_refused_not_allocated() {
+        // A WAV header claiming 4 GHz (the input `make fuzz` found).
+        assert!(matches!(
+            resample(&[0.0; 164], u32::MAX, 16_000),
+            Err(ResampleError::Rate(u32::MAX))
+        ));
+        assert!(matches!(
+            resample(&[0.0; 10], 8_000, 0),
+            Err(ResampleError::Rate(0))
+        ));
+        assert_eq!(
+            resample(&[0.5; 4], 384_000, 384_000).expect("same rate"),
+            [0.5; 4]
+        );
+    }
+
     use super::*;
 
     #[test]
