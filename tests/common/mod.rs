@@ -664,6 +664,26 @@ impl Caller {
 
     /// Call from `user` (the caller ID the gateway sees).
     pub fn dial_as(gw: &Gateway, wav: &Path, seconds: u32, user: &str) -> Caller {
+        // The ports are picked free, then bound by baresip a moment later:
+        // another peer of the parallel suite may take one in between, and
+        // baresip then exits at once without dialling. Start it again on
+        // fresh ports when that happens (its stderr says why, kept here).
+        for attempt in 1..=3 {
+            let mut caller = Self::start_baresip(gw, wav, seconds, user);
+            std::thread::sleep(Duration::from_millis(300));
+            match caller.child.try_wait() {
+                Ok(Some(status)) if attempt < 3 => {
+                    let why = std::fs::read_to_string(caller._dir.path().join("stderr.log"))
+                        .unwrap_or_default();
+                    eprintln!("baresip exited at start ({status}), retrying: {why}");
+                }
+                _ => return caller,
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    fn start_baresip(gw: &Gateway, wav: &Path, seconds: u32, user: &str) -> Caller {
         let dir = tempfile::tempdir().expect("tempdir");
         let silence = dir.path().join("silence.wav");
         write_wav_8k(&silence, &[0i16; 8000]);
@@ -695,7 +715,11 @@ impl Caller {
             .arg(seconds.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("stderr.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("baresip (make test installs it)");
         Caller {
