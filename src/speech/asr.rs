@@ -63,6 +63,59 @@ impl WhisperModel {
     }
 }
 
+/// How much encoder context a decode uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AudioCtx {
+    /// The audio's own frames + 128, at least 384 (the shipped setting).
+    Padded,
+    /// All 1500 frames (30 s), whisper.cpp's default.
+    Full,
+    /// The audio's own frames + 16, at least 64.
+    Tight,
+}
+
+/// whisper.cpp decode settings that `benches/asr/settings.sh` measures
+/// against the shipped ones. Read once from `VOICEGATE_ASR_*` environment
+/// variables, which exist for that measurement only: the defaults are the
+/// product's settings (docs/decisions/0017-whisper-settings.md has the table).
+#[derive(Debug, Clone, Copy)]
+struct DecodeKnobs {
+    audio_ctx: AudioCtx,
+    no_context: bool,
+    single_segment: bool,
+    no_timestamps: bool,
+    suppress_nst: bool,
+    temperature_fallback: bool,
+    max_tokens: bool,
+}
+
+impl DecodeKnobs {
+    fn get() -> Self {
+        static KNOBS: std::sync::OnceLock<DecodeKnobs> = std::sync::OnceLock::new();
+        *KNOBS.get_or_init(|| {
+            let var = |name: &str| std::env::var(format!("VOICEGATE_ASR_{name}")).ok();
+            let flag = |name: &str, default: bool| match var(name).as_deref() {
+                Some("1") => true,
+                Some("0") => false,
+                _ => default,
+            };
+            DecodeKnobs {
+                audio_ctx: match var("AUDIO_CTX").as_deref() {
+                    Some("full") => AudioCtx::Full,
+                    Some("tight") => AudioCtx::Tight,
+                    _ => AudioCtx::Padded,
+                },
+                no_context: flag("NO_CONTEXT", true),
+                single_segment: flag("SINGLE_SEGMENT", false),
+                no_timestamps: flag("NO_TIMESTAMPS", false),
+                suppress_nst: flag("SUPPRESS_NST", false),
+                temperature_fallback: flag("TEMPERATURE_FALLBACK", false),
+                max_tokens: flag("MAX_TOKENS", true),
+            }
+        })
+    }
+}
+
 /// One recognised stretch of speech.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Recognition {
@@ -159,11 +212,14 @@ impl Recognizer {
             (true, Some(l)) => Some(l.to_string()),
             (true, None) => self.language.clone(),
         };
+        let knobs = DecodeKnobs::get();
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.threads);
         params.set_translate(false);
-        params.set_no_context(true);
-        params.set_single_segment(false);
+        params.set_no_context(knobs.no_context);
+        params.set_single_segment(knobs.single_segment);
+        params.set_no_timestamps(knobs.no_timestamps);
+        params.set_suppress_nst(knobs.suppress_nst);
         params.set_print_special(false);
         params.set_print_progress(false);
         params.set_print_realtime(false);
@@ -176,8 +232,12 @@ impl Recognizer {
         // other callers' utterances — and replay would not reproduce a live
         // call. Tokens are capped to what a person can say in this much
         // audio, so a repetition loop cannot run away.
-        params.set_temperature_inc(0.0);
-        params.set_max_tokens(((samples.len() as f64 / 16000.0) * 12.0) as i32 + 16);
+        params.set_temperature_inc(if knobs.temperature_fallback { 0.2 } else { 0.0 });
+        params.set_max_tokens(if knobs.max_tokens {
+            ((samples.len() as f64 / 16000.0) * 12.0) as i32 + 16
+        } else {
+            0
+        });
         params.set_language(language.as_deref());
         params.set_detect_language(false);
         if language.as_deref() == Some("zh") {
@@ -188,7 +248,11 @@ impl Recognizer {
         // Decode only as much encoder context as the audio needs (50 frames/s),
         // with headroom; whisper.cpp pads the rest.
         let secs = samples.len() as f64 / 16000.0;
-        let ctx = ((secs * 50.0).ceil() as i32 + 128).clamp(384, 1500);
+        let ctx = match knobs.audio_ctx {
+            AudioCtx::Padded => ((secs * 50.0).ceil() as i32 + 128).clamp(384, 1500),
+            AudioCtx::Full => 0,
+            AudioCtx::Tight => ((secs * 50.0).ceil() as i32 + 16).clamp(64, 1500),
+        };
         params.set_audio_ctx(ctx);
         // At least a second of audio: Whisper decodes very short input poorly.
         let mut padded = samples.to_vec();
