@@ -6,6 +6,7 @@
 #   benches/asr/settings.sh [DIR]
 #   SETTINGS="flash tight" benches/asr/settings.sh   # only some
 #   MODEL=models/ggml-tiny.en-q8_0.bin THREADS=1 benches/asr/settings.sh
+#   MODEL=models/ggml-base.bin LANGUAGE=zh benches/asr/settings.sh tests/calls/zh
 # The settings are VOICEGATE_ASR_* / VOICEGATE_FLASH_ATTN environment
 # variables read by src/speech/asr.rs for this measurement only.
 set -euo pipefail
@@ -35,7 +36,7 @@ for f in "$DIR"/*.wav; do [ -f "${f%.wav}.toml" ] && files+=("$f"); done
 [ "${#files[@]}" -gt 0 ] || { echo "no WAV with a .toml reference in $DIR" >&2; exit 2; }
 pass() { # name env-assignment run
   for f in "${files[@]}"; do
-    env $2 "$BIN" transcribe --json --threads "$THREADS" --model "$MODEL" "$f" >>"$work/$1.$3.jsonl"
+    env $2 "$BIN" transcribe --json --threads "$THREADS" --model "$MODEL" ${LANGUAGE:+--language "$LANGUAGE"} "$f" >>"$work/$1.$3.jsonl"
   done
 }
 for s in $SETTINGS; do
