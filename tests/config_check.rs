@@ -137,6 +137,11 @@ fn http_and_shutdown_settings_are_checked() {
             "grace_s 86400 is out of range",
         ),
         (
+            "vad_min_voiced_ms = 150",
+            "vad_min_voiced_ms = 5000",
+            "vad_min_voiced_ms 5000 is out of range",
+        ),
+        (
             "# agent_token = \"agents-only-token\"",
             "agent_token = \"a b&c\"",
             "agent_token is too short or has characters",

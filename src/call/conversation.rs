@@ -24,6 +24,7 @@ use super::policy::Policy;
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::{Prompt, PromptPlayer};
 use crate::media::resample::Upsampler;
+use crate::speech::pipeline::UtteranceResult;
 use crate::speech::pool::{AsrReply, JobKind};
 use crate::speech::vad::{Segmenter, Utterance, VadConfig, VadEvent};
 use serde_json::{json, Value};
@@ -439,6 +440,7 @@ impl Call {
         };
         let mut started = false;
         let mut finals = Vec::new();
+        let mut skipped = Vec::new();
         for ev in ears.segmenter.push(wideband) {
             match ev {
                 VadEvent::SpeechStarted { at } => {
@@ -450,6 +452,7 @@ impl Call {
                     });
                 }
                 VadEvent::Utterance(u) => finals.push(u),
+                VadEvent::TooShort { start, end, voiced } => skipped.push((start, end, voiced)),
             }
         }
         let vad_now = ears.segmenter.now();
@@ -478,6 +481,33 @@ impl Call {
         }
         for u in finals {
             self.submit_final(u);
+        }
+        for (start, end, voiced) in skipped {
+            // Too short to be words: not transcribed, and to the decision
+            // core it is what Whisper would have made of it — nothing.
+            self.event(
+                "utterance.skipped",
+                json!({"start_s": start.as_secs_f64(), "end_s": end.as_secs_f64(),
+                       "voiced_ms": voiced.as_millis() as u64, "reason": "too_short"}),
+            );
+            if !self.hung_up {
+                self.feed(
+                    now,
+                    CoreEvent::Utterance(UtteranceResult {
+                        start_s: start.as_secs_f64(),
+                        end_s: end.as_secs_f64(),
+                        text: String::new(),
+                        words_per_s: 0.0,
+                        syllables_per_s: 0.0,
+                        loudness_dbfs: -120.0,
+                        voiced_s: voiced.as_secs_f64(),
+                        forced_cut: false,
+                        language: String::new(),
+                        closed_at_s: now.as_secs_f64(),
+                        embedding: None,
+                    }),
+                );
+            }
         }
         if started && !self.hung_up {
             self.feed(now, CoreEvent::SpeechStarted);
@@ -889,6 +919,61 @@ mod tests {
             "the goodbye played out: {said:?} {hung_up:?}"
         );
         assert!(hung_up <= said + ms(3160), "{said:?} {hung_up:?}");
+    }
+
+    #[test]
+    fn speech_too_short_to_be_words_is_not_sent_to_whisper() {
+        // The same real utterance, once above the floor and once below it
+        // (a floor of 10 s stands in for a click or a cough).
+        let wav =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/calls/calm_billing.wav");
+        let track = load_caller_track(&wav).expect("test call");
+        for (min_voiced, finals_expected) in [(ms(150), 1), (Duration::from_secs(10), 0)] {
+            let mut call = Call::new(CallSetup {
+                vad: VadConfig {
+                    min_voiced,
+                    ..VadConfig::default()
+                },
+                ..setup(true)
+            });
+            call.handle_input(Duration::ZERO, Input::Answered);
+            drain(&mut call);
+            let mut out = Vec::new();
+            for (n, chunk) in track.samples.chunks(320).take(350).enumerate() {
+                call.handle_input(ms(20 * (n as u64 + 1)), Input::CallerAudioWideband(chunk));
+                let _ = call.poll_frame();
+                out.extend(drain(&mut call));
+            }
+            let finals = out
+                .iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Output::SubmitAsr {
+                            kind: JobKind::Final,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            let skipped: Vec<&Value> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Event {
+                        kind: "utterance.skipped",
+                        fields,
+                    } => Some(fields),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(finals, finals_expected, "{min_voiced:?}");
+            assert_eq!(skipped.len(), 1 - finals_expected, "{min_voiced:?}");
+            for f in skipped {
+                assert_eq!(f["reason"], "too_short");
+                assert!(f["voiced_ms"].as_u64().is_some_and(|v| v > 1000), "{f}");
+            }
+            assert!(!call.hung_up());
+        }
     }
 
     #[test]

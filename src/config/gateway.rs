@@ -89,6 +89,8 @@ struct SpeechSection {
     max_latency_ms: u64,
     #[serde(default = "default_hangover")]
     vad_hangover_ms: Spanned<u64>,
+    #[serde(default = "default_min_voiced")]
+    vad_min_voiced_ms: Spanned<u64>,
     #[serde(default = "default_max_utt")]
     max_utterance_s: u64,
     #[serde(default = "default_partial")]
@@ -110,6 +112,7 @@ impl Default for SpeechSection {
             queue: default_queue(),
             max_latency_ms: default_max_latency(),
             vad_hangover_ms: default_hangover(),
+            vad_min_voiced_ms: default_min_voiced(),
             max_utterance_s: default_max_utt(),
             partial_interval_ms: default_partial(),
             multilingual_model: default_multilingual(),
@@ -144,6 +147,9 @@ fn default_max_latency() -> u64 {
 }
 fn default_hangover() -> Spanned<u64> {
     Spanned::new(0..0, 600)
+}
+fn default_min_voiced() -> Spanned<u64> {
+    Spanned::new(0..0, 150)
 }
 fn default_max_utt() -> u64 {
     15
@@ -406,6 +412,8 @@ pub struct SpeechConfig {
     pub max_latency: Duration,
     /// Silence that ends an utterance.
     pub vad_hangover: Duration,
+    /// Voiced time below which a segment is not sent to Whisper.
+    pub vad_min_voiced: Duration,
     /// Longest utterance before a forced cut.
     pub max_utterance: Duration,
     /// Interval between partial results of a long utterance.
@@ -434,6 +442,7 @@ impl SpeechConfig {
     pub fn vad(&self) -> crate::speech::vad::VadConfig {
         crate::speech::vad::VadConfig {
             hangover: self.vad_hangover,
+            min_voiced: self.vad_min_voiced,
             max_utterance: self.max_utterance,
             ..crate::speech::vad::VadConfig::default()
         }
@@ -625,6 +634,14 @@ pub(super) fn parse(
             "use 200 to 3000 ms (default 600)",
         ));
     }
+    let min_voiced = *sp.vad_min_voiced_ms.get_ref();
+    if min_voiced > 1000 {
+        problems.push(src.at(
+            Some(sp.vad_min_voiced_ms.span()),
+            format!("vad_min_voiced_ms {min_voiced} is out of range"),
+            "use 0 to 1000 ms (default 150; 0 sends every segment to Whisper)",
+        ));
+    }
     let http = parse_http(&src, &file.http, problems);
     let grace = *file.shutdown.grace_s.get_ref();
     if grace > 3600 {
@@ -653,6 +670,7 @@ pub(super) fn parse(
         queue: sp.queue.max(1),
         max_latency: Duration::from_millis(sp.max_latency_ms.max(100)),
         vad_hangover: Duration::from_millis(hangover),
+        vad_min_voiced: Duration::from_millis(min_voiced),
         max_utterance: Duration::from_secs(sp.max_utterance_s.clamp(2, 30)),
         partial_interval: Duration::from_millis(sp.partial_interval_ms.max(250)),
         multilingual_model: (!sp.multilingual_model.is_empty())

@@ -23,6 +23,11 @@ pub struct VadConfig {
     pub hangover: Duration,
     /// Speech needed before an utterance starts.
     pub min_speech: Duration,
+    /// Voiced time an utterance needs to be sent to Whisper: shorter ones (a
+    /// click, a cough, a burst of line noise) are reported as
+    /// [`VadEvent::TooShort`] instead — Whisper reads nothing in them, or
+    /// invents a "Thank you." that could end the call.
+    pub min_voiced: Duration,
     /// Longest utterance before a forced cut.
     pub max_utterance: Duration,
     /// Audio kept before the detected start.
@@ -40,6 +45,7 @@ impl Default for VadConfig {
             threshold: 0.5,
             hangover: Duration::from_millis(600),
             min_speech: Duration::from_millis(96),
+            min_voiced: Duration::from_millis(150),
             max_utterance: Duration::from_secs(15),
             pre_roll: Duration::from_millis(256),
             post_roll: Duration::from_millis(208),
@@ -82,6 +88,16 @@ pub enum VadEvent {
     },
     /// An utterance ended.
     Utterance(Utterance),
+    /// Speech that started ended with less voiced time than
+    /// [`VadConfig::min_voiced`]: not words, not transcribed.
+    TooShort {
+        /// Start of the segment.
+        start: Duration,
+        /// End of the segment.
+        end: Duration,
+        /// Its voiced time.
+        voiced: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +256,16 @@ impl Segmenter {
                 }
                 let length = frame_time(self.frames - self.start_frame);
                 if self.silence_run >= frames_of(self.config.hangover) {
-                    events.push(VadEvent::Utterance(self.close(false)));
+                    let u = self.close(false);
+                    events.push(if u.voiced < self.config.min_voiced {
+                        VadEvent::TooShort {
+                            start: u.start,
+                            end: u.end,
+                            voiced: u.voiced,
+                        }
+                    } else {
+                        VadEvent::Utterance(u)
+                    });
                 } else if length >= self.config.max_utterance {
                     events.push(VadEvent::Utterance(self.close(true)));
                     if voiced {
