@@ -427,13 +427,8 @@ impl CallBoard {
             return;
         };
         self.metrics.active.dec();
-        let outcome = if call.handover_reason.is_some() {
-            "transferred"
-        } else if call.recognised_intent {
-            "bot_resolved"
-        } else {
-            "caller_hung_up"
-        };
+        let outcome =
+            crate::call::outcome(call.handover_reason.is_some(), call.recognised_intent);
         call.outcome = Some(outcome);
         call.state = "ended";
         self.metrics

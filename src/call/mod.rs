@@ -13,3 +13,18 @@ pub mod transfer;
 
 pub use conversation::{Call, CallSetup, Input, Output};
 pub use greeting::{CallAction, CallEvent, GreetingFlow};
+
+/// How a call ended, as the call board, `/metrics`
+/// (`voicegate_calls_total{outcome}`) and `voicegate replay` all name it —
+/// one rule, so live and offline reports agree: `transferred` once a
+/// hand-over was decided, else `bot_resolved` if the bot recognised a
+/// request, else `caller_hung_up`.
+pub fn outcome(handed_over: bool, recognised_intent: bool) -> &'static str {
+    if handed_over {
+        "transferred"
+    } else if recognised_intent {
+        "bot_resolved"
+    } else {
+        "caller_hung_up"
+    }
+}

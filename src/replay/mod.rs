@@ -163,14 +163,14 @@ pub fn replay(
         io.drain(&mut call, now)?;
     }
     let core = call.core();
-    let (outcome, reason, at) = match core.handover() {
+    let handover = core.handover();
+    let outcome = crate::call::outcome(handover.is_some(), !core.intents().is_empty());
+    let (reason, at) = match handover {
         Some((t, r)) => (
-            "transferred",
             Some(r.to_string()),
             Some((t.as_secs_f64() * 1000.0).round() / 1000.0),
         ),
-        None if !core.intents().is_empty() => ("bot_resolved", None, None),
-        None => ("caller_hung_up", None, None),
+        None => (None, None),
     };
     Ok(ReplayReport {
         caller,
