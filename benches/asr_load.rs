@@ -1,7 +1,8 @@
 //! ASR under load: end of utterance → final text latency (p50/p95) for N
 //! concurrently talking callers on the real tiny.en model and real calls, and
 //! the memory each caller costs. Run: `cargo bench --bench asr_load`
-//! (`ASR_LOAD_SECONDS`, `ASR_LOAD_CALLERS=1,2,4` to change the sweep).
+//! (`ASR_LOAD_SECONDS`, `ASR_LOAD_CALLERS=1,2,4` to change the sweep,
+//! `ASR_LOAD_MODEL=models/ggml-tiny.en-q8_0.bin` for another model).
 
 use std::time::{Duration, Instant};
 use voicegate::speech::{asr, pipeline, pool, vad};
@@ -60,7 +61,10 @@ fn main() {
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2, 4, 6, 8, 12]);
     let base = rss_kib();
-    let model = match asr::WhisperModel::load(std::path::Path::new("models/ggml-tiny.en.bin")) {
+    let model_path =
+        std::env::var("ASR_LOAD_MODEL").unwrap_or_else(|_| "models/ggml-tiny.en.bin".into());
+    println!("model {model_path}");
+    let model = match asr::WhisperModel::load(std::path::Path::new(&model_path)) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");

@@ -366,6 +366,56 @@ fn a_saturated_pool_reports_overload_instead_of_blocking() {
 }
 
 #[test]
+fn a_pool_of_several_workers_answers_every_job() {
+    // Regression: with two or more workers, the first ones used to quit at
+    // start-up (they took the queue's reference count for "pool gone"), so
+    // a box with 4+ cores transcribed nothing.
+    let track =
+        pipeline::load_caller_track(&root().join("tests/calls/calm_billing.wav")).expect("wav");
+    let mut seg = vad::Segmenter::new(vad::VadConfig::default());
+    let mut utts = Vec::new();
+    for c in track.samples.chunks(320) {
+        for ev in seg.push(c) {
+            if let vad::VadEvent::Utterance(u) = ev {
+                utts.push(u);
+            }
+        }
+    }
+    let u = utts.pop().expect("one utterance");
+    let p = pool::AsrPool::start(
+        model(),
+        None,
+        pool::PoolConfig {
+            workers: 3,
+            threads_per_worker: 1,
+            queue: 8,
+            max_wait: Duration::from_secs(60),
+        },
+    )
+    .expect("pool");
+    // Let every worker reach its queue before work arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..4 {
+        p.submit(pool::JobKind::Final, u.clone(), tx.clone())
+            .expect("room");
+    }
+    let mut done = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while done < 4 && std::time::Instant::now() < deadline {
+        match rx.try_recv() {
+            Ok(pool::AsrReply::Done { result, .. }) => {
+                assert!(result.text.to_lowercase().contains("bill"), "{result:?}");
+                done += 1;
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert_eq!(done, 4, "every job answered by a pool of three workers");
+}
+
+#[test]
 fn multilingual_base_joins_two_wheels_and_detects_the_language() {
     let path = root().join("models/ggml-base.bin");
     assert_eq!(

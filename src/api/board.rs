@@ -427,8 +427,7 @@ impl CallBoard {
             return;
         };
         self.metrics.active.dec();
-        let outcome =
-            crate::call::outcome(call.handover_reason.is_some(), call.recognised_intent);
+        let outcome = crate::call::outcome(call.handover_reason.is_some(), call.recognised_intent);
         call.outcome = Some(outcome);
         call.state = "ended";
         self.metrics

@@ -128,8 +128,6 @@ impl Waiting {
 struct Queue {
     waiting: Mutex<Waiting>,
     ready: Condvar,
-    /// Worker threads (each holds one reference to the queue).
-    workers: usize,
 }
 
 impl Queue {
@@ -142,6 +140,12 @@ impl Queue {
 #[derive(Clone)]
 pub struct AsrPool {
     queue: Arc<Queue>,
+    /// Held only by pool handles: the workers watch it through a `Weak` and
+    /// end when the last handle is gone. (Counting the queue's references
+    /// instead raced with start-up: a first worker saw only itself and the
+    /// pool while the second was still being built, and quit — a pool of two
+    /// or more workers then had none.)
+    alive: Arc<()>,
     queued: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     config: PoolConfig,
@@ -189,8 +193,8 @@ impl AsrPool {
         let queue = Arc::new(Queue {
             waiting: Mutex::default(),
             ready: Condvar::new(),
-            workers: config.workers.max(1),
         });
+        let alive = Arc::new(());
         let queued = Arc::new(AtomicUsize::new(0));
         let busy = Arc::new(AtomicUsize::new(0));
         for i in 0..config.workers.max(1) {
@@ -205,6 +209,7 @@ impl AsrPool {
                 None => None,
             };
             let rx = queue.clone();
+            let pool_alive = Arc::downgrade(&alive);
             let queued = queued.clone();
             let busy = busy.clone();
             let max_wait = config.max_wait;
@@ -217,6 +222,7 @@ impl AsrPool {
                         (recognizer, other, default_language),
                         encoder,
                         rx,
+                        pool_alive,
                         queued,
                         busy,
                         max_wait,
@@ -228,6 +234,7 @@ impl AsrPool {
         }
         Ok(AsrPool {
             queue,
+            alive,
             queued,
             busy,
             config,
@@ -298,6 +305,7 @@ fn worker(
     (mut recognizer, mut multilingual, default_language): WorkerRecognizers,
     encoder: Option<Arc<super::encoder::SentenceEncoder>>,
     rx: Arc<Queue>,
+    pool_alive: std::sync::Weak<()>,
     queued: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
     max_wait: Duration,
@@ -311,7 +319,7 @@ fn worker(
                     break job;
                 }
                 // Every pool handle gone: the workers end with the pool.
-                if Arc::strong_count(&rx) <= rx.workers {
+                if pool_alive.strong_count() == 0 {
                     return;
                 }
                 w = rx
