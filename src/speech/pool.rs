@@ -145,6 +145,7 @@ pub struct AsrPool {
     /// instead raced with start-up: a first worker saw only itself and the
     /// pool while the second was still being built, and quit — a pool of two
     /// or more workers then had none.)
+    #[allow(dead_code)] // held, never read: its strong count is the signal
     alive: Arc<()>,
     queued: Arc<AtomicUsize>,
     busy: Arc<AtomicUsize>,
