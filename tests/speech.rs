@@ -298,10 +298,9 @@ fn transcribe_names_the_file_and_the_problem_for_bad_input() {
     assert_eq!(v["utterances"].as_array().map(Vec::len), Some(1));
 }
 
-#[test]
-fn a_saturated_pool_reports_overload_instead_of_blocking() {
-    let track =
-        pipeline::load_caller_track(&root().join("tests/calls/calm_billing.wav")).expect("wav");
+/// The last utterance the VAD cuts from a public call.
+fn last_utterance_of(call: &str) -> vad::Utterance {
+    let track = pipeline::load_caller_track(&root().join(call)).expect("wav");
     let mut seg = vad::Segmenter::new(vad::VadConfig::default());
     let mut utts = Vec::new();
     for c in track.samples.chunks(320) {
@@ -311,7 +310,12 @@ fn a_saturated_pool_reports_overload_instead_of_blocking() {
             }
         }
     }
-    let u = utts.pop().expect("one utterance");
+    utts.pop().expect("one utterance")
+}
+
+#[test]
+fn a_saturated_pool_reports_overload_instead_of_blocking() {
+    let u = last_utterance_of("tests/calls/calm_billing.wav");
     let p = pool::AsrPool::start(
         model(),
         None,
@@ -370,18 +374,7 @@ fn a_pool_of_several_workers_answers_every_job() {
     // Regression: with two or more workers, the first ones used to quit at
     // start-up (they took the queue's reference count for "pool gone"), so
     // a box with 4+ cores transcribed nothing.
-    let track =
-        pipeline::load_caller_track(&root().join("tests/calls/calm_billing.wav")).expect("wav");
-    let mut seg = vad::Segmenter::new(vad::VadConfig::default());
-    let mut utts = Vec::new();
-    for c in track.samples.chunks(320) {
-        for ev in seg.push(c) {
-            if let vad::VadEvent::Utterance(u) = ev {
-                utts.push(u);
-            }
-        }
-    }
-    let u = utts.pop().expect("one utterance");
+    let u = last_utterance_of("tests/calls/calm_billing.wav");
     let p = pool::AsrPool::start(
         model(),
         None,
