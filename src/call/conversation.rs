@@ -24,7 +24,7 @@ use super::policy::Policy;
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::{Prompt, PromptPlayer};
 use crate::media::resample::Upsampler;
-use crate::speech::pipeline::UtteranceResult;
+use crate::speech::pipeline::result_for;
 use crate::speech::pool::{AsrReply, JobKind};
 use crate::speech::vad::{Segmenter, Utterance, VadConfig, VadEvent};
 use serde_json::{json, Value};
@@ -452,7 +452,7 @@ impl Call {
                     });
                 }
                 VadEvent::Utterance(u) => finals.push(u),
-                VadEvent::TooShort { start, end, voiced } => skipped.push((start, end, voiced)),
+                VadEvent::TooShort(u) => skipped.push(u),
             }
         }
         let vad_now = ears.segmenter.now();
@@ -482,31 +482,17 @@ impl Call {
         for u in finals {
             self.submit_final(u);
         }
-        for (start, end, voiced) in skipped {
+        for u in skipped {
             // Too short to be words: not transcribed, and to the decision
             // core it is what Whisper would have made of it — nothing.
             self.event(
                 "utterance.skipped",
-                json!({"start_s": start.as_secs_f64(), "end_s": end.as_secs_f64(),
-                       "voiced_ms": voiced.as_millis() as u64, "reason": "too_short"}),
+                json!({"start_s": u.start.as_secs_f64(), "end_s": u.end.as_secs_f64(),
+                       "voiced_ms": u.voiced.as_millis() as u64, "reason": "too_short"}),
             );
             if !self.hung_up {
-                self.feed(
-                    now,
-                    CoreEvent::Utterance(UtteranceResult {
-                        start_s: start.as_secs_f64(),
-                        end_s: end.as_secs_f64(),
-                        text: String::new(),
-                        words_per_s: 0.0,
-                        syllables_per_s: 0.0,
-                        loudness_dbfs: -120.0,
-                        voiced_s: voiced.as_secs_f64(),
-                        forced_cut: false,
-                        language: String::new(),
-                        closed_at_s: now.as_secs_f64(),
-                        embedding: None,
-                    }),
-                );
+                let nothing = result_for(&u, String::new(), String::new());
+                self.feed(now, CoreEvent::Utterance(nothing));
             }
         }
         if started && !self.hung_up {
@@ -740,7 +726,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::speech::pipeline::{load_caller_track, result_for};
+    use crate::speech::pipeline::load_caller_track;
 
     fn setup(listen: bool) -> CallSetup {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-config");

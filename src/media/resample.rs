@@ -102,6 +102,8 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, Resampl
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn absurd_rates_are_refused_not_allocated() {
         // A WAV header claiming 4 GHz (the input `make fuzz` found).
@@ -118,8 +120,6 @@ mod tests {
             [0.5; 4]
         );
     }
-
-    use super::*;
 
     #[test]
     fn upsampler_keeps_a_tone() {

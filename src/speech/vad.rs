@@ -89,15 +89,8 @@ pub enum VadEvent {
     /// An utterance ended.
     Utterance(Utterance),
     /// Speech that started ended with less voiced time than
-    /// [`VadConfig::min_voiced`]: not words, not transcribed.
-    TooShort {
-        /// Start of the segment.
-        start: Duration,
-        /// End of the segment.
-        end: Duration,
-        /// Its voiced time.
-        voiced: Duration,
-    },
+    /// [`VadConfig::min_voiced`]: not words, not to be transcribed.
+    TooShort(Utterance),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,11 +251,7 @@ impl Segmenter {
                 if self.silence_run >= frames_of(self.config.hangover) {
                     let u = self.close(false);
                     events.push(if u.voiced < self.config.min_voiced {
-                        VadEvent::TooShort {
-                            start: u.start,
-                            end: u.end,
-                            voiced: u.voiced,
-                        }
+                        VadEvent::TooShort(u)
                     } else {
                         VadEvent::Utterance(u)
                     });
