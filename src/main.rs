@@ -43,31 +43,7 @@ enum Command {
         threads: usize,
     },
     /// Replay recorded or synthetic calls offline through the decision core.
-    Replay {
-        /// A WAV file (stereo recordings: the caller's left channel), or a
-        /// directory of them (recursive).
-        file: PathBuf,
-        /// Caller ID to present.
-        #[arg(long)]
-        caller: Option<String>,
-        /// Configuration directory (flow, rules, lexicons, customers, model).
-        #[arg(long, default_value = "sip-config")]
-        config: PathBuf,
-        /// Print one JSON object per call.
-        #[arg(long)]
-        json: bool,
-        /// Check each call against the `.toml` beside its WAV; exit non-zero
-        /// on any miss (a regression suite for rule changes).
-        #[arg(long)]
-        expect: bool,
-        /// Write an HTML report (a page per call and an index) into this directory.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// The callers' language (en, zh, … or auto); default: each call's
-        /// `.toml` `language`, else `[speech] language`.
-        #[arg(long)]
-        language: Option<String>,
-    },
+    Replay(voicegate::replay::cli::ReplayArgs),
     /// Place real SIP calls that play WAV files (QA, load): record what comes
     /// back, hang up at the end of the file or when the far end does.
     Call(voicegate::caller::cli::CallArgs),
@@ -196,23 +172,7 @@ fn main() -> ExitCode {
             language,
             threads,
         } => voicegate::speech::cli::transcribe(&file, json, &model, language.as_deref(), threads),
-        Command::Replay {
-            file,
-            caller,
-            config,
-            json,
-            expect,
-            report,
-            language,
-        } => voicegate::replay::cli::replay(
-            &file,
-            caller,
-            &config,
-            json,
-            expect,
-            report.as_deref(),
-            language.as_deref(),
-        ),
+        Command::Replay(args) => voicegate::replay::cli::replay(args),
         Command::Call(args) => voicegate::caller::cli::place_calls(args),
         Command::Mine { dir, config } => voicegate::replay::cli::mine(&dir, &config),
         Command::Serve { config } => {

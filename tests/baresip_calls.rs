@@ -131,7 +131,7 @@ fn baresip_call_is_recorded_and_its_rfc4733_digits_logged_and_hash_ends_it() {
     let bot16 = voicegate::media::resample::resample(&bot, 8000, 16000).expect("resample");
     let model = voicegate::speech::asr::WhisperModel::load(&root().join("models/ggml-tiny.en.bin"))
         .expect("model");
-    let mut rec = voicegate::speech::asr::Recognizer::new(&model, 2, None).expect("state");
+    let mut rec = voicegate::speech::asr::Recognizer::new(&model, 1, None).expect("state");
     let heard = rec.recognize(&bot16).expect("asr").text.to_lowercase();
     assert!(
         // tiny.en on espeak-ng is rough: any word of the billing reply,

@@ -23,7 +23,7 @@ fn every_public_call_is_decided_as_expected() {
             toml::from_str(&std::fs::read_to_string(&path).expect("toml")).expect("toml");
         let wav = path.with_extension("wav");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicegate"));
-        cmd.current_dir(root()).args(["replay", "--json"]).arg(&wav);
+        cmd.current_dir(root()).args(["replay", "--threads", "1", "--json"]).arg(&wav);
         if let Some(c) = spec.get("caller").and_then(|c| c.as_str()) {
             cmd.args(["--caller", c]);
         }
@@ -119,7 +119,7 @@ fn every_public_call_is_decided_as_expected() {
 fn expect_set(dir: &str, count: usize) {
     let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
         .current_dir(root())
-        .args(["replay", "--expect", dir])
+        .args(["replay", "--threads", "1", "--expect", dir])
         .output()
         .expect("run replay");
     let table = String::from_utf8_lossy(&out.stdout);
@@ -338,7 +338,7 @@ fn batch_replay_checks_expectations_reports_bad_files_and_goes_on() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
         .current_dir(root())
-        .args(["replay", "--expect"])
+        .args(["replay", "--threads", "1", "--expect"])
         .arg(dir.path())
         .output()
         .expect("run");
@@ -397,7 +397,7 @@ fn the_html_report_opens_from_disk_with_audio_transcript_and_a_plot() {
     let report = dir.path().join("report");
     let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
         .current_dir(root())
-        .args(["replay", "--report"])
+        .args(["replay", "--threads", "1", "--report"])
         .arg(&report)
         .arg(&calls)
         .output()

@@ -170,7 +170,7 @@ fn edit_distance(a: &[String], b: &[String]) -> usize {
 #[test]
 fn public_calls_transcribe_under_15_percent_wer_with_vad_within_300ms() {
     let model = model();
-    let mut rec = asr::Recognizer::new(&model, 2, None).expect("state");
+    let mut rec = asr::Recognizer::new(&model, 1, None).expect("state");
     let (mut errors, mut words) = (0, 0);
     let mut report = String::new();
     for entry in std::fs::read_dir(root().join("tests/calls"))
@@ -249,6 +249,7 @@ fn public_calls_transcribe_under_15_percent_wer_with_vad_within_300ms() {
 fn transcribe_cli(file: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
         .arg("transcribe")
+        .args(["--threads", "1"])
         .arg(file)
         .arg("--model")
         .arg(model_path())
@@ -279,7 +280,7 @@ fn transcribe_names_the_file_and_the_problem_for_bad_input() {
         assert!(!err.contains("panicked"), "{err}");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
-        .args(["transcribe", "--json"])
+        .args(["transcribe", "--threads", "1", "--json"])
         .arg(root().join("tests/calls/urgent_payment.wav"))
         .arg("--model")
         .arg(model_path())
@@ -418,7 +419,7 @@ fn multilingual_base_joins_two_wheels_and_detects_the_language() {
     );
     let model = asr::WhisperModel::load(&path).expect("base loads");
     assert!(model.is_multilingual());
-    let mut rec = asr::Recognizer::new(&model, 2, None).expect("state");
+    let mut rec = asr::Recognizer::new(&model, 1, None).expect("state");
     let track =
         pipeline::load_caller_track(&root().join("tests/calls/angry_words.wav")).expect("wav");
     let utts = pipeline::transcribe_track(
@@ -437,7 +438,7 @@ fn multilingual_base_joins_two_wheels_and_detects_the_language() {
     // An English-only model ignores a language request.
     let tiny = model_path();
     let tiny = asr::WhisperModel::load(&tiny).expect("tiny");
-    let mut rec = asr::Recognizer::new(&tiny, 2, Some("zh")).expect("state");
+    let mut rec = asr::Recognizer::new(&tiny, 1, Some("zh")).expect("state");
     let u = pipeline::transcribe_track(
         &track.samples,
         vad::VadConfig::default(),
@@ -455,7 +456,7 @@ fn mandarin_calls_transcribe_in_simplified_characters_with_a_bounded_cer() {
     // Traditional character reaches anything that reads the transcript.
     let model = asr::WhisperModel::load(&root().join("models/ggml-base.bin"))
         .expect("models/ggml-base.bin (make test installs it)");
-    let mut rec = asr::Recognizer::new(&model, 2, Some("zh")).expect("state");
+    let mut rec = asr::Recognizer::new(&model, 1, Some("zh")).expect("state");
     let han = |t: &str| -> Vec<String> {
         t.chars()
             .filter(|c| voicegate::speech::chinese::is_han(*c))
@@ -608,9 +609,9 @@ fn models_install_quant_writes_whisper_cpp_blocks_that_transcribe_like_f16() {
     let f16 = model();
     let quantised = asr::WhisperModel::load(&q8).expect("whisper.cpp loads q8_0");
     let (wer_f16, hyp_f16) =
-        public_calls_wer(&mut asr::Recognizer::new(&f16, 2, None).expect("state"));
+        public_calls_wer(&mut asr::Recognizer::new(&f16, 1, None).expect("state"));
     let (wer_q8, hyp_q8) =
-        public_calls_wer(&mut asr::Recognizer::new(&quantised, 2, None).expect("state"));
+        public_calls_wer(&mut asr::Recognizer::new(&quantised, 1, None).expect("state"));
     let same = hyp_f16.iter().zip(&hyp_q8).filter(|(a, b)| a == b).count();
     eprintln!(
         "WER f16 {:.1} %, q8_0 {:.1} %; {same}/{} transcripts identical",

@@ -266,7 +266,12 @@ pub(super) async fn run(
         refreshed_at: Duration::ZERO,
         refreshing: None,
     }));
-    converse(shared, who, trunk, leg, recorder, page_key, _on_board).await;
+    let media = shared.media_runtime.clone();
+    super::media_runtime::run_call(
+        &media,
+        converse(shared, who, trunk, leg, recorder, page_key, _on_board),
+    )
+    .await;
 }
 
 /// Run an answered call, whatever leg the caller is on, until either side

@@ -8,6 +8,7 @@ mod events;
 mod fds;
 mod handover;
 mod leg;
+mod media_runtime;
 mod register;
 mod web_leg;
 mod webrtc;
@@ -65,6 +66,10 @@ pub(crate) struct Shared {
     pub setting_up: Arc<std::sync::atomic::AtomicUsize>,
     /// How late the calls' media clocks run (admission control).
     pub media_load: Arc<crate::media::load::MediaLoad>,
+    /// The runtime answered calls run on (their 20 ms media clock, RTP, the
+    /// bot's decisions): its own worker threads, so a flood of SIP parsing on
+    /// the main runtime never delays a call's frame.
+    pub media_runtime: tokio::runtime::Handle,
 }
 
 /// Counts a call as in set-up while it lives (see `Shared::setting_up`).
@@ -106,6 +111,7 @@ impl Shared {
             started: self.started,
             setting_up: self.setting_up.clone(),
             media_load: self.media_load.clone(),
+            media_runtime: self.media_runtime.clone(),
             config,
         })
     }
@@ -222,6 +228,8 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         );
     }
     let greeting = Prompt::load(&config.gateway.greeting)?;
+    let media_runtime =
+        media_runtime::MediaRuntime::start().context("cannot start the media runtime")?;
     let sp = &config.gateway.speech;
     let asr = if sp.enabled {
         let model = crate::speech::asr::WhisperModel::load(&sp.model)?;
@@ -333,6 +341,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         started: std::time::Instant::now(),
         setting_up: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         media_load: Arc::default(),
+        media_runtime: media_runtime.handle(),
         config,
     });
     for trunk in &shared.config.trunks {

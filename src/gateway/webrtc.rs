@@ -282,7 +282,12 @@ async fn negotiate(
                 opened: Instant::now(),
                 remote,
             });
-            converse(shared.clone(), who, trunk, leg, recorder, page_key, on_board).await;
+            let media = shared.media_runtime.clone();
+            super::media_runtime::run_call(
+                &media,
+                converse(shared.clone(), who, trunk, leg, recorder, page_key, on_board),
+            )
+            .await;
         }
         .instrument(span),
     );

@@ -4,15 +4,57 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn replay(
-    path: &std::path::Path,
-    caller: Option<String>,
-    config: &std::path::Path,
-    json: bool,
-    expect: bool,
-    report: Option<&std::path::Path>,
-    language: Option<&str>,
-) -> ExitCode {
+/// `voicegate replay` options.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// A WAV file (stereo recordings: the caller's left channel), or a
+    /// directory of them (recursive).
+    pub file: std::path::PathBuf,
+    /// Caller ID to present.
+    #[arg(long)]
+    pub caller: Option<String>,
+    /// Configuration directory (flow, rules, lexicons, customers, model).
+    #[arg(long, default_value = "sip-config")]
+    pub config: std::path::PathBuf,
+    /// Print one JSON object per call.
+    #[arg(long)]
+    pub json: bool,
+    /// Check each call against the `.toml` beside its WAV; exit non-zero
+    /// on any miss (a regression suite for rule changes).
+    #[arg(long)]
+    pub expect: bool,
+    /// Write an HTML report (a page per call and an index) into this directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+    /// The callers' language (en, zh, … or auto); default: each call's
+    /// `.toml` `language`, else `[speech] language`.
+    #[arg(long)]
+    pub language: Option<String>,
+    /// CPU threads for Whisper (several replays side by side on a small box
+    /// finish sooner with one each).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// `voicegate replay`: replay the calls `a` names; a line (or JSON object)
+/// per call, an HTML report on request, exit non-zero on a miss.
+pub fn replay(a: ReplayArgs) -> ExitCode {
+    let ReplayArgs {
+        file: path,
+        caller,
+        config,
+        json,
+        expect,
+        report,
+        language,
+        threads,
+    } = a;
+    let (path, config, report, language) = (
+        path.as_path(),
+        config.as_path(),
+        report.as_deref(),
+        language.as_deref(),
+    );
     use crate::replay::batch::{self, BatchItem, Expectation};
     use crate::speech::{asr, pipeline};
     use std::io::IsTerminal;
@@ -35,7 +77,7 @@ pub fn replay(
     let mut recognizers = asr::Recognizers::new(
         &sp.model,
         sp.multilingual_model.as_deref(),
-        2,
+        threads,
         sp.language.as_deref(),
     );
     // The model must load before any call is replayed: a missing model is

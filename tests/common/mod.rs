@@ -117,6 +117,11 @@ impl Gateway {
             // Test machines run many gateways and Whisper at once: allow slow
             // recognition here (the overload path has its own test).
             .replace("max_latency_ms = 3000", "max_latency_ms = 30000")
+            // One whisper.cpp thread per worker: several gateways (and
+            // replays) share this box's cores, and ggml's threads wait for
+            // each other by spinning — oversubscribed, they make a 2-core box
+            // several times slower (measured: the replay tests 256 s → 41 s).
+            .replace("threads_per_worker = 2", "threads_per_worker = 1")
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{http_port}"))
             // Tests stop gateways often: a short grace keeps them quick.
             .replace("grace_s = 30", "grace_s = 2");
@@ -744,7 +749,7 @@ impl Drop for Caller {
 pub fn replay_json(wav: &Path, cfg: &Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
         .current_dir(root())
-        .args(["replay", "--json", "--config"])
+        .args(["replay", "--threads", "1", "--json", "--config"])
         .arg(cfg)
         .args(args)
         .arg(wav)
@@ -787,6 +792,7 @@ pub fn transcribe(wav: &Path) -> String {
         .current_dir(root())
         .arg("transcribe")
         .arg(wav)
+        .args(["--threads", "1"])
         .output()
         .expect("transcribe");
     assert!(
