@@ -116,11 +116,17 @@ pub(super) async fn run(
         dialog: dialog.clone(),
     };
     let mut handler = dialog.clone();
-    tokio::spawn(async move {
+    let transaction = tokio::spawn(async move {
         if let Err(e) = handler.handle(&mut tx).await {
             tracing::debug!(error = %e, "INVITE transaction ended with an error");
         }
     });
+    // A call that was answered and is over stops its INVITE transaction
+    // too: a never-ACKed 200 OK would otherwise keep being retransmitted,
+    // its dialog held in memory, for 64·T1 after the call gave up on it.
+    // (A call cancelled or refused before answer lets it finish: it still
+    // has a final response to retransmit until the caller's ACK.)
+    let mut stop_transaction = AbortOnDrop(None);
 
     let gw = &shared.config.gateway;
     let session_id = u64::from(rand::random::<u32>());
@@ -199,6 +205,7 @@ pub(super) async fn run(
         ended_early(&mut early, "answer_failed");
         return;
     }
+    stop_transaction.0 = Some(transaction.abort_handle());
     // The caller's ACK confirms the call; until then it is half-open.
     let patience = tokio::time::sleep(ACK_PATIENCE);
     tokio::pin!(patience);
@@ -686,6 +693,17 @@ const BYE_PATIENCE: Duration = Duration::from_secs(4);
 struct DialogRelease {
     layer: Arc<rsipstack::dialog::dialog_layer::DialogLayer>,
     dialog: rsipstack::dialog::invite_dialog::InviteDialog,
+}
+
+/// Aborts a task, if armed, when dropped.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Drop for DialogRelease {

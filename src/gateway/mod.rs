@@ -6,6 +6,7 @@ mod agent;
 mod call;
 mod events;
 mod fds;
+mod flood_gate;
 mod handover;
 mod leg;
 mod media_runtime;
@@ -295,8 +296,10 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
         transport.add_transport(SipConnection::TcpListener(tcp));
         info!(%addr, "SIP listening on TCP");
     }
+    let gate_running = Arc::new(std::sync::OnceLock::new());
     let endpoint = EndpointBuilder::new()
         .with_inspector(Box::new(crate::sip::source::SourceStamp))
+        .with_transport_inspector(Box::new(flood_gate::FloodGate::new(gate_running.clone())))
         .with_user_agent(&config.gateway.sip.user_agent)
         .with_transport_layer(transport)
         .with_cancel_token(sip_stop.child_token())
@@ -385,6 +388,7 @@ pub async fn serve(config: Config, drain: CancellationToken) -> anyhow::Result<(
     let running = Arc::new(Running {
         current: ArcSwap::new(shared.clone()),
     });
+    let _ = gate_running.set(running.clone());
     drop(shared);
     let http_stop = CancellationToken::new();
     let http = match running.current.load().config.gateway.http.listen {
@@ -498,13 +502,17 @@ async fn dispatch(shared: &Arc<Shared>, mut tx: Transaction) {
     }
     match method {
         Method::Invite => {
-            // A flooding source is dropped here, before a task, a port or a
-            // file is spent on it (it retransmits into the same limit).
-            if let Some(ip) = source_ip(shared, &tx) {
-                let limits = &shared.config.gateway.sip.rate_limits;
-                if !shared.pike.allow(ip, shared.started.elapsed(), limits) {
-                    shared.board.rejected("rate");
-                    return;
+            // A flooding source was dropped at the transport (flood_gate),
+            // before a transaction was built for it. A caller behind a
+            // trusted proxy is judged here, by the proxy's header, before a
+            // task, a port or a file is spent on it.
+            if via_trusted_proxy(shared, &tx) {
+                if let Some(ip) = source_ip(shared, &tx) {
+                    let limits = &shared.config.gateway.sip.rate_limits;
+                    if !shared.pike.allow(ip, shared.started.elapsed(), limits) {
+                        shared.board.rejected("rate");
+                        return;
+                    }
                 }
             }
             let shared = shared.clone();
@@ -554,6 +562,19 @@ pub(crate) fn source_ip(shared: &Shared, tx: &Transaction) -> Option<IpAddr> {
         &sip.trusted_proxies,
         &sip.proxy_source_header,
     )
+}
+
+/// Whether the request's packet came from a `[sip] trusted_proxies` address.
+fn via_trusted_proxy(shared: &Shared, tx: &Transaction) -> bool {
+    crate::sip::source::stamped_source(&tx.original.headers).is_some_and(|hop| {
+        shared
+            .config
+            .gateway
+            .sip
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&hop.ip()))
+    })
 }
 
 async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: Vec<Header>) {
