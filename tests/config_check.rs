@@ -142,6 +142,11 @@ fn http_and_shutdown_settings_are_checked() {
             "vad_min_voiced_ms 5000 is out of range",
         ),
         (
+            "vad_early_ms = 400",
+            "vad_early_ms = 700",
+            "vad_early_ms 700 is out of range",
+        ),
+        (
             "# agent_token = \"agents-only-token\"",
             "agent_token = \"a b&c\"",
             "agent_token is too short or has characters",

@@ -23,7 +23,9 @@ fn every_public_call_is_decided_as_expected() {
             toml::from_str(&std::fs::read_to_string(&path).expect("toml")).expect("toml");
         let wav = path.with_extension("wav");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicegate"));
-        cmd.current_dir(root()).args(["replay", "--threads", "1", "--json"]).arg(&wav);
+        cmd.current_dir(root())
+            .args(["replay", "--threads", "1", "--json"])
+            .arg(&wav);
         if let Some(c) = spec.get("caller").and_then(|c| c.as_str()) {
             cmd.args(["--caller", c]);
         }

@@ -1718,8 +1718,21 @@ fn five_established_calls_keep_their_media_through_an_invite_flood() {
             .current_dir(dir.path())
             .arg(&target)
             .args(["-sf", "flood.xml", "-r", "2000", "-m", "20000", "-nr"])
-            .args(["-i", "127.0.0.2", "-mi", "127.0.0.2", "-nostdin", "-s", "bot"])
-            .args(["-p", &free_port().to_string(), "-mp", &rtp_base(4).to_string()])
+            .args([
+                "-i",
+                "127.0.0.2",
+                "-mi",
+                "127.0.0.2",
+                "-nostdin",
+                "-s",
+                "bot",
+            ])
+            .args([
+                "-p",
+                &free_port().to_string(),
+                "-mp",
+                &rtp_base(4).to_string(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -314,6 +314,46 @@ fn last_utterance_of(call: &str) -> vad::Utterance {
     utts.pop().expect("one utterance")
 }
 
+/// Every utterance the VAD closes after a pause was announced, a hangover
+/// earlier, as `Paused` with exactly its audio and times: what lets a call
+/// start Whisper on it early and use that text as the final one.
+#[test]
+fn a_pause_announces_each_utterance_with_exactly_its_final_audio() {
+    let mut closed = 0;
+    for entry in std::fs::read_dir(root().join("tests/calls"))
+        .expect("calls")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "wav") {
+            continue;
+        }
+        let track = pipeline::load_caller_track(&path).expect("wav");
+        let mut seg = vad::Segmenter::new(vad::VadConfig::default());
+        let mut last_pause: Option<vad::Utterance> = None;
+        for c in track.samples.chunks(320) {
+            for ev in seg.push(c) {
+                match ev {
+                    vad::VadEvent::Paused(u) => last_pause = Some(u),
+                    vad::VadEvent::Utterance(u) if !u.forced_cut => {
+                        let p = last_pause
+                            .take()
+                            .expect("a pause before the utterance closed");
+                        assert_eq!(p.samples, u.samples, "{}", path.display());
+                        assert_eq!((p.start, p.end, p.voiced), (u.start, u.end, u.voiced));
+                        assert_eq!(p.loudness_dbfs, u.loudness_dbfs);
+                        assert!(p.closed_at < u.closed_at);
+                        closed += 1;
+                    }
+                    vad::VadEvent::SpeechStarted { .. } => last_pause = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(closed >= 12, "{closed} utterances");
+}
+
 #[test]
 fn a_saturated_pool_reports_overload_instead_of_blocking() {
     let u = last_utterance_of("tests/calls/calm_billing.wav");

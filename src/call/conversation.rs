@@ -180,6 +180,24 @@ struct Ears {
     last_partial: Duration,
     /// Final jobs asked for and not yet answered.
     pending: usize,
+    /// The transcription started when the caller paused, if any.
+    early: Option<EarlyJob>,
+}
+
+/// A transcription started on [`VadEvent::Paused`]: when the utterance
+/// closes with exactly that audio (the caller stayed silent), its text is
+/// the final one — no second decode, and ready up to a hangover sooner.
+/// When the caller talks on, it is dropped.
+struct EarlyJob {
+    /// The paused utterance's end and length: what identifies it.
+    end: Duration,
+    samples: usize,
+    /// Stream time it was asked for.
+    asked_at: Duration,
+    /// The utterance it turned out to be, once closed.
+    closed: Option<Utterance>,
+    /// Its answer, when it came before the utterance closed.
+    reply: Option<AsrReply>,
 }
 
 /// One call's conversation. See the module documentation.
@@ -240,6 +258,7 @@ impl Call {
             partial_interval: setup.partial_interval,
             last_partial: Duration::ZERO,
             pending: 0,
+            early: None,
         });
         Self {
             flow: GreetingFlow::default(),
@@ -441,8 +460,10 @@ impl Call {
         let mut started = false;
         let mut finals = Vec::new();
         let mut skipped = Vec::new();
+        let mut paused = None;
         for ev in ears.segmenter.push(wideband) {
             match ev {
+                VadEvent::Paused(u) => paused = Some(u),
                 VadEvent::SpeechStarted { at } => {
                     started = true;
                     ears.last_partial = at;
@@ -456,6 +477,22 @@ impl Call {
             }
         }
         let vad_now = ears.segmenter.now();
+        if let Some(u) = paused.filter(|_| !asr_busy && !self.hung_up) {
+            // A partial now would decode the same audio again.
+            ears.last_partial = vad_now;
+            ears.early = Some(EarlyJob {
+                end: u.end,
+                samples: u.samples.len(),
+                asked_at: vad_now,
+                closed: None,
+                reply: None,
+            });
+            self.out.push_back(Output::SubmitAsr {
+                kind: JobKind::Early,
+                utterance: u,
+                language: self.asr_language.clone(),
+            });
+        }
         if let Some((start, audio)) = ears.segmenter.in_progress() {
             if vad_now.saturating_sub(ears.last_partial) >= ears.partial_interval
                 && vad_now.saturating_sub(start) >= ears.partial_interval
@@ -514,8 +551,46 @@ impl Call {
     }
 
     fn submit_final(&mut self, u: Utterance) {
-        if let Some(e) = self.ears.as_mut() {
-            e.pending += 1;
+        let Some(ears) = self.ears.as_mut() else {
+            return;
+        };
+        ears.pending += 1;
+        match ears.early.take() {
+            // The caller stayed silent since the pause: the early job has
+            // this very audio. Its answer is (or will be) the final one.
+            Some(mut early) if early.end == u.end && early.samples == u.samples.len() => {
+                match early.reply.take() {
+                    None => {
+                        early.closed = Some(u);
+                        ears.early = Some(early);
+                        return;
+                    }
+                    Some(AsrReply::Done {
+                        mut result,
+                        latency,
+                        decode,
+                        ..
+                    }) => {
+                        result.closed_at_s = u.closed_at.as_secs_f64();
+                        let now = u.closed_at;
+                        self.on_asr(
+                            now,
+                            AsrReply::Done {
+                                kind: JobKind::Final,
+                                result,
+                                latency: latency
+                                    .saturating_sub(u.closed_at.saturating_sub(early.asked_at)),
+                                decode,
+                            },
+                        );
+                        return;
+                    }
+                    // Refused or failed early: ask again, as a final.
+                    Some(_) => {}
+                }
+            }
+            // Talked on since the pause (or none): its answer is dropped.
+            _ => {}
         }
         self.out.push_back(Output::SubmitAsr {
             kind: JobKind::Final,
@@ -554,6 +629,23 @@ impl Call {
     }
 
     fn on_asr(&mut self, now: Duration, reply: AsrReply) {
+        let early_reply = matches!(
+            reply,
+            AsrReply::Done {
+                kind: JobKind::Early,
+                ..
+            } | AsrReply::Overloaded {
+                kind: JobKind::Early,
+                ..
+            } | AsrReply::Failed {
+                kind: JobKind::Early,
+                ..
+            }
+        );
+        if early_reply {
+            self.on_early(now, reply);
+            return;
+        }
         let partial = matches!(
             reply,
             AsrReply::Done {
@@ -597,7 +689,9 @@ impl Call {
                 }
                 None
             }
-            AsrReply::Overloaded { reason, start_s } => {
+            AsrReply::Overloaded {
+                reason, start_s, ..
+            } => {
                 tracing::warn!(reason, start_s, "ASR overloaded");
                 self.event(
                     "asr_overloaded",
@@ -605,7 +699,7 @@ impl Call {
                 );
                 Some(CoreEvent::AsrUnavailable)
             }
-            AsrReply::Failed { error } => {
+            AsrReply::Failed { error, .. } => {
                 tracing::warn!(%error, "ASR failed");
                 self.event("asr_failed", json!({"error": error}));
                 Some(CoreEvent::AsrUnavailable)
@@ -626,6 +720,66 @@ impl Call {
             }
             Some(e) => self.feed(now, e),
             None => {}
+        }
+    }
+
+    /// The answer to an early job: kept until its utterance closes, used as
+    /// the final text if it has closed, dropped if the caller talked on.
+    fn on_early(&mut self, now: Duration, reply: AsrReply) {
+        let Some(ears) = self.ears.as_mut() else {
+            return;
+        };
+        let Some(mut early) = ears.early.take() else {
+            return;
+        };
+        let current = match &reply {
+            AsrReply::Done { result, .. } => (result.end_s - early.end.as_secs_f64()).abs() < 1e-9,
+            _ => true,
+        };
+        if !current {
+            ears.early = Some(early);
+            return;
+        }
+        let Some(u) = early.closed.take() else {
+            early.reply = Some(reply);
+            ears.early = Some(early);
+            return;
+        };
+        match reply {
+            AsrReply::Done {
+                mut result,
+                latency,
+                decode,
+                ..
+            } => {
+                result.closed_at_s = u.closed_at.as_secs_f64();
+                self.on_asr(
+                    now,
+                    AsrReply::Done {
+                        kind: JobKind::Final,
+                        result,
+                        latency: latency.saturating_sub(u.closed_at.saturating_sub(early.asked_at)),
+                        decode,
+                    },
+                );
+            }
+            AsrReply::Overloaded {
+                reason, start_s, ..
+            } => self.on_asr(
+                now,
+                AsrReply::Overloaded {
+                    kind: JobKind::Final,
+                    reason,
+                    start_s,
+                },
+            ),
+            AsrReply::Failed { error, .. } => self.on_asr(
+                now,
+                AsrReply::Failed {
+                    kind: JobKind::Final,
+                    error,
+                },
+            ),
         }
     }
 
@@ -907,6 +1061,87 @@ mod tests {
         assert!(hung_up <= said + ms(3160), "{said:?} {hung_up:?}");
     }
 
+    /// The caller pauses: Whisper starts on the utterance then. If the
+    /// pause lasts, that answer is the final text — whether it came before
+    /// or after the utterance closed — and nothing is decoded twice; the
+    /// decision is taken at the moment the utterance closed.
+    #[test]
+    fn a_pause_starts_the_final_transcription_early() {
+        let wav =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/calls/calm_billing.wav");
+        let track = load_caller_track(&wav).expect("test call");
+        for answer_late in [false, true] {
+            let mut call = Call::new(setup(true));
+            call.handle_input(Duration::ZERO, Input::Answered);
+            drain(&mut call);
+            let (mut early, mut finals, mut texts, mut closed) = (0, 0, Vec::new(), Vec::new());
+            let mut held: Option<AsrReply> = None;
+            for (n, chunk) in track.samples.chunks(320).enumerate() {
+                let now = ms(20 * (n as u64 + 1));
+                call.handle_input(now, Input::CallerAudioWideband(chunk));
+                let _ = call.poll_frame();
+                let mut answers = Vec::new();
+                for o in drain(&mut call) {
+                    match o {
+                        Output::SubmitAsr {
+                            kind: kind @ (JobKind::Early | JobKind::Final),
+                            utterance,
+                            ..
+                        } => {
+                            if kind == JobKind::Early {
+                                early += 1;
+                            } else {
+                                finals += 1;
+                            }
+                            let result = result_for(&utterance, "my bill".into(), "en".into());
+                            answers.push(AsrReply::Done {
+                                kind,
+                                result,
+                                latency: ms(900),
+                                decode: ms(300),
+                            });
+                        }
+                        Output::Event {
+                            kind: "utterance",
+                            fields,
+                        } => {
+                            texts.push(fields["text"].clone());
+                            closed.push(fields["closed_at_s"].as_f64().unwrap_or(0.0));
+                        }
+                        _ => {}
+                    }
+                }
+                for a in answers {
+                    if answer_late
+                        && matches!(
+                            a,
+                            AsrReply::Done {
+                                kind: JobKind::Early,
+                                ..
+                            }
+                        )
+                    {
+                        held = Some(a);
+                    } else {
+                        call.handle_input(now, Input::Asr(a));
+                    }
+                }
+                // The late answer comes 1 s after the job was asked.
+                if n % 50 == 0 {
+                    if let Some(a) = held.take() {
+                        call.handle_input(now, Input::Asr(a));
+                    }
+                }
+            }
+            assert!(early >= 1, "answer_late {answer_late}: {early} early jobs");
+            assert_eq!(finals, 0, "answer_late {answer_late}: decoded twice");
+            assert_eq!(texts.len(), early, "answer_late {answer_late}: {texts:?}");
+            assert!(texts.iter().all(|t| t == "my bill"), "{texts:?}");
+            // Decided when the VAD closed the utterance, not when the pause began.
+            assert!(closed.iter().all(|c| *c > 0.5), "{closed:?}");
+        }
+    }
+
     #[test]
     fn speech_too_short_to_be_words_is_not_sent_to_whisper() {
         // The same real utterance, once above the floor and once below it
@@ -936,7 +1171,7 @@ mod tests {
                     matches!(
                         o,
                         Output::SubmitAsr {
-                            kind: JobKind::Final,
+                            kind: JobKind::Final | JobKind::Early,
                             ..
                         }
                     )
@@ -983,7 +1218,7 @@ mod tests {
             for o in drain(&mut call) {
                 match o {
                     Output::SubmitAsr {
-                        kind: JobKind::Final,
+                        kind: kind @ (JobKind::Final | JobKind::Early),
                         utterance,
                         ..
                     } => {
@@ -996,7 +1231,7 @@ mod tests {
                         call.handle_input(
                             now,
                             Input::Asr(AsrReply::Done {
-                                kind: JobKind::Final,
+                                kind,
                                 result,
                                 latency: Duration::ZERO,
                                 decode: Duration::ZERO,

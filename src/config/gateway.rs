@@ -91,6 +91,8 @@ struct SpeechSection {
     vad_hangover_ms: Spanned<u64>,
     #[serde(default = "default_min_voiced")]
     vad_min_voiced_ms: Spanned<u64>,
+    #[serde(default = "default_early")]
+    vad_early_ms: Spanned<u64>,
     #[serde(default = "default_max_utt")]
     max_utterance_s: u64,
     #[serde(default = "default_partial")]
@@ -113,6 +115,7 @@ impl Default for SpeechSection {
             max_latency_ms: default_max_latency(),
             vad_hangover_ms: default_hangover(),
             vad_min_voiced_ms: default_min_voiced(),
+            vad_early_ms: default_early(),
             max_utterance_s: default_max_utt(),
             partial_interval_ms: default_partial(),
             multilingual_model: default_multilingual(),
@@ -150,6 +153,9 @@ fn default_hangover() -> Spanned<u64> {
 }
 fn default_min_voiced() -> Spanned<u64> {
     Spanned::new(0..0, 150)
+}
+fn default_early() -> Spanned<u64> {
+    Spanned::new(0..0, 400)
 }
 fn default_max_utt() -> u64 {
     15
@@ -414,6 +420,9 @@ pub struct SpeechConfig {
     pub vad_hangover: Duration,
     /// Voiced time below which a segment is not sent to Whisper.
     pub vad_min_voiced: Duration,
+    /// Silence after which the final transcription starts, before the
+    /// hangover ends (zero: at the end of the hangover).
+    pub vad_early: Duration,
     /// Longest utterance before a forced cut.
     pub max_utterance: Duration,
     /// Interval between partial results of a long utterance.
@@ -443,6 +452,7 @@ impl SpeechConfig {
         crate::speech::vad::VadConfig {
             hangover: self.vad_hangover,
             min_voiced: self.vad_min_voiced,
+            early_after: self.vad_early,
             max_utterance: self.max_utterance,
             ..crate::speech::vad::VadConfig::default()
         }
@@ -642,6 +652,17 @@ pub(super) fn parse(
             "use 0 to 1000 ms (default 150; 0 sends every segment to Whisper)",
         ));
     }
+    let early = *sp.vad_early_ms.get_ref();
+    if early != 0 && !(250..hangover.max(251)).contains(&early) {
+        problems.push(src.at(
+            Some(sp.vad_early_ms.span()),
+            format!("vad_early_ms {early} is out of range"),
+            format!(
+                "use 0 (off) or 250 to {} ms, less than vad_hangover_ms (default 400)",
+                hangover.saturating_sub(1).max(250)
+            ),
+        ));
+    }
     let http = parse_http(&src, &file.http, problems);
     let grace = *file.shutdown.grace_s.get_ref();
     if grace > 3600 {
@@ -671,6 +692,7 @@ pub(super) fn parse(
         max_latency: Duration::from_millis(sp.max_latency_ms.max(100)),
         vad_hangover: Duration::from_millis(hangover),
         vad_min_voiced: Duration::from_millis(min_voiced),
+        vad_early: Duration::from_millis(early),
         max_utterance: Duration::from_secs(sp.max_utterance_s.clamp(2, 30)),
         partial_interval: Duration::from_millis(sp.partial_interval_ms.max(250)),
         multilingual_model: (!sp.multilingual_model.is_empty())

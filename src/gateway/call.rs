@@ -679,10 +679,23 @@ fn submit_asr(
     if pool
         .submit_in(kind, utterance, language, asr_tx.clone())
         .is_err()
-        && kind == JobKind::Final
     {
-        warn!(start_s, "ASR queue full");
-        call.handle_input(now, Input::AsrRefused { start_s, end_s });
+        match kind {
+            JobKind::Final => {
+                warn!(start_s, "ASR queue full");
+                call.handle_input(now, Input::AsrRefused { start_s, end_s });
+            }
+            // The call asks again, as a final, if the utterance closes.
+            JobKind::Early => call.handle_input(
+                now,
+                Input::Asr(AsrReply::Overloaded {
+                    kind,
+                    reason: "queue",
+                    start_s,
+                }),
+            ),
+            JobKind::Partial => {}
+        }
     }
 }
 

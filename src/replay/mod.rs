@@ -222,7 +222,7 @@ impl ReplayIo<'_> {
                     self.events.push(event);
                 }
                 Output::SubmitAsr {
-                    kind: JobKind::Final,
+                    kind: kind @ (JobKind::Final | JobKind::Early),
                     utterance,
                     ..
                 } => {
@@ -234,7 +234,7 @@ impl ReplayIo<'_> {
                     call.handle_input(
                         now,
                         Input::Asr(AsrReply::Done {
-                            kind: JobKind::Final,
+                            kind,
                             result,
                             latency: Duration::ZERO,
                             decode: Duration::ZERO,

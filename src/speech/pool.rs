@@ -40,6 +40,10 @@ pub enum JobKind {
     Final,
     /// The utterance is still going; text so far.
     Partial,
+    /// The caller paused: the utterance as it will close if the pause lasts
+    /// (`VadEvent::Paused`). Queued and embedded like a final one: most
+    /// become the final text, ready when the utterance closes.
+    Early,
 }
 
 /// What the pool sends back.
@@ -58,6 +62,8 @@ pub enum AsrReply {
     },
     /// Not recognised because the pool is saturated.
     Overloaded {
+        /// The job's kind.
+        kind: JobKind,
         /// Why.
         reason: &'static str,
         /// The utterance's start (s), for the log.
@@ -65,6 +71,8 @@ pub enum AsrReply {
     },
     /// Whisper failed on this audio.
     Failed {
+        /// The job's kind.
+        kind: JobKind,
         /// The error.
         error: String,
     },
@@ -113,7 +121,7 @@ impl Waiting {
                 self.partials.push_back(job);
                 Ok(())
             }
-            JobKind::Final => {
+            JobKind::Final | JobKind::Early => {
                 if self.len() >= capacity && self.partials.pop_front().is_none() {
                     return Err(QueueFull);
                 }
@@ -337,6 +345,7 @@ fn worker(
         }
         if waited > max_wait {
             let _ = job.reply.send(AsrReply::Overloaded {
+                kind: job.kind,
                 reason: "latency",
                 start_s: job.utterance.start.as_secs_f64(),
             });
@@ -359,7 +368,7 @@ fn worker(
             Ok(r) => AsrReply::Done {
                 kind: job.kind,
                 result: match job.kind {
-                    JobKind::Final => super::pipeline::embed_result(
+                    JobKind::Final | JobKind::Early => super::pipeline::embed_result(
                         result_for(&job.utterance, r.text, r.language),
                         encoder.as_deref(),
                     ),
@@ -369,6 +378,7 @@ fn worker(
                 decode: started.elapsed(),
             },
             Err(e) => AsrReply::Failed {
+                kind: job.kind,
                 error: e.to_string(),
             },
         };

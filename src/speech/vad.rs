@@ -37,6 +37,10 @@ pub struct VadConfig {
     /// Frames quieter than this (dBFS) are never speech, whatever the model
     /// says: line noise and codec idle patterns are not a caller talking.
     pub min_level_dbfs: f32,
+    /// Silence after which the utterance so far is announced as
+    /// [`VadEvent::Paused`] (its transcription can start before the hangover
+    /// ends). Only between `post_roll` and `hangover`; zero: never.
+    pub early_after: Duration,
 }
 
 impl Default for VadConfig {
@@ -50,6 +54,7 @@ impl Default for VadConfig {
             pre_roll: Duration::from_millis(256),
             post_roll: Duration::from_millis(208),
             min_level_dbfs: -70.0,
+            early_after: Duration::from_millis(400),
         }
     }
 }
@@ -91,6 +96,13 @@ pub enum VadEvent {
     /// Speech that started ended with less voiced time than
     /// [`VadConfig::min_voiced`]: not words, not to be transcribed.
     TooShort(Utterance),
+    /// The caller has been silent for [`VadConfig::early_after`]: the
+    /// utterance so far, exactly as it will close if the silence lasts the
+    /// hangover — the same audio (up to the post-roll), start, end and voiced
+    /// time; only `closed_at` (now) differs. A recogniser can start on it
+    /// before the hangover runs out (issued only when `post_roll ≤
+    /// early_after < hangover` and the voiced time is enough for words).
+    Paused(Utterance),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +258,14 @@ impl Segmenter {
                     self.silence_run = 0;
                 } else {
                     self.silence_run += 1;
+                    let early = frames_of(self.config.early_after);
+                    if self.silence_run == early
+                        && early >= frames_of(self.config.post_roll)
+                        && early < frames_of(self.config.hangover)
+                        && frame_time(self.voiced_frames) >= self.config.min_voiced
+                    {
+                        events.push(VadEvent::Paused(self.snapshot()));
+                    }
                 }
                 let length = frame_time(self.frames - self.start_frame);
                 if self.silence_run >= frames_of(self.config.hangover) {
@@ -286,7 +306,7 @@ impl Segmenter {
         });
     }
 
-    fn close(&mut self, forced: bool) -> Utterance {
+    fn build(&self, forced: bool, mut samples: Vec<f32>) -> Utterance {
         let post = if forced {
             0
         } else {
@@ -300,7 +320,6 @@ impl Segmenter {
         };
         let keep_samples =
             (keep_until * FRAME as u64).saturating_sub(self.utterance_samples_start) as usize;
-        let mut samples = std::mem::take(&mut self.utterance);
         samples.truncate(keep_samples);
         let voiced_n = self.voiced_frames.max(1);
         let mean_sq = self.voiced_energy / (voiced_n * FRAME as u64) as f64;
@@ -309,7 +328,7 @@ impl Segmenter {
         } else {
             -120.0
         };
-        let u = Utterance {
+        Utterance {
             start: Duration::from_micros(
                 self.utterance_samples_start * 1_000_000 / u64::from(RATE),
             ),
@@ -326,7 +345,18 @@ impl Segmenter {
                 self.utterance_samples_start * 1_000_000 / u64::from(RATE),
             ),
             closed_at: frame_time(self.frames),
-        };
+        }
+    }
+
+    /// The utterance in progress as `close(false)` would return it now, its
+    /// audio copied (the segmenter keeps listening).
+    fn snapshot(&self) -> Utterance {
+        self.build(false, self.utterance.clone())
+    }
+
+    fn close(&mut self, forced: bool) -> Utterance {
+        let samples = std::mem::take(&mut self.utterance);
+        let u = self.build(forced, samples);
         self.state = State::Silence;
         self.history.clear();
         self.voiced_frames = 0;
