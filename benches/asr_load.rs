@@ -2,7 +2,10 @@
 //! concurrently talking callers on the real tiny.en model and real calls, and
 //! the memory each caller costs. Run: `cargo bench --bench asr_load`
 //! (`ASR_LOAD_SECONDS`, `ASR_LOAD_CALLERS=1,2,4` to change the sweep,
-//! `ASR_LOAD_MODEL=models/ggml-tiny.en-q8_0.bin` for another model).
+//! `ASR_LOAD_MODEL=models/ggml-tiny.en-q8_0.bin` for another model,
+//! `ASR_LOAD_EARLY_MS`: how long before the utterance closes its
+//! transcription starts — 200 as shipped, `vad_hangover_ms − vad_early_ms`;
+//! 0 asks at the close, as before early transcription).
 
 use std::time::{Duration, Instant};
 use voicegate::speech::{asr, pipeline, pool, vad};
@@ -82,6 +85,7 @@ fn main() {
             .unwrap_or(d)
     };
     let workers = env("ASR_LOAD_WORKERS", cores);
+    let early = Duration::from_millis(env("ASR_LOAD_EARLY_MS", 200) as u64);
     let threads = env("ASR_LOAD_THREADS", 1);
     let p = match pool::AsrPool::start(
         model,
@@ -100,6 +104,7 @@ fn main() {
         }
     };
     let after_model = rss_kib();
+    println!("early start {} ms before the close", early.as_millis());
     println!("{workers} worker(s) x {threads} thread(s); model + worker states: {:.1} MiB resident (process before: {:.1} MiB)", (after_model - base) as f64 / 1024.0, base as f64 / 1024.0);
     println!("| concurrent talking callers | utterances | p50 latency | p95 latency | p95 (≤ 5 s utterances) | p95 queue wait | p95 Whisper |");
     println!("|---|---|---|---|---|---|---|");
@@ -122,7 +127,14 @@ fn main() {
                     let long = u.end.saturating_sub(u.start) > Duration::from_secs(5);
                     let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel();
                     let submitted = Instant::now();
-                    if p.submit(pool::JobKind::Final, u, reply_tx).is_err() {
+                    // The utterance closes `early` after its job was asked for.
+                    let closes = submitted + early;
+                    let kind = if early.is_zero() {
+                        pool::JobKind::Final
+                    } else {
+                        pool::JobKind::Early
+                    };
+                    if p.submit(kind, u, reply_tx).is_err() {
                         let _ = tx.send((f64::INFINITY, long, f64::INFINITY, f64::INFINITY));
                         continue;
                     }
@@ -132,7 +144,9 @@ fn main() {
                                 latency, decode, ..
                             }) => {
                                 break (
-                                    submitted.elapsed().as_secs_f64(),
+                                    Instant::now()
+                                        .saturating_duration_since(closes)
+                                        .as_secs_f64(),
                                     latency.saturating_sub(decode).as_secs_f64(),
                                     decode.as_secs_f64(),
                                 )
