@@ -565,24 +565,8 @@ impl Call {
                         ears.early = Some(early);
                         return;
                     }
-                    Some(AsrReply::Done {
-                        mut result,
-                        latency,
-                        decode,
-                        ..
-                    }) => {
-                        result.closed_at_s = u.closed_at.as_secs_f64();
-                        let now = u.closed_at;
-                        self.on_asr(
-                            now,
-                            AsrReply::Done {
-                                kind: JobKind::Final,
-                                result,
-                                latency: latency
-                                    .saturating_sub(u.closed_at.saturating_sub(early.asked_at)),
-                                decode,
-                            },
-                        );
+                    Some(done @ AsrReply::Done { .. }) => {
+                        self.early_is_final(u.closed_at, &u, early.asked_at, done);
                         return;
                     }
                     // Refused or failed early: ask again, as a final.
@@ -745,7 +729,19 @@ impl Call {
             ears.early = Some(early);
             return;
         };
-        match reply {
+        self.early_is_final(now, &u, early.asked_at, reply);
+    }
+
+    /// An early job's answer, as the final one for `u` (asked for at
+    /// `asked_at`): decided at `u`'s close, its latency counted from there.
+    fn early_is_final(
+        &mut self,
+        now: Duration,
+        u: &Utterance,
+        asked_at: Duration,
+        reply: AsrReply,
+    ) {
+        let reply = match reply {
             AsrReply::Done {
                 mut result,
                 latency,
@@ -753,34 +749,26 @@ impl Call {
                 ..
             } => {
                 result.closed_at_s = u.closed_at.as_secs_f64();
-                self.on_asr(
-                    now,
-                    AsrReply::Done {
-                        kind: JobKind::Final,
-                        result,
-                        latency: latency.saturating_sub(u.closed_at.saturating_sub(early.asked_at)),
-                        decode,
-                    },
-                );
+                AsrReply::Done {
+                    kind: JobKind::Final,
+                    result,
+                    latency: latency.saturating_sub(u.closed_at.saturating_sub(asked_at)),
+                    decode,
+                }
             }
             AsrReply::Overloaded {
                 reason, start_s, ..
-            } => self.on_asr(
-                now,
-                AsrReply::Overloaded {
-                    kind: JobKind::Final,
-                    reason,
-                    start_s,
-                },
-            ),
-            AsrReply::Failed { error, .. } => self.on_asr(
-                now,
-                AsrReply::Failed {
-                    kind: JobKind::Final,
-                    error,
-                },
-            ),
-        }
+            } => AsrReply::Overloaded {
+                kind: JobKind::Final,
+                reason,
+                start_s,
+            },
+            AsrReply::Failed { error, .. } => AsrReply::Failed {
+                kind: JobKind::Final,
+                error,
+            },
+        };
+        self.on_asr(now, reply);
     }
 
     fn apply_flow(&mut self, actions: Vec<CallAction>) {
