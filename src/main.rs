@@ -176,6 +176,7 @@ fn main() -> ExitCode {
         Command::Call(args) => voicegate::caller::cli::place_calls(args),
         Command::Mine { dir, config } => voicegate::replay::cli::mine(&dir, &config),
         Command::Serve { config } => {
+            voicegate::gateway::limit_heap_arenas();
             init_tracing();
             let cfg = match voicegate::config::load_or_explain(&config) {
                 Ok(c) => c,
