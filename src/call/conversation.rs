@@ -189,7 +189,8 @@ struct Ears {
 /// the final one — no second decode, and ready up to a hangover sooner.
 /// When the caller talks on, it is dropped.
 struct EarlyJob {
-    /// The paused utterance's end and length: what identifies it.
+    /// The paused utterance's start, end and length: what identifies it.
+    start: Duration,
     end: Duration,
     samples: usize,
     /// Stream time it was asked for.
@@ -477,10 +478,14 @@ impl Call {
             }
         }
         let vad_now = ears.segmenter.now();
-        if let Some(u) = paused.filter(|_| !asr_busy && !self.hung_up) {
+        // One early job at a time: an earlier utterance still waiting for its
+        // early answer keeps it (this one is transcribed at its close).
+        let waiting = ears.early.as_ref().is_some_and(|e| e.closed.is_some());
+        if let Some(u) = paused.filter(|_| !asr_busy && !self.hung_up && !waiting) {
             // A partial now would decode the same audio again.
             ears.last_partial = vad_now;
             ears.early = Some(EarlyJob {
+                start: u.start,
                 end: u.end,
                 samples: u.samples.len(),
                 asked_at: vad_now,
@@ -558,7 +563,11 @@ impl Call {
         match ears.early.take() {
             // The caller stayed silent since the pause: the early job has
             // this very audio. Its answer is (or will be) the final one.
-            Some(mut early) if early.end == u.end && early.samples == u.samples.len() => {
+            Some(mut early)
+                if early.closed.is_none()
+                    && early.end == u.end
+                    && early.samples == u.samples.len() =>
+            {
                 match early.reply.take() {
                     None => {
                         early.closed = Some(u);
@@ -573,6 +582,8 @@ impl Call {
                     Some(_) => {}
                 }
             }
+            // An earlier utterance's early job, still to answer: kept.
+            Some(earlier) if earlier.closed.is_some() => ears.early = Some(earlier),
             // Talked on since the pause (or none): its answer is dropped.
             _ => {}
         }
@@ -718,7 +729,10 @@ impl Call {
         };
         let current = match &reply {
             AsrReply::Done { result, .. } => (result.end_s - early.end.as_secs_f64()).abs() < 1e-9,
-            _ => true,
+            AsrReply::Overloaded { start_s, .. } => {
+                (start_s - early.start.as_secs_f64()).abs() < 1e-9
+            }
+            AsrReply::Failed { .. } => true,
         };
         if !current {
             ears.early = Some(early);
@@ -1128,6 +1142,75 @@ mod tests {
             // Decided when the VAD closed the utterance, not when the pause began.
             assert!(closed.iter().all(|c| *c > 0.5), "{closed:?}");
         }
+    }
+
+    /// Early answers that come late — here all at the end of the call, after
+    /// the caller has said the next things — still give every utterance its
+    /// final text, in order.
+    #[test]
+    fn late_early_answers_never_lose_an_utterance() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/calls");
+        let mut calls = 0;
+        for entry in std::fs::read_dir(&dir).expect("calls").flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "wav") {
+                continue;
+            }
+            let track = load_caller_track(&path).expect("test call");
+            let mut seg = Segmenter::new(VadConfig::default());
+            let mut expected = 0;
+            for c in track.samples.chunks(320) {
+                for ev in seg.push(c) {
+                    if matches!(ev, VadEvent::Utterance(_)) {
+                        expected += 1;
+                    }
+                }
+            }
+            let mut call = Call::new(setup(true));
+            call.handle_input(Duration::ZERO, Input::Answered);
+            drain(&mut call);
+            let mut held = Vec::new();
+            let mut heard = Vec::new();
+            let take = |out: Vec<Output>, held: &mut Vec<AsrReply>, heard: &mut Vec<f64>| {
+                for o in out {
+                    match o {
+                        Output::SubmitAsr {
+                            kind: kind @ (JobKind::Early | JobKind::Final),
+                            utterance,
+                            ..
+                        } => held.push(AsrReply::Done {
+                            kind,
+                            result: result_for(&utterance, "words".into(), "en".into()),
+                            latency: ms(100),
+                            decode: ms(100),
+                        }),
+                        Output::Event {
+                            kind: "utterance",
+                            fields,
+                        } => heard.push(fields["end_s"].as_f64().unwrap_or(0.0)),
+                        _ => {}
+                    }
+                }
+            };
+            let mut now = Duration::ZERO;
+            for (n, chunk) in track.samples.chunks(320).enumerate() {
+                now = ms(20 * (n as u64 + 1));
+                call.handle_input(now, Input::CallerAudioWideband(chunk));
+                let _ = call.poll_frame();
+                take(drain(&mut call), &mut held, &mut heard);
+            }
+            while !held.is_empty() {
+                for a in std::mem::take(&mut held) {
+                    call.handle_input(now, Input::Asr(a));
+                    take(drain(&mut call), &mut held, &mut heard);
+                }
+            }
+            assert_eq!(heard.len(), expected, "{}: {heard:?}", path.display());
+            assert!(heard.windows(2).all(|w| w[0] < w[1]), "{heard:?}");
+            assert_eq!(call.pending_asr(), 0, "{}", path.display());
+            calls += 1;
+        }
+        assert!(calls >= 10);
     }
 
     #[test]
