@@ -209,6 +209,10 @@ pub(super) async fn run(
     // The caller's ACK confirms the call; until then it is half-open.
     let patience = tokio::time::sleep(ACK_PATIENCE);
     tokio::pin!(patience);
+    // A caller sends its BYE only after ACKing our 200 OK; on a busy box the
+    // BYE's task can still report first. Such a call was confirmed: it is
+    // recorded (invite, confirmed, ended) like any other, not lost.
+    let mut bye_overtook_ack = false;
     loop {
         tokio::select! {
             _ = &mut patience => {
@@ -219,6 +223,10 @@ pub(super) async fn run(
             }
             state = states.recv() => match state {
                 Some(DialogState::Confirmed(..)) => break,
+                Some(DialogState::Terminated(_, TerminatedReason::UacBye)) => {
+                    bye_overtook_ack = true;
+                    break;
+                }
                 Some(DialogState::Terminated(_, reason)) => {
                     let reason = match reason {
                         TerminatedReason::UacCancel => "caller_cancel",
@@ -251,6 +259,20 @@ pub(super) async fn run(
                 tracing::error!(error = %e, "event log write failed");
             }
         }
+    }
+    if bye_overtook_ack {
+        info!("the caller hung up as the call was confirmed");
+        let ended = json!({"reason": "caller_bye", "answered": true});
+        if let Some(mut r) = recorder {
+            if let Err(e) = r
+                .event(Duration::ZERO, "call.ended", ended.clone())
+                .and_then(|()| r.finalize().map(|_| ()))
+            {
+                tracing::error!(error = %e, "recording could not be finished");
+            }
+        }
+        early.event("call.ended", ended);
+        return;
     }
     let leg = CallerLeg::Sip(Box::new(SipLeg {
         media: MediaSession::new(
