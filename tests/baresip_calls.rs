@@ -6,28 +6,12 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Two calls at a time: each test runs a gateway with Whisper (one thread
-/// per worker); more at once on a 2-core machine would starve recognition.
-static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) =
-    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+/// One call at a time: each test runs a gateway with Whisper, and on a 2-core
+/// machine parallel calls starve each other's recognition.
+static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-struct Slot;
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut n = RUNNING.0.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        RUNNING.1.notify_one();
-    }
-}
-
-fn serial() -> Slot {
-    let mut n = RUNNING.0.lock().unwrap_or_else(|e| e.into_inner());
-    while *n >= 2 {
-        n = RUNNING.1.wait(n).unwrap_or_else(|e| e.into_inner());
-    }
-    *n += 1;
-    Slot
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CALL_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[test]
