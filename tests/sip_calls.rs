@@ -1075,6 +1075,93 @@ fn an_invite_flood_from_one_source_is_cut_at_its_rate_and_others_still_get_throu
 }
 
 #[test]
+fn behind_a_trusted_proxy_the_flood_limit_judges_each_caller_not_the_proxy() {
+    // 127.0.0.2 is a dispatcher in front (trusted, not exempt): it relays a
+    // flood from one caller and a call from another. The flooding caller is
+    // cut at its burst; the other caller, through the same proxy, is served.
+    let gw = Gateway::start(|g, t| {
+        no_speech(g);
+        *g = g.replace(
+            "trusted_proxies = []",
+            "trusted_proxies = [\"127.0.0.2/32\"]",
+        );
+        *t = t.replace(
+            "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+            "allow = [\"127.0.0.0/8\", \"10.0.0.0/8\", \"::1/128\"]",
+        );
+    });
+    let proxy = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let me = proxy.local_addr().expect("addr");
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    for n in 0..300 {
+        let invite = bare_invite(
+            &target,
+            &me,
+            &format!("pf{n}"),
+            "X-Forwarded-For: 10.1.1.1\r\n",
+        );
+        proxy.send_to(invite.as_bytes(), &target).expect("send");
+        if n % 40 == 39 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut other = RawUa::new("127.0.0.2", &gw, "pother");
+    let ok = other.invite("X-Forwarded-For: 10.2.2.2\r\n");
+    assert_eq!(
+        status_of(&ok),
+        "200",
+        "another caller through the same proxy is served: {ok}\n{}",
+        gw.log()
+    );
+    other.ack();
+    std::thread::sleep(Duration::from_secs(1));
+    let admitted = metric(&gw, "voicegate_calls_setting_up").unwrap_or(0.0) as usize;
+    assert!(
+        admitted <= 40 + 10,
+        "the flooding caller was cut at its burst: {admitted} calls in set-up"
+    );
+    let log = gw.log();
+    assert_eq!(
+        log.matches("SIP INVITE flood from 10.1.1.1").count(),
+        1,
+        "the caller, not the proxy, is named:\n{log}"
+    );
+    assert!(!log.contains("SIP INVITE flood from 127.0.0.2"), "{log}");
+    assert!(!log.contains("SIP INVITE flood from 10.2.2.2"), "{log}");
+    let rejected = metric(&gw, "voicegate_sip_rejections_total{cause=\"rate\"}").unwrap_or(0.0);
+    assert!(rejected >= 200.0, "{rejected} dropped, {admitted} admitted");
+}
+
+#[test]
+fn a_bye_that_overtakes_its_ack_leaves_the_call_recorded() {
+    // UDP may reorder: the caller ACKs our 200 OK and hangs up at once, and
+    // the BYE arrives first. The call was confirmed (a BYE can only follow
+    // the ACK): it is recorded, not lost.
+    let gw = Gateway::start(|g, _| no_speech(g));
+    let mut ua = RawUa::new("127.0.0.1", &gw, "overtake");
+    let ok = ua.invite("");
+    assert_eq!(status_of(&ok), "200", "{ok}\n{}", gw.log());
+    let bye = ua.request("BYE", "");
+    ua.ack();
+    assert_eq!(status_of(&bye), "200", "{bye}\n{}", gw.log());
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    assert_eq!(
+        dirs.len(),
+        1,
+        "the call is recorded: {dirs:?}\n{}",
+        gw.log()
+    );
+    let all = events(&dirs[0]);
+    let kinds: Vec<&str> = all.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["call.invite", "call.confirmed", "call.ended"],
+        "{all:?}"
+    );
+    assert_eq!(all[2]["reason"], "caller_bye", "{all:?}");
+}
+
+#[test]
 fn only_a_trusted_proxy_names_the_caller_the_acl_judges() {
     // The trunk admits 10.1.1.1 only. A dispatcher on 127.0.0.1 is trusted
     // and writes the caller's address in X-Forwarded-For; 127.0.0.2 is not.

@@ -11,7 +11,8 @@ CALLS=${CALLS:-200}
 RATE=${RATE:-40}
 STEADY=${STEADY:-30}
 PORT=${PORT:-15060}
-BIN=./target/release/voicegate
+HTTP_PORT=${HTTP_PORT:-18080}
+BIN=${BIN:-./target/release/voicegate}
 [ -x "$BIN" ] || cargo build --release --locked
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -19,7 +20,8 @@ mkdir -p "$work/sipp/pcap"
 cp -r sip-config "$work/config"
 sed -e "s/127.0.0.1:5060/127.0.0.1:$PORT/g" -e 's/rtp_port_min = 20000/rtp_port_min = 40000/' \
     -e 's/rtp_port_max = 29999/rtp_port_max = 44999/' -e "s#dir = \"recordings\"#dir = \"$work/rec\"#" \
-    -e "s/^enabled = true/enabled = ${SPEECH:-false}/" sip-config/gateway.toml > "$work/gateway.toml"
+    -e "s/^enabled = true/enabled = ${SPEECH:-false}/" -e "s/^listen = \"127.0.0.1:8080\"/listen = \"127.0.0.1:$HTTP_PORT\"/" \
+    sip-config/gateway.toml > "$work/gateway.toml"
 mv "$work/gateway.toml" "$work/config/gateway.toml"
 # The media path is what is measured: without speech a silent caller would be
 # handed over at 15 s (wait_timeout) and every call would ring an agent.
@@ -49,6 +51,8 @@ else
 fi
 SIPP=$!
 sleep $(( CALLS / RATE + 3 ))
+ticks() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | grep '^voicegate_media_tick_lateness_distribution_seconds_bucket' || true; }
+ticks >"$work/ticks1"
 c1=$(cpu); t1=$(date +%s.%N)
 peak=0
 for _ in $(seq "$STEADY"); do
@@ -56,13 +60,14 @@ for _ in $(seq "$STEADY"); do
   sleep 1
 done
 c2=$(cpu); t2=$(date +%s.%N)
+ticks >"$work/ticks2"
 active=$(ls -d "$work"/rec/*/* 2>/dev/null | wc -l)
 wait $SIPP || echo "sipp reported failed calls (see below)"
 sleep 2
 kill -TERM $GW; wait $GW || true
-python3 - "$work/rec" "$c1" "$c2" "$t1" "$t2" "$tick" "$CALLS" "$rss0" "$peak" "$active" <<'PY'
-import json, sys, glob
-rec, c1, c2, t1, t2, tick, calls, rss0, peak, active = sys.argv[1:]
+python3 - "$work/rec" "$c1" "$c2" "$t1" "$t2" "$tick" "$CALLS" "$rss0" "$peak" "$active" "$work/ticks1" "$work/ticks2" <<'PY'
+import json, sys, glob, re
+rec, c1, c2, t1, t2, tick, calls, rss0, peak, active, ticks1, ticks2 = sys.argv[1:]
 c1, c2, t1, t2, tick, calls = float(c1), float(c2), float(t1), float(t2), float(tick), int(calls)
 lost = recv = ended = 0
 for f in glob.glob(rec + "/*/*/events.jsonl"):
@@ -81,6 +86,23 @@ print(f"calls: {calls} concurrent ({active} recorded, {ended} ended cleanly), st
 print(f"CPU: {cpu_s:.2f} CPU-s over {wall:.1f} s = {pct:.4f} % of a core per call")
 print(f"memory: {rss:.1f} KiB resident per call (peak {int(peak)/1024:.1f} MiB, idle {int(rss0)/1024:.1f} MiB)")
 print(f"packet loss: {loss:.4f} % ({lost} of {lost+recv})")
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.search(r'le="([^"]+)"\} (\d+)', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+b1, b2 = buckets(ticks1), buckets(ticks2)
+if b2:
+    window = [(le, b2[le] - b1.get(le, 0)) for le in b2]
+    total = window[-1][1]
+    def pct(q):
+        for le, n in window:
+            if n >= q * total:
+                return "over 100" if le == "+Inf" else f"<= {float(le) * 1000:g}"
+        return "?"
+    print(f"tick lateness: {total} ticks in the window; p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, p99.9 {pct(0.999)} ms")
 PY
 tail -5 "$work/sipp.out" | grep -iE 'fail|success|answered' || true
 # Calls the gateway refused (503 + Retry-After), by cause.

@@ -84,6 +84,34 @@ pub struct Gauges {
     pub banned_sources: usize,
     /// The latest any call's media tick ran in the last full second.
     pub media_tick_late: std::time::Duration,
+    /// Every media tick's lateness since start.
+    pub media_tick_histogram: crate::media::load::LatenessHistogram,
+}
+
+/// `voicegate_media_tick_lateness_distribution_seconds`, in the text format,
+/// from the media clock's own lock-free counters (a registry histogram would
+/// take a lock on every call's every tick).
+fn tick_histogram_text(h: &crate::media::load::LatenessHistogram) -> String {
+    use std::fmt::Write;
+    let name = "voicegate_media_tick_lateness_distribution_seconds";
+    let mut out = format!(
+        "# HELP {name} How late each call's 20 ms media tick ran, every tick since start.\n\
+         # TYPE {name} histogram\n"
+    );
+    let bounds = crate::media::load::LATENESS_BUCKETS_US;
+    for (i, count) in h.cumulative.iter().enumerate() {
+        let le = bounds
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(
+        out,
+        "{name}_count {}",
+        h.cumulative.last().copied().unwrap_or(0)
+    );
+    out
 }
 
 struct Metrics {
@@ -513,6 +541,11 @@ impl CallBoard {
         if encode(&mut out, &self.metrics.registry).is_err() {
             out.clear();
         }
+        let histogram = tick_histogram_text(&gauges.media_tick_histogram);
+        match out.rfind("# EOF") {
+            Some(at) => out.insert_str(at, &histogram),
+            None => out.push_str(&histogram),
+        }
         out
     }
 }
@@ -587,6 +620,12 @@ mod tests {
             fd_limit: Some(1024),
             banned_sources: 1,
             media_tick_late: std::time::Duration::from_millis(7),
+            media_tick_histogram: {
+                let load = crate::media::load::MediaLoad::default();
+                load.observe(std::time::Duration::from_micros(300));
+                load.observe(std::time::Duration::from_millis(7));
+                load.histogram()
+            },
         });
         assert!(m.contains("voicegate_active_calls 1"), "{m}");
         assert!(
@@ -607,6 +646,19 @@ mod tests {
             m.contains("voicegate_media_tick_lateness_seconds 0.007"),
             "{m}"
         );
+        let tick = "voicegate_media_tick_lateness_distribution_seconds";
+        for line in [
+            format!("{tick}_bucket{{le=\"0.00025\"}} 0"),
+            format!("{tick}_bucket{{le=\"0.0005\"}} 1"),
+            format!("{tick}_bucket{{le=\"0.005\"}} 1"),
+            format!("{tick}_bucket{{le=\"0.01\"}} 2"),
+            format!("{tick}_bucket{{le=\"+Inf\"}} 2"),
+            format!("{tick}_sum 0.0073"),
+            format!("{tick}_count 2"),
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
+        assert!(m.trim_end().ends_with("# EOF"), "{m}");
         board.event(
             "c1",
             20.0,

@@ -17,8 +17,28 @@ use serde_json::Value;
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
+
+/// Where an agent leg's reports go: the call's one inbox (the call task
+/// waits on a single channel, not one per kind of news).
+#[derive(Clone)]
+pub(super) struct ReportTo(Arc<dyn Fn(LegReport) -> bool + Send + Sync>);
+
+impl ReportTo {
+    /// Reports handed to `deliver`, which says whether the call still listens.
+    pub(super) fn new(deliver: impl Fn(LegReport) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(deliver))
+    }
+
+    /// Deliver one report; `Err` when the call has gone.
+    pub(super) fn send(&self, report: LegReport) -> Result<(), ()> {
+        if (self.0)(report) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
 
 /// What the agent side reports to the call task.
 #[derive(Debug)]
@@ -110,7 +130,7 @@ impl AgentLeg {
         uri: &str,
         caller: Option<&str>,
         summary: &Value,
-        reports: UnboundedSender<LegReport>,
+        reports: ReportTo,
     ) -> Result<AgentLeg, String> {
         let (socket, lease) =
             crate::media::ports::bind_rtp(shared.config.gateway.media.sdp_address, &shared.ports)

@@ -2,7 +2,7 @@
 //! alike) the 20 ms media clock, recording, and the
 //! decision core driven by what happens on the line.
 
-use super::agent::LegReport;
+use super::agent::{LegReport, ReportTo};
 use super::events::{EventLog, OnBoard};
 use super::handover::{Handover, Outcome};
 use super::leg::{CallerLeg, DialogOutcome, SipLeg};
@@ -14,7 +14,7 @@ use crate::media::jitter::FRAME_8K;
 use crate::media::session::MediaSession;
 use crate::record::CallRecorder;
 use crate::sip::sdp::{self, Negotiated};
-use crate::speech::pool::{AsrReply, JobKind};
+use crate::speech::pool::{AsrReply, JobKind, ReplyTo};
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, StatusCode};
@@ -348,19 +348,21 @@ pub(super) async fn converse(
         listen: shared.asr.is_some(),
         max_duration: gw.media.max_call_duration,
     });
-    let (tts_tx, mut tts_rx) =
-        tokio::sync::mpsc::unbounded_channel::<crate::media::prompt::Prompt>();
+    // Everything the call started answers on one channel: the task waits on
+    // its clock, its SIP dialog and this inbox, nothing else.
+    let (inbox_tx, mut inbox_rx) = tokio::sync::mpsc::unbounded_channel::<Inbox>();
     // One synthesiser task per call: replies are rendered off the media path,
     // strictly in the order the bot says them.
     let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     {
         let tts = shared.tts.clone();
+        let inbox = inbox_tx.clone();
         tokio::spawn(async move {
             while let Some((text, voice)) = say_rx.recv().await {
                 let tts = tts.clone();
                 match tokio::task::spawn_blocking(move || tts.synthesize(&text, &voice)).await {
                     Ok(Ok(p)) => {
-                        if tts_tx.send(p).is_err() {
+                        if inbox.send(Inbox::Prompt(p)).is_err() {
                             break;
                         }
                     }
@@ -370,10 +372,11 @@ pub(super) async fn converse(
             }
         });
     }
-    // Hand-over to a human: agent legs report here, the whisper arrives here.
-    let (leg_tx, mut leg_rx) = tokio::sync::mpsc::unbounded_channel::<LegReport>();
-    let (whisper_tx, mut whisper_rx) =
-        tokio::sync::mpsc::unbounded_channel::<Option<crate::media::prompt::Prompt>>();
+    // Hand-over to a human: agent legs report to the inbox.
+    let leg_tx = {
+        let inbox = inbox_tx.clone();
+        ReportTo::new(move |report| inbox.send(Inbox::Agent(report)).is_ok())
+    };
     let mut handover: Option<Handover> = None;
     // The caller leg's jitter counters when the bridge began.
     let mut bridged_at: Option<crate::media::jitter::JitterStats> = None;
@@ -381,12 +384,17 @@ pub(super) async fn converse(
     let mut hangup: Option<&'static str> = None;
     let mut ticker = tokio::time::interval_at(media_clock_next_tick(), Duration::from_millis(20));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut flusher = tokio::time::interval(gw.recording.flush_interval);
+    // The recording is flushed every so many ticks (no second timer per call).
+    let flush_every = (gw.recording.flush_interval.as_millis() / 20).max(1) as u64;
+    let mut ticks: u64 = 0;
     let mut buf = vec![0u8; 2048];
     let silence = [0i16; FRAME_8K];
-    let (asr_tx, mut asr_rx) = tokio::sync::mpsc::unbounded_channel::<AsrReply>();
-    type HookReply = (String, Result<String, String>);
-    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<HookReply>();
+    let asr_tx = {
+        let inbox = inbox_tx.clone();
+        ReplyTo::new(move |reply| {
+            let _ = inbox.send(Inbox::Asr(reply));
+        })
+    };
     let ended_by: &str;
     call.handle_input(Duration::ZERO, Input::Answered);
 
@@ -421,10 +429,10 @@ pub(super) async fn converse(
                     timeout,
                     body,
                 } => {
-                    let hook_tx = hook_tx.clone();
+                    let inbox = inbox_tx.clone();
                     tokio::task::spawn_blocking(move || {
                         let reply = crate::api::webhook::ask(&url, timeout, &body);
-                        let _ = hook_tx.send((intent, reply));
+                        let _ = inbox.send(Inbox::Webhook { intent, reply });
                     });
                 }
                 Output::Transfer {
@@ -458,13 +466,13 @@ pub(super) async fn converse(
                     } else {
                         whisper.voice.clone()
                     };
-                    let (tts, tx) = (shared.tts.clone(), whisper_tx.clone());
+                    let (tts, inbox) = (shared.tts.clone(), inbox_tx.clone());
                     tokio::task::spawn_blocking(move || {
                         let prompt = tts
                             .synthesize(&text, &voice)
                             .map_err(|e| warn!(error = %e, "whisper synthesis failed"))
                             .ok();
-                        let _ = tx.send(prompt);
+                        let _ = inbox.send(Inbox::Whisper(prompt));
                     });
                     let (h, outcome) = Handover::start(
                         &shared,
@@ -500,6 +508,7 @@ pub(super) async fn converse(
             deadline = ticker.tick() => {
                 shared.media_load.observe(deadline.elapsed());
                 let now = start.elapsed();
+                ticks += 1;
                 // Drain what arrived since the last tick: one wake-up per 20 ms
                 // per call instead of one per packet.
                 for digit in leg.receive(now, &mut buf) {
@@ -530,8 +539,11 @@ pub(super) async fn converse(
                 }
                 leg.send_frame(&out);
                 if let Some(r) = log.recorder.as_deref_mut() {
-                    if let Err(e) = r.write(&caller, &out) {
-                        tracing::error!(error = %e, "recording write failed");
+                    r.write(&caller, &out);
+                    if ticks.is_multiple_of(flush_every) {
+                        if let Err(e) = r.flush() {
+                            tracing::error!(error = %e, "recording flush failed");
+                        }
                     }
                 }
                 if let Some(idle) = leg.idle_for(now).filter(|i| *i > gw.media.rtp_timeout) {
@@ -567,33 +579,24 @@ pub(super) async fn converse(
                     }
                 }
             }
-            Some((intent, reply)) = hook_rx.recv() => {
-                call.handle_input(start.elapsed(), Input::WebhookReply { intent, reply });
-            }
-            Some(report) = leg_rx.recv() => {
-                if let Some(h) = handover.as_mut() {
-                    let now = start.elapsed();
-                    let outcome = h.on_report(&shared, now, report, &mut log).await;
-                    settle(outcome, &mut handover, &mut call, now);
-                }
-            }
-            Some(whisper) = whisper_rx.recv() => {
-                if let Some(h) = handover.as_mut() {
-                    h.whisper_ready(whisper);
-                }
-            }
-            prompt = tts_rx.recv() => {
-                if let Some(p) = prompt {
-                    call.handle_input(start.elapsed(), Input::Prompt(p));
-                }
-            }
-            Some(reply) = asr_rx.recv() => {
-                call.handle_input(start.elapsed(), Input::Asr(reply));
-            }
-            _ = flusher.tick() => {
-                if let Some(r) = log.recorder.as_deref_mut() {
-                    if let Err(e) = r.flush() {
-                        tracing::error!(error = %e, "recording flush failed");
+            Some(news) = inbox_rx.recv() => {
+                let now = start.elapsed();
+                match news {
+                    Inbox::Asr(reply) => call.handle_input(now, Input::Asr(reply)),
+                    Inbox::Prompt(p) => call.handle_input(now, Input::Prompt(p)),
+                    Inbox::Webhook { intent, reply } => {
+                        call.handle_input(now, Input::WebhookReply { intent, reply });
+                    }
+                    Inbox::Agent(report) => {
+                        if let Some(h) = handover.as_mut() {
+                            let outcome = h.on_report(&shared, now, report, &mut log).await;
+                            settle(outcome, &mut handover, &mut call, now);
+                        }
+                    }
+                    Inbox::Whisper(whisper) => {
+                        if let Some(h) = handover.as_mut() {
+                            h.whisper_ready(whisper);
+                        }
                     }
                 }
             }
@@ -652,8 +655,9 @@ pub(super) async fn converse(
         if call.pending_asr() == 0 {
             break;
         }
-        match tokio::time::timeout_at(deadline, asr_rx.recv()).await {
-            Ok(Some(reply)) => call.handle_input(start.elapsed(), Input::Asr(reply)),
+        match tokio::time::timeout_at(deadline, inbox_rx.recv()).await {
+            Ok(Some(Inbox::Asr(reply))) => call.handle_input(start.elapsed(), Input::Asr(reply)),
+            Ok(Some(_)) => {}
             _ => {
                 warn!(
                     pending = call.pending_asr(),
@@ -691,7 +695,7 @@ fn submit_asr(
     kind: JobKind,
     utterance: crate::speech::vad::Utterance,
     language: Option<String>,
-    asr_tx: &tokio::sync::mpsc::UnboundedSender<AsrReply>,
+    asr_tx: &ReplyTo,
     now: Duration,
 ) {
     let Some(pool) = shared.asr.as_ref() else {
@@ -719,6 +723,19 @@ fn submit_asr(
             JobKind::Partial => {}
         }
     }
+}
+
+/// News for a call's task from what it started: transcriptions, synthesised
+/// replies, webhook answers, agent legs, the agent's whisper.
+enum Inbox {
+    Asr(AsrReply),
+    Prompt(crate::media::prompt::Prompt),
+    Webhook {
+        intent: String,
+        reply: Result<String, String>,
+    },
+    Agent(LegReport),
+    Whisper(Option<crate::media::prompt::Prompt>),
 }
 
 /// How long a BYE we send may wait for its answer.

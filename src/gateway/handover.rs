@@ -3,7 +3,7 @@
 //! agent legs, and mixes the media — hold music to the caller while agents
 //! ring, the whispered summary to the answering agent only, then both ways.
 
-use super::agent::{AgentLeg, LegReport};
+use super::agent::{AgentLeg, LegReport, ReportTo};
 use super::events::EventLog;
 use super::Shared;
 use crate::call::transfer::{plan, LegId, Transfer, TransferAction, TransferEvent};
@@ -13,7 +13,6 @@ use crate::media::session::Inbound;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 /// What the call task must do after a step of the hand-over.
@@ -33,7 +32,7 @@ pub(super) struct Handover {
     legs: Vec<AgentLeg>,
     caller: Option<String>,
     summary: Value,
-    reports: UnboundedSender<LegReport>,
+    reports: ReportTo,
     /// The whisper once synthesised (`Some(None)`: synthesis failed).
     whisper: Option<Option<Prompt>>,
     /// The leg waiting for (or hearing) the whisper.
@@ -55,7 +54,7 @@ impl Handover {
         summary: Value,
         caller: Option<String>,
         now: Duration,
-        reports: UnboundedSender<LegReport>,
+        reports: ReportTo,
         hold: Option<Prompt>,
         log: &mut EventLog<'_>,
     ) -> (Handover, Outcome) {

@@ -196,6 +196,7 @@ impl crate::api::http::Control for Running {
             fd_limit: shared.fd_limit,
             banned_sources: shared.nonces.banned_now(unix_now()),
             media_tick_late: shared.media_load.last_second_worst(),
+            media_tick_histogram: shared.media_load.histogram(),
         }
     }
     fn admin_token(&self) -> Option<String> {

@@ -202,7 +202,8 @@ impl JitterBuffer {
             }
             self.pending.resize(FRAME_8K, 0);
         }
-        let frame: Vec<i16> = self.pending.drain(..FRAME_8K).collect();
+        let frame = self.pending[..FRAME_8K].to_vec();
+        self.pending.drain(..FRAME_8K);
         self.last.copy_from_slice(&frame);
         Some(frame)
     }

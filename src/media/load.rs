@@ -13,6 +13,23 @@ use std::time::Duration;
 /// Seconds of history kept.
 const HISTORY: usize = 3;
 
+/// Upper bounds (µs) of the lateness histogram's buckets; one more bucket
+/// holds the rest.
+pub const LATENESS_BUCKETS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+];
+
+/// Every tick's lateness since start, by bucket (for percentiles: a load test
+/// reads it before and after its window).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatenessHistogram {
+    /// Ticks at most each bound of [`LATENESS_BUCKETS_US`] late (cumulative),
+    /// then all ticks.
+    pub cumulative: Vec<u64>,
+    /// Total lateness (µs).
+    pub sum_us: u64,
+}
+
 /// The media clock's lateness, shared by every call and the admission check.
 #[derive(Debug, Default)]
 pub struct MediaLoad {
@@ -20,6 +37,10 @@ pub struct MediaLoad {
     current_us: AtomicU64,
     /// Worst lateness (µs) of each of the last full seconds, newest first.
     past_us: Mutex<[u64; HISTORY]>,
+    /// Ticks by lateness bucket (not cumulative).
+    buckets: [AtomicU64; LATENESS_BUCKETS_US.len() + 1],
+    /// Total lateness (µs).
+    sum_us: AtomicU64,
 }
 
 impl MediaLoad {
@@ -27,6 +48,29 @@ impl MediaLoad {
     pub fn observe(&self, late: Duration) {
         let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
         self.current_us.fetch_max(us, Ordering::Relaxed);
+        let bucket = LATENESS_BUCKETS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(LATENESS_BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Every tick's lateness so far.
+    pub fn histogram(&self) -> LatenessHistogram {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        LatenessHistogram {
+            cumulative,
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
     }
 
     /// A second has passed (the gateway's housekeeping calls this each second).
@@ -85,5 +129,17 @@ mod tests {
         // A second with no ticks at all (no calls) is not late.
         load.rotate();
         assert_eq!(load.last_second_worst(), Duration::ZERO);
+    }
+
+    #[test]
+    fn every_tick_lands_in_its_lateness_bucket() {
+        let load = MediaLoad::default();
+        for us in [0, 100, 101, 4_999, 5_000, 5_001, 250_000] {
+            load.observe(Duration::from_micros(us));
+        }
+        let h = load.histogram();
+        // ≤100 µs: 2; ≤250: 3; ≤500, ≤1 ms, ≤2 ms: 3; ≤5 ms: 5; ≤10 ms … ≤100 ms: 6; all: 7.
+        assert_eq!(h.cumulative, [2, 3, 3, 3, 3, 5, 6, 6, 6, 6, 7]);
+        assert_eq!(h.sum_us, 100 + 101 + 4_999 + 5_000 + 5_001 + 250_000);
     }
 }

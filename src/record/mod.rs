@@ -10,7 +10,10 @@ pub use repair::{repair_all, repair_wav, RepairOutcome};
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Name of the stereo recording inside a call's directory.
@@ -19,6 +22,17 @@ pub const WAV_NAME: &str = "call.wav";
 pub const EVENTS_NAME: &str = "events.jsonl";
 /// Present while a call is being recorded; removed when finalised.
 pub const IN_PROGRESS_MARKER: &str = ".recording";
+
+/// Bytes of the canonical PCM WAV header this recorder writes.
+const HEADER_LEN: u64 = 44;
+/// Audio kept in memory before it is handed to the writer even without a
+/// flush: 0.5 s of 8 kHz stereo (what a call holds is what it costs in RAM).
+const MAX_PENDING: usize = 16 * 1024;
+/// Chunks that may wait for the writer thread; past this, a call writes its
+/// own chunk (correct, only slower: every chunk carries its file offset).
+const WRITER_QUEUE: usize = 1024;
+/// How long finalising waits for the writer to catch up with a call.
+const FINALIZE_WAIT: Duration = Duration::from_secs(10);
 
 /// A call-id made safe as a directory name.
 pub fn safe_dir_name(call_id: &str) -> String {
@@ -40,12 +54,187 @@ pub fn safe_dir_name(call_id: &str) -> String {
     }
 }
 
+/// The 44-byte header of a 16-bit PCM WAV holding `data_len` bytes.
+fn wav_header(channels: u16, rate: u32, data_len: u64) -> [u8; HEADER_LEN as usize] {
+    let data = u32::try_from(data_len).unwrap_or(u32::MAX - 36);
+    let block = channels * 2;
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&(data.saturating_add(36)).to_le_bytes());
+    h[8..12].copy_from_slice(b"WAVE");
+    h[12..16].copy_from_slice(b"fmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&1u16.to_le_bytes());
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
+    h[24..28].copy_from_slice(&rate.to_le_bytes());
+    h[28..32].copy_from_slice(&(rate * u32::from(block)).to_le_bytes());
+    h[32..34].copy_from_slice(&block.to_le_bytes());
+    h[34..36].copy_from_slice(&16u16.to_le_bytes());
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&data.to_le_bytes());
+    h
+}
+
+/// What the writer has done for one recording.
+#[derive(Default)]
+struct Progress {
+    state: Mutex<ProgressState>,
+    caught_up: Condvar,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    /// Chunks handed out and not yet written.
+    queued: usize,
+    /// Audio bytes on disk, contiguous from the header (what the header says).
+    end: u64,
+    /// The first write error, reported at the next flush.
+    error: Option<String>,
+}
+
+/// One stretch of a recording's audio, at its place in the file.
+struct Chunk {
+    file: Arc<File>,
+    offset: u64,
+    bytes: Vec<u8>,
+    progress: Arc<Progress>,
+    channels: u16,
+    rate: u32,
+}
+
+impl Chunk {
+    /// Write the audio at its offset, then the header's lengths: a crash
+    /// leaves a file whose header covers what reached the disk.
+    fn write(self) {
+        let result = self.file.write_all_at(&self.bytes, self.offset);
+        let mut st = self
+            .progress
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match result {
+            Ok(()) => {
+                let end = self.offset - HEADER_LEN + self.bytes.len() as u64;
+                if end > st.end {
+                    st.end = end;
+                    if let Err(e) = self
+                        .file
+                        .write_all_at(&wav_header(self.channels, self.rate, end), 0)
+                    {
+                        st.error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                st.error.get_or_insert(e.to_string());
+            }
+        }
+        st.queued = st.queued.saturating_sub(1);
+        self.progress.caught_up.notify_all();
+    }
+}
+
+/// The process's recording writer: one thread that takes whole chunks of
+/// audio, so a call's 20 ms tick never waits for the disk.
+fn writer() -> Option<&'static SyncSender<Chunk>> {
+    static WRITER: OnceLock<Option<SyncSender<Chunk>>> = OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (tx, rx) = sync_channel::<Chunk>(WRITER_QUEUE);
+            std::thread::Builder::new()
+                .name("voicegate-recorder".into())
+                .spawn(move || {
+                    while let Ok(chunk) = rx.recv() {
+                        chunk.write();
+                    }
+                })
+                .map_err(|e| tracing::warn!(error = %e, "no recording writer thread: calls write their own audio"))
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// The audio side of a recording: interleaved 16-bit samples gathered in
+/// memory and handed to the writer in whole chunks.
+struct WavOut {
+    file: Arc<File>,
+    channels: u16,
+    rate: u32,
+    pending: Vec<u8>,
+    /// Audio bytes handed out so far (the next chunk's place after the header).
+    handed: u64,
+    progress: Arc<Progress>,
+}
+
+impl WavOut {
+    fn hand_off(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let bytes = std::mem::replace(&mut self.pending, Vec::with_capacity(MAX_PENDING));
+        let chunk = Chunk {
+            file: self.file.clone(),
+            offset: HEADER_LEN + self.handed,
+            progress: self.progress.clone(),
+            channels: self.channels,
+            rate: self.rate,
+            bytes,
+        };
+        self.handed += chunk.bytes.len() as u64;
+        self.progress
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .queued += 1;
+        match writer().map(|w| w.try_send(chunk)) {
+            Some(Ok(())) => {}
+            Some(Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk))) => {
+                chunk.write()
+            }
+            None => {}
+        }
+    }
+
+    /// Wait (bounded) until every chunk handed out is on disk; the first error.
+    fn settle(&self, patience: Duration) -> std::io::Result<()> {
+        let st = self
+            .progress
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (mut st, timeout) = self
+            .progress
+            .caught_up
+            .wait_timeout_while(st, patience, |s| s.queued > 0)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if timeout.timed_out() {
+            return Err(std::io::Error::other(
+                "the recording writer did not catch up",
+            ));
+        }
+        match st.error.take() {
+            Some(e) => Err(std::io::Error::other(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The first write error so far, without waiting.
+    fn take_error(&self) -> Option<String> {
+        self.progress
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .error
+            .take()
+    }
+}
+
 /// Writes one call's recording and event log.
 pub struct CallRecorder {
     dir: PathBuf,
-    wav: Option<hound::WavWriter<BufWriter<File>>>,
+    wav: Option<WavOut>,
     events: BufWriter<File>,
-    interleaved: Vec<i16>,
     frames: u64,
 }
 
@@ -70,20 +259,21 @@ impl CallRecorder {
         }
         std::fs::create_dir_all(&dir)?;
         File::create(dir.join(IN_PROGRESS_MARKER))?;
-        let spec = hound::WavSpec {
-            channels: 2,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let wav = hound::WavWriter::new(BufWriter::new(File::create(dir.join(WAV_NAME))?), spec)
-            .map_err(std::io::Error::other)?;
+        let channels = 2;
+        let file = File::create(dir.join(WAV_NAME))?;
+        file.write_all_at(&wav_header(channels, rate, 0), 0)?;
         let events = BufWriter::new(File::create(dir.join(EVENTS_NAME))?);
         Ok(Self {
             dir,
-            wav: Some(wav),
+            wav: Some(WavOut {
+                file: Arc::new(file),
+                channels,
+                rate,
+                pending: Vec::with_capacity(MAX_PENDING),
+                handed: 0,
+                progress: Arc::default(),
+            }),
             events,
-            interleaved: Vec::with_capacity(640),
             frames: 0,
         })
     }
@@ -98,24 +288,28 @@ impl CallRecorder {
         Duration::from_millis(self.frames * 1000 / u64::from(rate.max(1)))
     }
 
-    /// Append one stretch of audio; `left` and `right` are padded to the same length.
-    pub fn write(&mut self, left: &[i16], right: &[i16]) -> std::io::Result<()> {
+    /// Append one stretch of audio; `left` and `right` are padded to the same
+    /// length. Kept in memory until the next [`flush`](Self::flush) (or
+    /// 0.5 s of audio); write errors are reported by `flush` and `finalize`.
+    pub fn write(&mut self, left: &[i16], right: &[i16]) {
         let Some(wav) = self.wav.as_mut() else {
-            return Ok(());
+            return;
         };
         let n = left.len().max(right.len());
-        self.interleaved.clear();
-        for i in 0..n {
-            self.interleaved.push(left.get(i).copied().unwrap_or(0));
-            self.interleaved.push(right.get(i).copied().unwrap_or(0));
+        if wav.pending.len() + n * 4 > MAX_PENDING {
+            wav.hand_off();
         }
-        let mut w = wav.get_i16_writer(self.interleaved.len() as u32);
-        for s in &self.interleaved {
-            w.write_sample(*s);
+        let base = wav.pending.len();
+        // Zeroed first, so a shorter side is padded with silence.
+        wav.pending.resize(base + n * 4, 0);
+        let out = &mut wav.pending[base..];
+        for (frame, l) in out.chunks_exact_mut(4).zip(left) {
+            frame[..2].copy_from_slice(&l.to_le_bytes());
         }
-        w.flush().map_err(std::io::Error::other)?;
+        for (frame, r) in out.chunks_exact_mut(4).zip(right) {
+            frame[2..].copy_from_slice(&r.to_le_bytes());
+        }
         self.frames += n as u64;
-        Ok(())
     }
 
     /// Log one event: `t_s` (seconds since answer), wall-clock `ts`, `kind`, and fields.
@@ -138,22 +332,38 @@ impl CallRecorder {
         self.events.write_all(b"\n")
     }
 
-    /// Push buffered audio (with a valid header) and events to disk.
+    /// Hand the audio gathered so far to the writer (it reaches the disk,
+    /// header included, a moment later) and push the events to disk.
     pub fn flush(&mut self) -> std::io::Result<()> {
         if let Some(wav) = self.wav.as_mut() {
-            wav.flush().map_err(std::io::Error::other)?;
+            wav.hand_off();
+            if let Some(e) = wav.take_error() {
+                return Err(std::io::Error::other(e));
+            }
         }
         self.events.flush()
     }
 
-    /// Close the WAV with its final header and remove the in-progress marker.
+    /// Write the rest of the audio and wait for it to reach the file, with
+    /// its final header; remove the in-progress marker.
     pub fn finalize(mut self) -> std::io::Result<PathBuf> {
-        if let Some(wav) = self.wav.take() {
-            wav.finalize().map_err(std::io::Error::other)?;
+        if let Some(mut wav) = self.wav.take() {
+            wav.hand_off();
+            wav.settle(FINALIZE_WAIT)?;
         }
         self.events.flush()?;
         std::fs::remove_file(self.dir.join(IN_PROGRESS_MARKER)).ok();
         Ok(self.dir.clone())
+    }
+}
+
+impl Drop for CallRecorder {
+    /// A recorder dropped without `finalize` (a call task that failed) still
+    /// hands its audio to the writer; the marker stays, for `repair`.
+    fn drop(&mut self) {
+        if let Some(wav) = self.wav.as_mut() {
+            wav.hand_off();
+        }
     }
 }
 
@@ -165,7 +375,7 @@ mod tests {
     fn writes_stereo_and_events() {
         let tmp = tempfile::tempdir().unwrap();
         let mut rec = CallRecorder::create(tmp.path(), "2026-11-24", "abc/../x@h", 8000).unwrap();
-        rec.write(&[1; 160], &[2; 160]).unwrap();
+        rec.write(&[1; 160], &[2; 160]);
         rec.event(
             Duration::from_millis(1500),
             "dtmf",
@@ -185,6 +395,82 @@ mod tests {
         assert_eq!(v["kind"], "dtmf");
         assert_eq!(v["digit"], "#");
         assert_eq!(v["t_s"], 1.5);
+    }
+
+    #[test]
+    fn a_long_recording_is_whole_and_in_order_across_chunks_and_flushes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rec = CallRecorder::create(tmp.path(), "d", "long", 8000).unwrap();
+        // 30 s of 20 ms frames, a flush every 50 frames for the first 14 s,
+        // then only the 16 KiB cap hands the audio on.
+        for f in 0..1500i32 {
+            let left: Vec<i16> = (0..160).map(|i| ((f * 160 + i) % 30000) as i16).collect();
+            let right: Vec<i16> = left.iter().map(|s| -s).collect();
+            rec.write(&left, &right);
+            if f % 50 == 49 && f < 700 {
+                rec.flush().unwrap();
+            }
+        }
+        assert_eq!(rec.duration(8000), Duration::from_secs(30));
+        let dir = rec.finalize().unwrap();
+        let r = hound::WavReader::open(dir.join(WAV_NAME)).unwrap();
+        assert_eq!(r.spec().channels, 2);
+        assert_eq!(r.spec().sample_rate, 8000);
+        assert_eq!(r.duration(), 1500 * 160);
+        let s: Vec<i16> = r.into_samples().map(|s| s.unwrap()).collect();
+        for (n, pair) in s.chunks(2).enumerate() {
+            let want = (n as i32 % 30000) as i16;
+            assert_eq!((pair[0], pair[1]), (want, -want), "sample {n}");
+        }
+    }
+
+    #[test]
+    fn a_flush_reaches_the_disk_with_a_header_that_covers_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rec = CallRecorder::create(tmp.path(), "d", "crash", 8000).unwrap();
+        for _ in 0..50 {
+            rec.write(&[7; 160], &[9; 160]);
+        }
+        rec.flush().unwrap();
+        let path = rec.dir().join(WAV_NAME);
+        // As a process killed now would leave it: no finalize.
+        let mut frames = 0;
+        for _ in 0..200 {
+            if let Ok(r) = hound::WavReader::open(&path) {
+                frames = r.duration();
+                if frames == 50 * 160 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(frames, 50 * 160, "flushed audio on disk, header included");
+        assert!(rec.dir().join(IN_PROGRESS_MARKER).exists());
+    }
+
+    #[test]
+    fn chunks_written_out_of_order_make_the_same_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = CallRecorder::create(tmp.path(), "d", "order", 8000).unwrap();
+        let wav = rec.wav.as_ref().unwrap();
+        let chunk = |offset: u64, value: u8| Chunk {
+            file: wav.file.clone(),
+            offset: HEADER_LEN + offset,
+            bytes: vec![value; 400],
+            progress: wav.progress.clone(),
+            channels: 2,
+            rate: 8000,
+        };
+        wav.progress.state.lock().unwrap().queued = 2;
+        // The writer was full: the call wrote its second chunk itself first.
+        chunk(400, 2).write();
+        chunk(0, 1).write();
+        wav.settle(Duration::from_secs(1)).unwrap();
+        let bytes = std::fs::read(rec.dir().join(WAV_NAME)).unwrap();
+        assert_eq!(bytes.len(), 44 + 800);
+        assert_eq!(&bytes[40..44], &800u32.to_le_bytes());
+        assert!(bytes[44..444].iter().all(|b| *b == 1));
+        assert!(bytes[444..].iter().all(|b| *b == 2));
     }
 
     #[test]

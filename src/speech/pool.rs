@@ -19,6 +19,41 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
+/// Where a job's answer goes: a channel of [`AsrReply`], or any sink (a live
+/// call hands its one inbox, so its task waits on a single channel).
+#[derive(Clone)]
+pub struct ReplyTo(Arc<dyn Fn(AsrReply) + Send + Sync>);
+
+impl ReplyTo {
+    /// Answers handed to `deliver`.
+    pub fn new(deliver: impl Fn(AsrReply) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(deliver))
+    }
+
+    fn send(&self, reply: AsrReply) {
+        (self.0)(reply)
+    }
+
+    /// The same sink (the same call): a newer partial replaces an older one.
+    fn same(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
+    }
+}
+
+impl From<UnboundedSender<AsrReply>> for ReplyTo {
+    fn from(tx: UnboundedSender<AsrReply>) -> Self {
+        Self::new(move |reply| {
+            let _ = tx.send(reply);
+        })
+    }
+}
+
+impl std::fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyTo")
+    }
+}
+
 /// Pool settings.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
@@ -83,7 +118,7 @@ struct Job {
     language: Option<String>,
     utterance: Utterance,
     submitted: Instant,
-    reply: UnboundedSender<AsrReply>,
+    reply: ReplyTo,
 }
 
 /// Submission refused: the queue is full.
@@ -114,7 +149,7 @@ impl Waiting {
     /// partial. `Err`: no room.
     fn push(&mut self, job: Job, capacity: usize) -> Result<(), QueueFull> {
         // This call's partial still waiting is superseded by what comes now.
-        self.partials.retain(|p| !p.reply.same_channel(&job.reply));
+        self.partials.retain(|p| !p.reply.same(&job.reply));
         match job.kind {
             JobKind::Partial if self.len() >= capacity => Err(QueueFull),
             JobKind::Partial => {
@@ -274,7 +309,7 @@ impl AsrPool {
         &self,
         kind: JobKind,
         utterance: Utterance,
-        reply: UnboundedSender<AsrReply>,
+        reply: impl Into<ReplyTo>,
     ) -> Result<(), QueueFull> {
         self.submit_in(kind, utterance, None, reply)
     }
@@ -287,14 +322,14 @@ impl AsrPool {
         kind: JobKind,
         utterance: Utterance,
         language: Option<String>,
-        reply: UnboundedSender<AsrReply>,
+        reply: impl Into<ReplyTo>,
     ) -> Result<(), QueueFull> {
         let job = Job {
             kind,
             language,
             utterance,
             submitted: Instant::now(),
-            reply,
+            reply: reply.into(),
         };
         let mut w = self.queue.lock();
         let pushed = w.push(job, self.config.queue.max(1));
@@ -344,7 +379,7 @@ fn worker(
             continue;
         }
         if waited > max_wait {
-            let _ = job.reply.send(AsrReply::Overloaded {
+            job.reply.send(AsrReply::Overloaded {
                 kind: job.kind,
                 reason: "latency",
                 start_s: job.utterance.start.as_secs_f64(),
@@ -383,7 +418,7 @@ fn worker(
             },
         };
         busy.fetch_sub(1, Ordering::Relaxed);
-        let _ = job.reply.send(reply);
+        job.reply.send(reply);
     }
 }
 
@@ -391,7 +426,7 @@ fn worker(
 mod tests {
     use super::*;
 
-    fn job(kind: JobKind, reply: &UnboundedSender<AsrReply>, start_ms: u64) -> Job {
+    fn job(kind: JobKind, reply: &ReplyTo, start_ms: u64) -> Job {
         Job {
             kind,
             language: None,
@@ -412,9 +447,9 @@ mod tests {
 
     #[test]
     fn finals_go_first_and_partials_never_pile_up() {
-        let (a, _ra) = tokio::sync::mpsc::unbounded_channel();
-        let (b, _rb) = tokio::sync::mpsc::unbounded_channel();
-        let (c, _rc) = tokio::sync::mpsc::unbounded_channel();
+        let a = ReplyTo::new(|_| ());
+        let b = ReplyTo::new(|_| ());
+        let c = ReplyTo::new(|_| ());
         let mut w = Waiting::default();
         w.push(job(JobKind::Partial, &a, 1), 3).expect("room");
         w.push(job(JobKind::Partial, &b, 2), 3).expect("room");
