@@ -1133,6 +1133,37 @@ fn behind_a_trusted_proxy_the_flood_limit_judges_each_caller_not_the_proxy() {
 }
 
 #[test]
+fn an_ended_call_leaves_no_sip_dialog_or_transaction_behind() {
+    let gw = Gateway::start(|g, _| no_speech(g));
+    // A normal call: its dialog leaves the stack with it.
+    let mut ua = RawUa::new("127.0.0.1", &gw, "release");
+    let ok = ua.invite("");
+    assert_eq!(status_of(&ok), "200", "{ok}\n{}", gw.log());
+    ua.ack();
+    wait_metric(&gw, "voicegate_active_calls", 1.0);
+    assert!(metric(&gw, "voicegate_sip_dialogs").unwrap_or(0.0) >= 1.0);
+    assert_eq!(status_of(&ua.request("BYE", "")), "200");
+    assert_eq!(gw.wait_calls_ended(1, Duration::from_secs(10)).len(), 1);
+    wait_metric(&gw, "voicegate_sip_dialogs", 0.0);
+    wait_metric(&gw, "voicegate_sip_transactions", 0.0);
+    // A caller who hangs up without ever ACKing our 200 OK: the stack would
+    // retransmit it for 64·T1 = 32 s, holding the transaction and its
+    // dialog; the call's end stops that at once.
+    let mut gone = RawUa::new("127.0.0.1", &gw, "noack");
+    assert_eq!(status_of(&gone.invite("")), "200");
+    assert_eq!(status_of(&gone.request("BYE", "")), "200");
+    let ended = std::time::Instant::now();
+    assert_eq!(gw.wait_calls_ended(2, Duration::from_secs(10)).len(), 2);
+    wait_metric(&gw, "voicegate_sip_transactions", 0.0);
+    wait_metric(&gw, "voicegate_sip_dialogs", 0.0);
+    assert!(
+        ended.elapsed() < Duration::from_secs(25),
+        "released {:?} after the BYE, not at the stack's 32 s",
+        ended.elapsed()
+    );
+}
+
+#[test]
 fn a_bye_that_overtakes_its_ack_leaves_the_call_recorded() {
     // UDP may reorder: the caller ACKs our 200 OK and hangs up at once, and
     // the BYE arrives first. The call was confirmed (a BYE can only follow

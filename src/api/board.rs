@@ -76,6 +76,11 @@ pub struct Gauges {
     pub asr_queue: usize,
     /// Calls admitted and not yet confirmed by an ACK.
     pub calls_setting_up: usize,
+    /// SIP transactions the stack is running (each ends with its exchange,
+    /// an answered INVITE's with its call: a number that only grows is a leak).
+    pub sip_transactions: usize,
+    /// SIP dialogs the stack holds.
+    pub sip_dialogs: usize,
     /// Descriptors open now.
     pub fds_open: Option<u64>,
     /// The descriptor limit in force.
@@ -125,6 +130,8 @@ struct Metrics {
     asr_decode: Histogram,
     asr_queue: Gauge,
     setting_up: Gauge,
+    sip_transactions: Gauge,
+    sip_dialogs: Gauge,
     fds_open: Gauge,
     fd_limit: Gauge,
     banned_sources: Gauge,
@@ -183,6 +190,18 @@ impl Metrics {
             "asr_queue_depth",
             "Utterances waiting for a Whisper worker",
             asr_queue.clone(),
+        );
+        let sip_transactions = Gauge::default();
+        registry.register(
+            "sip_transactions",
+            "SIP transactions running in the stack (an answered INVITE's ends with its call)",
+            sip_transactions.clone(),
+        );
+        let sip_dialogs = Gauge::default();
+        registry.register(
+            "sip_dialogs",
+            "SIP dialogs held by the stack",
+            sip_dialogs.clone(),
         );
         let setting_up = Gauge::default();
         registry.register(
@@ -262,6 +281,8 @@ impl Metrics {
             asr_decode,
             asr_queue,
             setting_up,
+            sip_transactions,
+            sip_dialogs,
             fds_open,
             fd_limit,
             banned_sources,
@@ -529,6 +550,8 @@ impl CallBoard {
         let m = &self.metrics;
         m.asr_queue.set(int(gauges.asr_queue));
         m.setting_up.set(int(gauges.calls_setting_up));
+        m.sip_transactions.set(int(gauges.sip_transactions));
+        m.sip_dialogs.set(int(gauges.sip_dialogs));
         m.banned_sources.set(int(gauges.banned_sources));
         m.tick_late.set(gauges.media_tick_late.as_secs_f64());
         if let Some(n) = gauges.fds_open {
@@ -616,6 +639,8 @@ mod tests {
         let m = board.metrics_text(&Gauges {
             asr_queue: 3,
             calls_setting_up: 2,
+            sip_transactions: 5,
+            sip_dialogs: 4,
             fds_open: Some(40),
             fd_limit: Some(1024),
             banned_sources: 1,
@@ -639,6 +664,8 @@ mod tests {
         );
         assert!(m.contains("voicegate_asr_decode_seconds_sum 0.15"), "{m}");
         assert!(m.contains("voicegate_calls_setting_up 2"), "{m}");
+        assert!(m.contains("voicegate_sip_transactions 5"), "{m}");
+        assert!(m.contains("voicegate_sip_dialogs 4"), "{m}");
         assert!(m.contains("voicegate_open_fds 40"), "{m}");
         assert!(m.contains("voicegate_max_fds 1024"), "{m}");
         assert!(m.contains("voicegate_banned_sources 1"), "{m}");

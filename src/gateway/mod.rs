@@ -192,6 +192,8 @@ impl crate::api::http::Control for Running {
         crate::api::board::Gauges {
             asr_queue: shared.asr.as_ref().map_or(0, |a| a.queued()),
             calls_setting_up: shared.setting_up.load(std::sync::atomic::Ordering::Relaxed),
+            sip_transactions: shared.dialogs.endpoint.get_stats().running_transactions,
+            sip_dialogs: shared.dialogs.len(),
             fds_open: fds::open_now(),
             fd_limit: shared.fd_limit,
             banned_sources: shared.nonces.banned_now(unix_now()),
