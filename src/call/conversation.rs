@@ -52,6 +52,8 @@ pub struct CallSetup {
     pub vad: VadConfig,
     /// How often a partial transcription is asked for while the caller talks.
     pub partial_interval: Duration,
+    /// The most (latest) audio a partial transcription decodes; `None`: all.
+    pub partial_window: Option<Duration>,
     /// The recorded greeting played at answer, if any.
     pub greeting: Option<Prompt>,
     /// Whether the caller is listened to at all (no recogniser: no speech).
@@ -177,6 +179,7 @@ struct Ears {
     segmenter: Segmenter,
     wideband: Vec<f32>,
     partial_interval: Duration,
+    partial_window: Option<Duration>,
     last_partial: Duration,
     /// Final jobs asked for and not yet answered.
     pending: usize,
@@ -257,6 +260,7 @@ impl Call {
             segmenter: Segmenter::new(setup.vad),
             wideband: Vec::with_capacity(320),
             partial_interval: setup.partial_interval,
+            partial_window: setup.partial_window,
             last_partial: Duration::ZERO,
             pending: 0,
             early: None,
@@ -505,6 +509,20 @@ impl Call {
                 && !self.hung_up
             {
                 ears.last_partial = vad_now;
+                // Only the latest stretch: a partial's cost stays bounded
+                // (decoding the whole prefix every interval grows with the
+                // square of the utterance's length).
+                let keep = ears
+                    .partial_window
+                    .map_or(audio.len(), |w| (w.as_millis() as usize) * 16)
+                    .min(audio.len());
+                let skipped = audio.len() - keep;
+                // The audio ends now (it begins with the VAD's pre-roll).
+                let start = if skipped > 0 {
+                    vad_now.saturating_sub(Duration::from_micros(keep as u64 * 1_000_000 / 16_000))
+                } else {
+                    start
+                };
                 self.out.push_back(Output::SubmitAsr {
                     kind: JobKind::Partial,
                     utterance: Utterance {
@@ -513,7 +531,7 @@ impl Call {
                         voiced: vad_now.saturating_sub(start),
                         loudness_dbfs: 0.0,
                         forced_cut: false,
-                        samples: audio.to_vec(),
+                        samples: audio[skipped..].to_vec(),
                         samples_start: start,
                         closed_at: vad_now,
                     },
@@ -893,6 +911,7 @@ mod tests {
             caller: None,
             vad: VadConfig::default(),
             partial_interval: Duration::from_secs(3600),
+            partial_window: None,
             greeting: Some(Prompt::from_samples(vec![500; 8000])),
             listen,
             max_duration: None,
@@ -1067,6 +1086,58 @@ mod tests {
     /// pause lasts, that answer is the final text — whether it came before
     /// or after the utterance closed — and nothing is decoded twice; the
     /// decision is taken at the moment the utterance closed.
+    #[test]
+    fn a_partial_decodes_at_most_its_window_and_the_final_all_of_the_utterance() {
+        let wav =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/calls/calm_billing.wav");
+        let track = load_caller_track(&wav).expect("test call");
+        let run = |window: Option<Duration>| {
+            let mut call = Call::new(CallSetup {
+                partial_interval: ms(500),
+                partial_window: window,
+                ..setup(true)
+            });
+            call.handle_input(Duration::ZERO, Input::Answered);
+            drain(&mut call);
+            let (mut partials, mut finals) = (Vec::new(), Vec::new());
+            for (n, chunk) in track.samples.chunks(320).enumerate() {
+                call.handle_input(ms(20 * (n as u64 + 1)), Input::CallerAudioWideband(chunk));
+                let _ = call.poll_frame();
+                for o in drain(&mut call) {
+                    if let Output::SubmitAsr {
+                        kind, utterance, ..
+                    } = o
+                    {
+                        match kind {
+                            JobKind::Partial => partials.push(utterance),
+                            _ => finals.push(utterance.samples.len()),
+                        }
+                    }
+                }
+            }
+            (partials, finals)
+        };
+        let (whole, whole_finals) = run(None);
+        let (windowed, windowed_finals) = run(Some(ms(1000)));
+        // The same partials are asked for at the same moments.
+        assert_eq!(whole.len(), windowed.len());
+        assert!(
+            whole.iter().any(|u| u.samples.len() > 16_000 + 320),
+            "the call has utterances longer than the window"
+        );
+        for (w, p) in whole.iter().zip(&windowed) {
+            assert!(p.samples.len() <= 16_000, "{} samples", p.samples.len());
+            assert_eq!(p.samples.len(), w.samples.len().min(16_000));
+            assert_eq!(p.end, w.end);
+            if w.samples.len() > 16_000 {
+                assert_eq!(p.start, p.end - ms(1000), "the window ends now");
+            }
+        }
+        // Finals (and early jobs) decode all of every utterance either way.
+        assert_eq!(whole_finals, windowed_finals);
+        assert!(!whole_finals.is_empty());
+    }
+
     #[test]
     fn a_pause_starts_the_final_transcription_early() {
         let wav =

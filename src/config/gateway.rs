@@ -97,6 +97,8 @@ struct SpeechSection {
     max_utterance_s: u64,
     #[serde(default = "default_partial")]
     partial_interval_ms: u64,
+    #[serde(default = "default_partial_window")]
+    partial_window_ms: u64,
     #[serde(default = "default_multilingual")]
     multilingual_model: String,
     #[serde(default = "default_encoder")]
@@ -118,6 +120,7 @@ impl Default for SpeechSection {
             vad_early_ms: default_early(),
             max_utterance_s: default_max_utt(),
             partial_interval_ms: default_partial(),
+            partial_window_ms: default_partial_window(),
             multilingual_model: default_multilingual(),
             encoder: default_encoder(),
         }
@@ -162,6 +165,10 @@ fn default_max_utt() -> u64 {
 }
 fn default_partial() -> u64 {
     1000
+}
+
+fn default_partial_window() -> u64 {
+    3000
 }
 
 #[derive(Deserialize)]
@@ -427,6 +434,9 @@ pub struct SpeechConfig {
     pub max_utterance: Duration,
     /// Interval between partial results of a long utterance.
     pub partial_interval: Duration,
+    /// The most audio a partial result decodes: the latest stretch of the
+    /// utterance (`None`: all of it).
+    pub partial_window: Option<Duration>,
     /// A multilingual Whisper model for callers in other languages than
     /// English when `model` is English-only (`None`: no such callers).
     pub multilingual_model: Option<PathBuf>,
@@ -695,6 +705,8 @@ pub(super) fn parse(
         vad_early: Duration::from_millis(early),
         max_utterance: Duration::from_secs(sp.max_utterance_s.clamp(2, 30)),
         partial_interval: Duration::from_millis(sp.partial_interval_ms.max(250)),
+        partial_window: (sp.partial_window_ms > 0)
+            .then(|| Duration::from_millis(sp.partial_window_ms.max(1000))),
         multilingual_model: (!sp.multilingual_model.is_empty())
             .then(|| PathBuf::from(&sp.multilingual_model)),
         encoder: (!sp.encoder.is_empty()).then(|| PathBuf::from(&sp.encoder)),

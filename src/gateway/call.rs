@@ -344,6 +344,7 @@ pub(super) async fn converse(
         caller: caller_id.clone(),
         vad: sp.vad(),
         partial_interval: sp.partial_interval,
+        partial_window: sp.partial_window,
         greeting: Some(shared.greeting.clone()),
         listen: shared.asr.is_some(),
         max_duration: gw.media.max_call_duration,

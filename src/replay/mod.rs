@@ -127,6 +127,7 @@ pub fn replay(
         caller: caller.clone(),
         vad,
         partial_interval: Duration::from_secs(3600),
+        partial_window: None,
         greeting,
         listen: true,
         max_duration,
