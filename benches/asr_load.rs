@@ -5,7 +5,10 @@
 //! `ASR_LOAD_MODEL=models/ggml-tiny.en-q8_0.bin` for another model,
 //! `ASR_LOAD_EARLY_MS`: how long before the utterance closes its
 //! transcription starts — 200 as shipped, `vad_hangover_ms − vad_early_ms`;
-//! 0 asks at the close, as before early transcription).
+//! 0 asks at the close, as before early transcription;
+//! `ASR_LOAD_PARTIAL_WINDOW_MS`: callers also ask for an interim transcript
+//! every second while they talk, of at most this much of the latest audio —
+//! 3000 as shipped, 0 the whole utterance so far; unset: no partials).
 
 use std::time::{Duration, Instant};
 use voicegate::speech::{asr, pipeline, pool, vad};
@@ -87,6 +90,9 @@ fn main() {
     let workers = env("ASR_LOAD_WORKERS", cores);
     let early = Duration::from_millis(env("ASR_LOAD_EARLY_MS", 200) as u64);
     let threads = env("ASR_LOAD_THREADS", 1);
+    let partial_window: Option<usize> = std::env::var("ASR_LOAD_PARTIAL_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let p = match pool::AsrPool::start(
         model,
         None,
@@ -105,6 +111,11 @@ fn main() {
     };
     let after_model = rss_kib();
     println!("early start {} ms before the close", early.as_millis());
+    match partial_window {
+        None => println!("no partials"),
+        Some(0) => println!("a partial every second of the whole utterance so far"),
+        Some(w) => println!("a partial every second of at most the latest {w} ms"),
+    }
     println!("{workers} worker(s) x {threads} thread(s); model + worker states: {:.1} MiB resident (process before: {:.1} MiB)", (after_model - base) as f64 / 1024.0, base as f64 / 1024.0);
     println!("| concurrent talking callers | utterances | p50 latency | p95 latency | p95 (≤ 5 s utterances) | p95 queue wait | p95 Whisper |");
     println!("|---|---|---|---|---|---|---|");
@@ -118,14 +129,35 @@ fn main() {
             let utts = utts.clone();
             handles.push(std::thread::spawn(move || {
                 let mut i = c * 3;
+                // One sink per caller: the pool replaces a caller's waiting
+                // partial with its newer one, as for a live call.
+                let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel();
+                let reply = pool::ReplyTo::from(reply_tx);
                 // Staggered start, then talk / listen alternately in real time.
                 std::thread::sleep(Duration::from_millis((c as u64 * 700) % 3000));
                 while Instant::now() < stop {
                     let u = utts[i % utts.len()].clone();
                     i += 1;
-                    std::thread::sleep(u.end.saturating_sub(u.start));
-                    let long = u.end.saturating_sub(u.start) > Duration::from_secs(5);
-                    let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel();
+                    let talk = u.end.saturating_sub(u.start);
+                    let mut talked = Duration::ZERO;
+                    if let Some(window) = partial_window {
+                        // An interim transcript each second the caller talks on.
+                        while talked + Duration::from_secs(1) < talk {
+                            std::thread::sleep(Duration::from_secs(1));
+                            talked += Duration::from_secs(1);
+                            let upto = ((talked.as_millis() as usize) * 16).min(u.samples.len());
+                            let from = if window == 0 {
+                                0
+                            } else {
+                                upto.saturating_sub(window * 16)
+                            };
+                            let mut partial = u.clone();
+                            partial.samples = u.samples[from..upto].to_vec();
+                            let _ = p.submit(pool::JobKind::Partial, partial, reply.clone());
+                        }
+                    }
+                    std::thread::sleep(talk.saturating_sub(talked));
+                    let long = talk > Duration::from_secs(5);
                     let submitted = Instant::now();
                     // The utterance closes `early` after its job was asked for.
                     let closes = submitted + early;
@@ -134,12 +166,21 @@ fn main() {
                     } else {
                         pool::JobKind::Early
                     };
-                    if p.submit(kind, u, reply_tx).is_err() {
+                    if p.submit(kind, u, reply.clone()).is_err() {
                         let _ = tx.send((f64::INFINITY, long, f64::INFINITY, f64::INFINITY));
                         continue;
                     }
                     let (lat, queue, whisper) = loop {
                         match reply_rx.try_recv() {
+                            // A partial's answer (or its refusal): not what we wait for.
+                            Ok(pool::AsrReply::Done {
+                                kind: pool::JobKind::Partial,
+                                ..
+                            })
+                            | Ok(pool::AsrReply::Overloaded {
+                                kind: pool::JobKind::Partial,
+                                ..
+                            }) => {}
                             Ok(pool::AsrReply::Done {
                                 latency, decode, ..
                             }) => {

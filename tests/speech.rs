@@ -450,6 +450,63 @@ fn a_pool_of_several_workers_answers_every_job() {
 }
 
 #[test]
+fn a_final_never_waits_behind_a_partial_being_decoded() {
+    // One worker decoding a caller's long interim transcript; another
+    // caller's utterance closes. The partial gives way at once: the final is
+    // answered, the partial is dropped (it was only a preview).
+    let u = last_utterance_of("tests/calls/calm_billing.wav");
+    let mut long = u.clone();
+    while long.samples.len() < 16_000 * 12 {
+        long.samples.extend_from_slice(&u.samples);
+    }
+    let p = pool::AsrPool::start(
+        model(),
+        None,
+        pool::PoolConfig {
+            workers: 1,
+            threads_per_worker: 1,
+            queue: 8,
+            max_wait: Duration::from_secs(60),
+        },
+    )
+    .expect("pool");
+    let (partial_tx, mut partial_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (final_tx, mut final_rx) = tokio::sync::mpsc::unbounded_channel();
+    p.submit(pool::JobKind::Partial, long, partial_tx)
+        .expect("room");
+    // The worker has taken the partial (12 s of audio: seconds of decoding
+    // on one thread, more on a busy box).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !p.saturated() || p.queued() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partial never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.submit(pool::JobKind::Final, u, final_tx).expect("room");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let reply = loop {
+        if let Ok(r) = final_rx.try_recv() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no final answer");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    match reply {
+        pool::AsrReply::Done { result, .. } => {
+            assert!(result.text.to_lowercase().contains("bill"), "{result:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.preempted(), 1, "the partial gave way");
+    assert!(
+        partial_rx.try_recv().is_err(),
+        "a given-up partial is not answered"
+    );
+}
+
+#[test]
 fn multilingual_base_joins_two_wheels_and_detects_the_language() {
     let path = root().join("models/ggml-base.bin");
     assert_eq!(

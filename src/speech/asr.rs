@@ -159,6 +159,18 @@ pub fn clean_text(raw: &str) -> String {
 /// Whisper's initial prompt for Mandarin: a sentence in Simplified characters.
 const SIMPLIFIED_PROMPT: &str = "以下是普通话的句子，使用简体中文。";
 
+/// whisper.cpp's abort callback: give up while the counter at `user_data`
+/// is above zero.
+unsafe extern "C" fn give_up_when_counted(user_data: *mut std::ffi::c_void) -> bool {
+    if user_data.is_null() {
+        return false;
+    }
+    // SAFETY: `recognize_unless` passes a pointer to an `AtomicUsize` it
+    // keeps alive for the whole decode.
+    let waiting = unsafe { &*(user_data as *const std::sync::atomic::AtomicUsize) };
+    waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+}
+
 /// A decoding state bound to a model; one per worker thread.
 pub struct Recognizer {
     state: WhisperState,
@@ -205,6 +217,19 @@ impl Recognizer {
         &mut self,
         samples: &[f32],
         language: Option<&str>,
+    ) -> Result<Recognition, AsrError> {
+        self.recognize_unless(samples, language, None)
+    }
+
+    /// As [`Recognizer::recognize_in`], given up (an error) as soon as
+    /// `give_up` counts above zero — checked by whisper.cpp between steps of
+    /// the encoder and the decoder. The pool uses it to stop an interim
+    /// transcript when a caller's final one is waiting.
+    pub fn recognize_unless(
+        &mut self,
+        samples: &[f32],
+        language: Option<&str>,
+        give_up: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     ) -> Result<Recognition, AsrError> {
         let language: Option<String> = match (self.multilingual, language) {
             (false, _) => Some("en".into()),
@@ -254,6 +279,19 @@ impl Recognizer {
             AudioCtx::Tight => ((secs * 50.0).ceil() as i32 + 16).clamp(64, 1500),
         };
         params.set_audio_ctx(ctx);
+        // (Not whisper-rs's `set_abort_callback_safe`: in 0.16 its trampoline
+        // reads the closure through the wrong pointer type, and leaks it.)
+        if let Some(waiting) = give_up.as_ref() {
+            // SAFETY: the callback only reads the counter `waiting` points
+            // to, and `give_up` keeps it alive until this function returns,
+            // after `full` — the only time whisper.cpp calls the callback.
+            unsafe {
+                params.set_abort_callback(Some(give_up_when_counted));
+                params.set_abort_callback_user_data(
+                    std::sync::Arc::as_ptr(waiting) as *mut std::ffi::c_void
+                );
+            }
+        }
         // At least a second of audio: Whisper decodes very short input poorly.
         let mut padded = samples.to_vec();
         if padded.len() < 17600 {

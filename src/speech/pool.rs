@@ -171,6 +171,10 @@ impl Waiting {
 struct Queue {
     waiting: Mutex<Waiting>,
     ready: Condvar,
+    /// Finals (and early finals) waiting: a partial being decoded gives way.
+    finals_waiting: Arc<AtomicUsize>,
+    /// Partials given up for a waiting final.
+    preempted: AtomicUsize,
 }
 
 impl Queue {
@@ -237,6 +241,8 @@ impl AsrPool {
         let queue = Arc::new(Queue {
             waiting: Mutex::default(),
             ready: Condvar::new(),
+            finals_waiting: Arc::default(),
+            preempted: AtomicUsize::new(0),
         });
         let alive = Arc::new(());
         let queued = Arc::new(AtomicUsize::new(0));
@@ -283,6 +289,11 @@ impl AsrPool {
             busy,
             config,
         })
+    }
+
+    /// Interim transcripts given up so far because a final one was waiting.
+    pub fn preempted(&self) -> usize {
+        self.queue.preempted.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting for a worker.
@@ -334,6 +345,9 @@ impl AsrPool {
         let mut w = self.queue.lock();
         let pushed = w.push(job, self.config.queue.max(1));
         self.queued.store(w.len(), Ordering::Relaxed);
+        self.queue
+            .finals_waiting
+            .store(w.finals.len(), Ordering::Relaxed);
         drop(w);
         pushed?;
         self.queue.ready.notify_one();
@@ -360,6 +374,7 @@ fn worker(
             loop {
                 if let Some(job) = w.next() {
                     queued.store(w.len(), Ordering::Relaxed);
+                    rx.finals_waiting.store(w.finals.len(), Ordering::Relaxed);
                     break job;
                 }
                 // Every pool handle gone: the workers end with the pool.
@@ -399,7 +414,19 @@ fn worker(
             Some(m) if !english => m,
             _ => &mut recognizer,
         };
-        let reply = match rec.recognize_in(&job.utterance.samples, job.language.as_deref()) {
+        // A partial is only a preview: it gives way the moment a caller's
+        // final transcript waits (a final never waits behind one).
+        let give_up = (job.kind == JobKind::Partial).then(|| rx.finals_waiting.clone());
+        let result = rec.recognize_unless(&job.utterance.samples, job.language.as_deref(), give_up);
+        if job.kind == JobKind::Partial
+            && result.is_err()
+            && rx.finals_waiting.load(Ordering::Relaxed) > 0
+        {
+            busy.fetch_sub(1, Ordering::Relaxed);
+            rx.preempted.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let reply = match result {
             Ok(r) => AsrReply::Done {
                 kind: job.kind,
                 result: match job.kind {
