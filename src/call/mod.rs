@@ -6,6 +6,7 @@ pub mod agents;
 pub mod conversation;
 pub mod core;
 pub mod greeting;
+pub mod handover_audio;
 pub mod intents;
 pub mod policy;
 pub mod semantic;

@@ -6,9 +6,10 @@
 use super::agent::{AgentLeg, LegReport, ReportTo};
 use super::events::EventLog;
 use super::Shared;
-use crate::call::transfer::{plan, LegId, Transfer, TransferAction, TransferEvent};
+use crate::call::handover_audio::{AgentFrame, AudioEvent, HandoverAudio};
+use crate::call::transfer::{plan, Transfer, TransferAction, TransferEvent};
 use crate::media::jitter::FRAME_8K;
-use crate::media::prompt::{Prompt, PromptPlayer};
+use crate::media::prompt::Prompt;
 use crate::media::session::Inbound;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -33,16 +34,11 @@ pub(super) struct Handover {
     caller: Option<String>,
     summary: Value,
     reports: ReportTo,
-    /// The whisper once synthesised (`Some(None)`: synthesis failed).
-    whisper: Option<Option<Prompt>>,
-    /// The leg waiting for (or hearing) the whisper.
-    whisper_for: Option<LegId>,
-    whisper_player: Option<PromptPlayer>,
-    whisper_started: bool,
-    hold: Option<Prompt>,
-    hold_player: Option<PromptPlayer>,
+    /// What each party hears (sans-IO).
+    audio: HandoverAudio,
+    /// Reused every tick: the agent legs' frames.
+    frames: Vec<AgentFrame>,
     decided: Instant,
-    answered: Option<Instant>,
 }
 
 impl Handover {
@@ -66,14 +62,9 @@ impl Handover {
             caller,
             summary,
             reports,
-            whisper: None,
-            whisper_for: None,
-            whisper_player: None,
-            whisper_started: false,
-            hold,
-            hold_player: None,
+            audio: HandoverAudio::new(hold),
+            frames: Vec::new(),
             decided: Instant::now(),
-            answered: None,
         };
         log.event("transfer.started", json!({"reason": reason}));
         let outcome = h.apply(shared, now, actions, log).await;
@@ -82,7 +73,7 @@ impl Handover {
 
     /// The whisper is synthesised (or failed: `None`).
     pub fn whisper_ready(&mut self, prompt: Option<Prompt>) {
-        self.whisper = Some(prompt);
+        self.audio.whisper_ready(prompt);
     }
 
     /// Feed one orchestration event.
@@ -148,7 +139,6 @@ impl Handover {
                         json!({"leg": leg, "codec": m.params().codec.name(), "remote_rtp": m.params().remote.to_string()}),
                     );
                 }
-                self.answered = Some(Instant::now());
                 self.handle(shared, now, TransferEvent::Answered(leg), log)
                     .await
             }
@@ -202,14 +192,9 @@ impl Handover {
                         l.hang_up();
                     }
                 }
-                TransferAction::Whisper(leg) => {
-                    self.whisper_for = Some(leg);
-                    self.whisper_player = None;
-                    self.whisper_started = false;
-                }
+                TransferAction::Whisper(leg) => self.audio.whisper_to(leg, now),
                 TransferAction::Bridge(leg) => {
-                    self.whisper_for = None;
-                    self.whisper_player = None;
+                    self.audio.bridge();
                     info!(leg, "caller and agent bridged");
                 }
                 TransferAction::GiveUp { tried } => {
@@ -231,9 +216,9 @@ impl Handover {
     }
 
     /// One 20 ms tick: drain agent audio, send each agent its frame (the
-    /// whisper, silence, or the caller once bridged), and return what the
-    /// caller hears — the agent once bridged; otherwise the bot's words
-    /// (`bot`) or hold music — plus the agent events the audio produced.
+    /// whisper, silence, or the caller once bridged — decided by
+    /// [`HandoverAudio`]), and return what the caller hears, plus the
+    /// orchestration events the audio produced.
     pub fn media_tick(
         &mut self,
         now: Duration,
@@ -242,20 +227,8 @@ impl Handover {
         log: &mut EventLog<'_>,
     ) -> ([i16; FRAME_8K], Vec<TransferEvent>) {
         let mut events = Vec::new();
-        let bridged = self.machine.bridged();
-        let mut to_caller = [0i16; FRAME_8K];
         let mut buf = [0u8; 2048];
-        // The whisper starts as soon as it is both wanted and synthesised.
-        if let (Some(leg), None, Some(w)) = (self.whisper_for, &self.whisper_player, &self.whisper)
-        {
-            match w {
-                Some(p) => self.whisper_player = Some(PromptPlayer::new(p.clone())),
-                None => {
-                    events.push(TransferEvent::WhisperFinished(leg));
-                    self.whisper_for = None;
-                }
-            }
-        }
+        self.frames.clear();
         for leg in self.legs.iter_mut().filter(|l| !l.ended) {
             let Some(media) = leg.media.as_mut() else {
                 continue;
@@ -269,52 +242,42 @@ impl Handover {
             if let Some(d) = digit {
                 events.push(TransferEvent::AgentDigit(leg.id, d));
             }
-            let mut out = [0i16; FRAME_8K];
-            if bridged == Some(leg.id) {
-                to_caller.copy_from_slice(&heard[..FRAME_8K.min(heard.len())]);
-                out[..caller.len().min(FRAME_8K)]
-                    .copy_from_slice(&caller[..caller.len().min(FRAME_8K)]);
-            } else if self.whisper_for == Some(leg.id) {
-                match self.whisper_player.as_mut().map(|p| p.next_frame()) {
-                    Some(Some(f)) => {
-                        out = f;
-                        if !self.whisper_started {
-                            self.whisper_started = true;
-                            let ms = self
-                                .answered
-                                .map(|a| a.elapsed().as_secs_f64() * 1000.0)
-                                .unwrap_or(0.0);
-                            log.event(
-                                "transfer.whisper_started",
-                                json!({"leg": leg.id, "ms_after_answer": ms}),
-                            );
-                        }
+            self.frames.push(AgentFrame::new(leg.id, &heard));
+        }
+        let mut happened = Vec::new();
+        let to_caller = self.audio.tick(
+            now,
+            self.machine.bridged(),
+            caller,
+            bot,
+            &mut self.frames,
+            &mut happened,
+        );
+        for frame in &self.frames {
+            if let Some(media) = self
+                .legs
+                .iter_mut()
+                .find(|l| l.id == frame.leg)
+                .and_then(|l| l.media.as_mut().map(|m| (m, &l.socket)))
+            {
+                let (media, socket) = media;
+                let pkt = media.encode_frame(&frame.out);
+                let _ = socket.send_to(&pkt, media.destination());
+            }
+        }
+        for e in happened {
+            match e {
+                AudioEvent::WhisperStarted { leg, after_answer } => log.event(
+                    "transfer.whisper_started",
+                    json!({"leg": leg, "ms_after_answer": after_answer.as_secs_f64() * 1000.0}),
+                ),
+                AudioEvent::WhisperFinished { leg, played } => {
+                    if played {
+                        log.event("transfer.whisper_finished", json!({"leg": leg}));
                     }
-                    Some(None) => {
-                        log.event("transfer.whisper_finished", json!({"leg": leg.id}));
-                        events.push(TransferEvent::WhisperFinished(leg.id));
-                        self.whisper_for = None;
-                        self.whisper_player = None;
-                    }
-                    None => {} // still synthesising: silence
+                    events.push(TransferEvent::WhisperFinished(leg));
                 }
             }
-            let pkt = media.encode_frame(&out);
-            let _ = leg.socket.send_to(&pkt, media.destination());
-        }
-        if bridged.is_none() {
-            to_caller = match bot {
-                Some(f) => f,
-                None => {
-                    if self.hold_player.as_ref().is_none_or(|p| p.finished()) {
-                        self.hold_player = self.hold.clone().map(PromptPlayer::new);
-                    }
-                    self.hold_player
-                        .as_mut()
-                        .and_then(|p| p.next_frame())
-                        .unwrap_or([0; FRAME_8K])
-                }
-            };
         }
         (to_caller, events)
     }
