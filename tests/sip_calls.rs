@@ -1913,6 +1913,27 @@ fn five_established_calls_keep_their_media_through_an_invite_flood() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    // The flood's half-open calls are counted apart: none of them is a
+    // finished call in the outcome shares, and the board still lists the
+    // five real calls first.
+    assert!(
+        !m.contains("voicegate_calls_total{"),
+        "flooded INVITEs counted as finished calls:\n{m}"
+    );
+    assert!(
+        metric(&gw, "voicegate_calls_never_connected_total{reason=\"no_ack\"}")
+            .is_some_and(|n| n >= 50.0),
+        "{m}"
+    );
+    let (_, list) = gw.get("/api/calls", Some(Gateway::TOKEN));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("calls JSON");
+    let live = list["calls"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .take_while(|c| c["state"] != "ended")
+        .count();
+    assert_eq!(live, 5, "{list}");
     for (mut ua, _) in calls {
         assert_eq!(status_of(&ua.request("BYE", "")), "200");
     }

@@ -19,6 +19,9 @@ use tokio::sync::broadcast;
 
 /// How many finished calls `/api/calls` keeps.
 const RECENT: usize = 200;
+/// Of those, how many may be calls that never connected (cancelled while
+/// ringing, never ACKed).
+const RECENT_NEVER_CONNECTED: usize = 20;
 
 /// One call as the board shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +61,10 @@ pub struct CallView {
     pub duration_s: Option<f64>,
     #[serde(skip)]
     recognised_intent: bool,
+    /// The call ended before it was confirmed (a caller who cancelled while
+    /// it rang, an INVITE never ACKed — a scanner's flood).
+    #[serde(skip)]
+    never_connected: bool,
 }
 
 /// A screen-pop update for one extension.
@@ -123,6 +130,7 @@ struct Metrics {
     registry: Registry,
     active: Gauge,
     calls: Family<Vec<(String, String)>, Counter>,
+    never_connected: Family<Vec<(String, String)>, Counter>,
     handovers: Family<Vec<(String, String)>, Counter>,
     wait: Histogram,
     asr_latency: Histogram,
@@ -154,6 +162,12 @@ impl Metrics {
             "calls",
             "Finished calls by outcome (transferred, bot_resolved, caller_hung_up)",
             calls.clone(),
+        );
+        let never_connected = Family::default();
+        registry.register(
+            "calls_never_connected",
+            "Calls that ended before the caller confirmed them, by reason (caller_cancel, no_ack, …): not in voicegate_calls",
+            never_connected.clone(),
         );
         let handovers = Family::default();
         registry.register(
@@ -274,6 +288,7 @@ impl Metrics {
             rejections,
             active,
             calls,
+            never_connected,
             handovers,
             wait,
             asr_latency,
@@ -360,6 +375,7 @@ impl CallBoard {
             ended_reason: None,
             duration_s: None,
             recognised_intent: false,
+            never_connected: false,
         };
         let mut calls = self.lock();
         if calls.live.insert(id.to_string(), view).is_none() {
@@ -436,6 +452,7 @@ impl CallBoard {
             }
             "call.ended" => {
                 call.state = "ended";
+                call.never_connected = fields["answered"] == Value::Bool(false);
                 call.ended_reason = fields["reason"].as_str().map(str::to_string);
                 call.duration_s = fields["duration_s"].as_f64();
                 let jitter = &fields["media"]["jitter"];
@@ -476,15 +493,37 @@ impl CallBoard {
             return;
         };
         self.metrics.active.dec();
-        let outcome = crate::call::outcome(call.handover_reason.is_some(), call.recognised_intent);
-        call.outcome = Some(outcome);
         call.state = "ended";
-        self.metrics
-            .calls
-            .get_or_create(&vec![("outcome".into(), outcome.into())])
-            .inc();
+        if call.never_connected {
+            // Not a call anyone had: counted apart, so a flood of INVITEs
+            // neither dilutes the outcome shares nor pushes the calls people
+            // had off the recent list (at most RECENT_NEVER_CONNECTED kept).
+            let reason = call.ended_reason.clone().unwrap_or_default();
+            self.metrics
+                .never_connected
+                .get_or_create(&vec![("reason".into(), reason)])
+                .inc();
+            let kept = calls.recent.iter().filter(|c| c.never_connected).count();
+            if kept >= RECENT_NEVER_CONNECTED {
+                if let Some(oldest) = calls.recent.iter().rposition(|c| c.never_connected) {
+                    calls.recent.remove(oldest);
+                }
+            }
+        } else {
+            let outcome =
+                crate::call::outcome(call.handover_reason.is_some(), call.recognised_intent);
+            call.outcome = Some(outcome);
+            self.metrics
+                .calls
+                .get_or_create(&vec![("outcome".into(), outcome.into())])
+                .inc();
+        }
         calls.recent.push_front(call);
         calls.recent.truncate(RECENT);
+        if calls.live.is_empty() && calls.live.capacity() > 1024 {
+            // After a burst, give the table's memory back.
+            calls.live.shrink_to_fit();
+        }
     }
 
     /// Live calls first, then recent ones, newest first.
@@ -599,6 +638,64 @@ fn call_json(c: &CallView, with_details: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_never_connected_calls_keeps_the_real_calls_on_the_board_and_out_of_the_outcomes()
+    {
+        let board = CallBoard::new();
+        for i in 0..5 {
+            let id = format!("real{i}");
+            board.open(&id, "sip", "555", "100", "local", i);
+            board.event(&id, 0.0, "call.answered", &json!({}));
+            board.event(&id, 9.0, "call.ended", &json!({"reason": "caller_bye"}));
+            board.close(&id);
+        }
+        // A caller who cancels while it rings, then a scanner's flood.
+        board.open("cancel", "sip", "556", "100", "local", 10);
+        board.event(
+            "cancel",
+            1.0,
+            "call.ended",
+            &json!({"reason": "caller_cancel", "answered": false}),
+        );
+        board.close("cancel");
+        for i in 0..300 {
+            let id = format!("scan{i}");
+            board.open(&id, "sip", "scanner", "100", "local", 100 + i);
+            board.event(
+                &id,
+                32.0,
+                "call.ended",
+                &json!({"reason": "no_ack", "answered": false}),
+            );
+            board.close(&id);
+        }
+        let list = board.list();
+        let ids: Vec<&str> = list.iter().filter_map(|c| c["id"].as_str()).collect();
+        for i in 0..5 {
+            assert!(
+                ids.contains(&format!("real{i}").as_str()),
+                "real{i} kept: {ids:?}"
+            );
+        }
+        assert_eq!(list.len(), 5 + RECENT_NEVER_CONNECTED, "{ids:?}");
+        assert_eq!(ids[0], "scan299", "newest first");
+        assert!(list.iter().all(|c| c["state"] == "ended"));
+        let m = board.metrics_text(&Gauges::default());
+        assert!(
+            m.contains("voicegate_calls_total{outcome=\"caller_hung_up\"} 5\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("voicegate_calls_never_connected_total{reason=\"no_ack\"} 300\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("voicegate_calls_never_connected_total{reason=\"caller_cancel\"} 1\n"),
+            "{m}"
+        );
+        assert!(m.contains("voicegate_active_calls 0"), "{m}");
+    }
 
     #[test]
     fn a_call_goes_from_live_to_recent_with_its_outcome_and_metrics() {
