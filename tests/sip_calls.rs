@@ -1786,6 +1786,100 @@ fn rtp_received(sock: &std::net::UdpSocket, window: Duration) -> (usize, Duratio
     (n, gap)
 }
 
+/// CPU time (clock ticks, user + system) used so far by each thread name
+/// of process `pid`, with how many threads bear it.
+fn cpu_by_thread(pid: u32) -> std::collections::HashMap<String, (usize, u64)> {
+    let mut by_name = std::collections::HashMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc task list");
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // `tid (comm) state ppid …`: comm may hold spaces; fields 14 and 15
+        // (utime, stime) count from the state after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        let e = by_name.entry(name).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += ticks;
+    }
+    by_name
+}
+
+#[test]
+fn answered_calls_run_on_the_media_threads_not_beside_sip() {
+    // Speech off: what runs is the calls' media clock, RTP and decisions.
+    let gw = Gateway::start(|g, _| no_speech(g));
+    let pid = gw.pid().expect("running");
+    let wav = root().join("tests/calls/angry_words.wav"); // 19.6 s
+    let callers = std::process::Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .arg("call")
+        .arg(format!("sip:bot@127.0.0.1:{}", gw.sip_port))
+        .arg("--play")
+        .arg(&wav)
+        .args(["--calls", "40", "--rate", "40", "--no-listen"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("voicegate call");
+    let _callers = scopeguard(callers);
+    // Wait for the calls to be up (all 40, or at least 20 if a loaded box
+    // made admission refuse some) and no more to come.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut up = 0.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now_up = metric(&gw, "voicegate_active_calls").unwrap_or(0.0);
+        if now_up >= 40.0 || (now_up >= 20.0 && now_up == up) {
+            up = now_up;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now_up} calls up\n{}",
+            gw.log()
+        );
+        up = now_up;
+    }
+    // The calls are up and no SIP is being exchanged: for 4 s, whatever
+    // runs the calls burns CPU, and SIP's runtime has nothing to do.
+    let before = cpu_by_thread(pid);
+    std::thread::sleep(Duration::from_secs(4));
+    let after = cpu_by_thread(pid);
+    assert_eq!(
+        metric(&gw, "voicegate_active_calls"),
+        Some(up),
+        "the calls stayed up through the window"
+    );
+    let used = |name: &str| -> (usize, u64) {
+        let (threads, ticks) = after.get(name).copied().unwrap_or((0, 0));
+        let was = before.get(name).map_or(0, |b| b.1);
+        (threads, ticks.saturating_sub(was))
+    };
+    let (media_threads, media) = used("voicegate-media");
+    // The main runtime's workers: tokio's default thread name.
+    let (_, sip) = used("tokio-rt-worker");
+    eprintln!("CPU ticks in 4 s with {up} calls: media runtime {media} on {media_threads} threads, SIP runtime {sip}; all threads: {after:?}");
+    assert!(media_threads >= 2, "the media runtime's workers: {after:?}");
+    assert!(
+        media >= 4,
+        "{up} calls for 4 s used only {media} ticks on the media threads: {after:?}"
+    );
+    assert!(
+        sip * 2 < media,
+        "the calls' work ran beside SIP: media {media} ticks, SIP runtime {sip}"
+    );
+}
+
 #[test]
 fn five_established_calls_keep_their_media_through_an_invite_flood() {
     // Speech off: what is measured is the media path against SIP work.
@@ -1921,8 +2015,11 @@ fn five_established_calls_keep_their_media_through_an_invite_flood() {
         "flooded INVITEs counted as finished calls:\n{m}"
     );
     assert!(
-        metric(&gw, "voicegate_calls_never_connected_total{reason=\"no_ack\"}")
-            .is_some_and(|n| n >= 50.0),
+        metric(
+            &gw,
+            "voicegate_calls_never_connected_total{reason=\"no_ack\"}"
+        )
+        .is_some_and(|n| n >= 50.0),
         "{m}"
     );
     let (_, list) = gw.get("/api/calls", Some(Gateway::TOKEN));

@@ -185,6 +185,12 @@ impl Gateway {
     }
 
     /// The gateway's log so far.
+    /// The gateway's process id, while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The gateway's resident memory (KiB), from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
