@@ -165,6 +165,8 @@ struct WavOut {
     /// Audio bytes handed out so far (the next chunk's place after the header).
     handed: u64,
     progress: Arc<Progress>,
+    /// The writer thread's queue (`None`: it could not start).
+    writer: Option<SyncSender<Chunk>>,
 }
 
 impl WavOut {
@@ -187,12 +189,17 @@ impl WavOut {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .queued += 1;
-        match writer().map(|w| w.try_send(chunk)) {
-            Some(Ok(())) => {}
-            Some(Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk))) => {
-                chunk.write()
-            }
-            None => {}
+        // With the writer's queue full (a disk slower than the calls), or no
+        // writer thread at all, the call writes its own chunk: late, never lost.
+        let refused = match &self.writer {
+            Some(w) => match w.try_send(chunk) {
+                Ok(()) => None,
+                Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => Some(c),
+            },
+            None => Some(chunk),
+        };
+        if let Some(chunk) = refused {
+            chunk.write();
         }
     }
 
@@ -272,6 +279,7 @@ impl CallRecorder {
                 pending: Vec::with_capacity(MAX_PENDING),
                 handed: 0,
                 progress: Arc::default(),
+                writer: writer().cloned(),
             }),
             events,
             frames: 0,
@@ -446,6 +454,43 @@ mod tests {
         }
         assert_eq!(frames, 50 * 160, "flushed audio on disk, header included");
         assert!(rec.dir().join(IN_PROGRESS_MARKER).exists());
+    }
+
+    #[test]
+    fn with_the_writer_queue_full_or_no_writer_the_call_writes_its_own_audio() {
+        for writer in ["full", "none"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut rec = CallRecorder::create(tmp.path(), "d", writer, 8000).unwrap();
+            // A writer that never reads: its one-chunk queue is full after
+            // the first hand-off, which (never written) stays queued.
+            let (tx, stalled) = sync_channel::<Chunk>(1);
+            let mut held = Vec::new();
+            if let Some(w) = rec.wav.as_mut() {
+                w.writer = (writer == "full").then_some(tx);
+            }
+            for f in 0..500i32 {
+                let left: Vec<i16> = (0..160).map(|i| ((f * 160 + i) % 30000) as i16).collect();
+                rec.write(&left, &left);
+            }
+            rec.flush().unwrap_or(());
+            if writer == "full" {
+                // Exactly the first chunk went to the queue; write it now,
+                // as the writer thread would have, after all the others.
+                held.extend(stalled.try_iter());
+                assert_eq!(held.len(), 1, "one chunk queued, the rest written inline");
+                for chunk in held {
+                    chunk.write();
+                }
+            }
+            let dir = rec.finalize().unwrap();
+            let r = hound::WavReader::open(dir.join(WAV_NAME)).unwrap();
+            assert_eq!(r.duration(), 500 * 160, "{writer}: every frame on disk");
+            let s: Vec<i16> = r.into_samples().map(|s| s.unwrap()).collect();
+            for (n, pair) in s.chunks(2).enumerate() {
+                let want = (n as i32 % 30000) as i16;
+                assert_eq!((pair[0], pair[1]), (want, want), "{writer}: sample {n}");
+            }
+        }
     }
 
     #[test]
