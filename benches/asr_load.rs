@@ -117,8 +117,8 @@ fn main() {
         Some(w) => println!("a partial every second of at most the latest {w} ms"),
     }
     println!("{workers} worker(s) x {threads} thread(s); model + worker states: {:.1} MiB resident (process before: {:.1} MiB)", (after_model - base) as f64 / 1024.0, base as f64 / 1024.0);
-    println!("| concurrent talking callers | utterances | p50 latency | p95 latency | p95 (≤ 5 s utterances) | p95 queue wait | p95 Whisper |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| concurrent talking callers | utterances | p50 latency | p95 latency | p95 (≤ 5 s utterances) | p95 queue wait | p95 Whisper | p50 mel / encoder / decoder |");
+    println!("|---|---|---|---|---|---|---|---|");
     for &n in &callers {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = Instant::now() + Duration::from_secs(seconds);
@@ -167,10 +167,16 @@ fn main() {
                         pool::JobKind::Early
                     };
                     if p.submit(kind, u, reply.clone()).is_err() {
-                        let _ = tx.send((f64::INFINITY, long, f64::INFINITY, f64::INFINITY));
+                        let _ = tx.send((
+                            f64::INFINITY,
+                            long,
+                            f64::INFINITY,
+                            f64::INFINITY,
+                            [f64::INFINITY; 3],
+                        ));
                         continue;
                     }
-                    let (lat, queue, whisper) = loop {
+                    let (lat, queue, whisper, stages) = loop {
                         match reply_rx.try_recv() {
                             // A partial's answer (or its refusal): not what we wait for.
                             Ok(pool::AsrReply::Done {
@@ -182,7 +188,10 @@ fn main() {
                                 ..
                             }) => {}
                             Ok(pool::AsrReply::Done {
-                                latency, decode, ..
+                                latency,
+                                decode,
+                                stages,
+                                ..
                             }) => {
                                 break (
                                     Instant::now()
@@ -190,16 +199,35 @@ fn main() {
                                         .as_secs_f64(),
                                     latency.saturating_sub(decode).as_secs_f64(),
                                     decode.as_secs_f64(),
+                                    [
+                                        stages.mel.as_secs_f64(),
+                                        stages.encoder.as_secs_f64(),
+                                        stages.decoder.as_secs_f64(),
+                                    ],
                                 )
                             }
-                            Ok(_) => break (f64::INFINITY, f64::INFINITY, f64::INFINITY),
+                            Ok(_) => {
+                                break (
+                                    f64::INFINITY,
+                                    f64::INFINITY,
+                                    f64::INFINITY,
+                                    [f64::INFINITY; 3],
+                                )
+                            }
                             Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
                                 std::thread::sleep(Duration::from_millis(2))
                             }
-                            Err(_) => break (f64::INFINITY, f64::INFINITY, f64::INFINITY),
+                            Err(_) => {
+                                break (
+                                    f64::INFINITY,
+                                    f64::INFINITY,
+                                    f64::INFINITY,
+                                    [f64::INFINITY; 3],
+                                )
+                            }
                         }
                     };
-                    let _ = tx.send((lat, long, queue, whisper));
+                    let _ = tx.send((lat, long, queue, whisper, stages));
                     // The bot answers for about as long as the caller spoke.
                     std::thread::sleep(Duration::from_millis(1500));
                 }
@@ -212,10 +240,14 @@ fn main() {
         let mut all = Vec::new();
         let mut short = Vec::new();
         let (mut queues, mut whispers) = (Vec::new(), Vec::new());
-        while let Ok((lat, long, queue, whisper)) = rx.try_recv() {
+        let mut stages = [Vec::new(), Vec::new(), Vec::new()];
+        while let Ok((lat, long, queue, whisper, stage)) = rx.try_recv() {
             all.push(lat);
             queues.push(queue);
             whispers.push(whisper);
+            for (all, s) in stages.iter_mut().zip(stage) {
+                all.push(s);
+            }
             if !long {
                 short.push(lat);
             }
@@ -226,8 +258,9 @@ fn main() {
         let p95s = percentile(&mut short, 0.95);
         let q95 = percentile(&mut queues, 0.95);
         let w95 = percentile(&mut whispers, 0.95);
+        let [m50, e50, d50] = stages.map(|mut v| percentile(&mut v, 0.5) * 1000.0);
         println!(
-            "| {n} | {count} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {n} | {count} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {m50:.0} / {e50:.0} / {d50:.0} ms |",
             p50 * 1000.0,
             p95 * 1000.0,
             p95s * 1000.0,

@@ -391,8 +391,25 @@ fn a_saturated_pool_reports_overload_instead_of_blocking() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while done + overloaded < 6 - refused && std::time::Instant::now() < deadline {
         match rx.try_recv() {
-            Ok(pool::AsrReply::Done { result, .. }) => {
+            Ok(pool::AsrReply::Done {
+                result,
+                decode,
+                stages,
+                ..
+            }) => {
                 assert!(result.text.to_lowercase().contains("bill"));
+                // Whisper's stages, timed by its own callbacks: each ran,
+                // and together they fit in the job's decode time.
+                assert!(
+                    stages.mel > Duration::ZERO
+                        && stages.encoder > Duration::ZERO
+                        && stages.decoder > Duration::ZERO,
+                    "{stages:?}"
+                );
+                assert!(
+                    stages.mel + stages.encoder + stages.decoder <= decode,
+                    "{stages:?} in {decode:?}"
+                );
                 done += 1;
             }
             Ok(pool::AsrReply::Overloaded { reason, .. }) => {

@@ -136,6 +136,7 @@ struct Metrics {
     asr_latency: Histogram,
     asr_queue_wait: Histogram,
     asr_decode: Histogram,
+    asr_stage: HistogramFamily,
     asr_queue: Gauge,
     setting_up: Gauge,
     sip_transactions: Gauge,
@@ -198,6 +199,14 @@ impl Metrics {
             "asr_decode_seconds",
             "Whisper's time on one final utterance (mel, encoder, decoder) plus its embedding",
             asr_decode.clone(),
+        );
+        let asr_stage: HistogramFamily = Family::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0])
+        });
+        registry.register(
+            "asr_stage_seconds",
+            "Whisper's time on one final utterance by stage: mel, encoder, decoder (queue: asr_queue_wait_seconds)",
+            asr_stage.clone(),
         );
         let asr_queue = Gauge::default();
         registry.register(
@@ -294,6 +303,7 @@ impl Metrics {
             asr_latency,
             asr_queue_wait,
             asr_decode,
+            asr_stage,
             asr_queue,
             setting_up,
             sip_transactions,
@@ -310,6 +320,9 @@ impl Metrics {
         }
     }
 }
+
+/// Histograms by label set, all with the same buckets.
+type HistogramFamily = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
 
 #[derive(Default)]
 struct Calls {
@@ -408,6 +421,14 @@ impl CallBoard {
                 }
                 if let Some(ms) = fields["decode_ms"].as_f64() {
                     self.metrics.asr_decode.observe(ms / 1000.0);
+                }
+                for stage in ["mel", "encoder", "decoder"] {
+                    if let Some(ms) = fields[format!("{stage}_ms").as_str()].as_f64() {
+                        self.metrics
+                            .asr_stage
+                            .get_or_create(&vec![("stage".into(), stage.into())])
+                            .observe(ms / 1000.0);
+                    }
                 }
                 if let Some(ms) = fields["latency_ms"].as_f64() {
                     self.metrics.asr_latency.observe(ms / 1000.0);
@@ -707,7 +728,8 @@ mod tests {
             "c1",
             3.0,
             "utterance",
-            &json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180, "queue_ms": 30, "decode_ms": 150}),
+            &json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180, "queue_ms": 30, "decode_ms": 150,
+                    "mel_ms": 6.5, "encoder_ms": 60.0, "decoder_ms": 80.0}),
         );
         board.event(
             "c1",
@@ -760,6 +782,14 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("voicegate_asr_decode_seconds_sum 0.15"), "{m}");
+        assert!(
+            m.contains("voicegate_asr_stage_seconds_sum{stage=\"encoder\"} 0.06"),
+            "{m}"
+        );
+        assert!(
+            m.contains("voicegate_asr_stage_seconds_count{stage=\"mel\"} 1"),
+            "{m}"
+        );
         assert!(m.contains("voicegate_calls_setting_up 2"), "{m}");
         assert!(m.contains("voicegate_sip_transactions 5"), "{m}");
         assert!(m.contains("voicegate_sip_dialogs 4"), "{m}");

@@ -24,6 +24,7 @@ use super::policy::Policy;
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::{Prompt, PromptPlayer};
 use crate::media::resample::Upsampler;
+use crate::speech::asr::Stages;
 use crate::speech::pipeline::result_for;
 use crate::speech::pool::{AsrReply, JobKind};
 use crate::speech::vad::{Segmenter, Utterance, VadConfig, VadEvent};
@@ -677,6 +678,7 @@ impl Call {
                 result,
                 latency,
                 decode,
+                stages,
             } => {
                 tracing::info!(text = %result.text, start_s = result.start_s, latency_ms = latency.as_millis() as u64, "utterance");
                 let mut fields = serde_json::to_value(&result).unwrap_or_else(|_| json!({}));
@@ -689,6 +691,14 @@ impl Call {
                         "queue_ms".into(),
                         json!(latency.saturating_sub(decode).as_millis() as u64),
                     );
+                    // Whisper's part, by stage (a replay, which has no
+                    // pool, writes none).
+                    if stages != Stages::default() {
+                        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+                        obj.insert("mel_ms".into(), json!(ms(stages.mel)));
+                        obj.insert("encoder_ms".into(), json!(ms(stages.encoder)));
+                        obj.insert("decoder_ms".into(), json!(ms(stages.decoder)));
+                    }
                 }
                 self.event("utterance", fields);
                 Some(CoreEvent::Utterance(result))
@@ -778,6 +788,7 @@ impl Call {
                 mut result,
                 latency,
                 decode,
+                stages,
                 ..
             } => {
                 result.closed_at_s = u.closed_at.as_secs_f64();
@@ -786,6 +797,7 @@ impl Call {
                     result,
                     latency: latency.saturating_sub(u.closed_at.saturating_sub(asked_at)),
                     decode,
+                    stages,
                 }
             }
             AsrReply::Overloaded {
@@ -1172,6 +1184,11 @@ mod tests {
                                 result,
                                 latency: ms(900),
                                 decode: ms(300),
+                                stages: Stages {
+                                    mel: ms(10),
+                                    encoder: ms(120),
+                                    decoder: ms(160),
+                                },
                             });
                         }
                         Output::Event {
@@ -1180,6 +1197,16 @@ mod tests {
                         } => {
                             texts.push(fields["text"].clone());
                             closed.push(fields["closed_at_s"].as_f64().unwrap_or(0.0));
+                            // Whisper's stages reach the event as they came.
+                            assert_eq!(
+                                (
+                                    &fields["mel_ms"],
+                                    &fields["encoder_ms"],
+                                    &fields["decoder_ms"]
+                                ),
+                                (&json!(10.0), &json!(120.0), &json!(160.0)),
+                                "{fields}"
+                            );
                         }
                         _ => {}
                     }
@@ -1254,6 +1281,7 @@ mod tests {
                             result: result_for(&utterance, "words".into(), "en".into()),
                             latency: ms(100),
                             decode: ms(100),
+                            stages: Stages::default(),
                         }),
                         Output::Event {
                             kind: "utterance",
@@ -1377,6 +1405,7 @@ mod tests {
                                 result,
                                 latency: Duration::ZERO,
                                 decode: Duration::ZERO,
+                                stages: Stages::default(),
                             }),
                         );
                     }

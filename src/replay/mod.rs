@@ -239,6 +239,7 @@ impl ReplayIo<'_> {
                             result,
                             latency: Duration::ZERO,
                             decode: Duration::ZERO,
+                            stages: Default::default(),
                         }),
                     );
                 }

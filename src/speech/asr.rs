@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
@@ -125,6 +126,9 @@ pub struct Recognition {
     pub segments: Vec<Segment>,
     /// Detected or configured language.
     pub language: String,
+    /// Where Whisper's time went.
+    #[serde(skip)]
+    pub stages: Stages,
 }
 
 /// A timed piece of text.
@@ -159,16 +163,90 @@ pub fn clean_text(raw: &str) -> String {
 /// Whisper's initial prompt for Mandarin: a sentence in Simplified characters.
 const SIMPLIFIED_PROMPT: &str = "以下是普通话的句子，使用简体中文。";
 
-/// whisper.cpp's abort callback: give up while the counter at `user_data`
-/// is above zero.
-unsafe extern "C" fn give_up_when_counted(user_data: *mut std::ffi::c_void) -> bool {
+/// Where Whisper's time on one utterance went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stages {
+    /// Log-mel spectrogram (and set-up) until the encoder starts.
+    pub mel: Duration,
+    /// The encoder pass(es).
+    pub encoder: Duration,
+    /// The decoder (tokens), to the end.
+    pub decoder: Duration,
+}
+
+/// What whisper.cpp's callbacks see during one `full` call: when the
+/// encoder began and ended, and the counter that makes a partial give way.
+struct StageClock {
+    give_up: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    marks: std::sync::Mutex<StageMarks>,
+}
+
+#[derive(Default)]
+struct StageMarks {
+    first_encoder: Option<Instant>,
+    encoding_since: Option<Instant>,
+    encoder: Duration,
+    encoder_done: Option<Instant>,
+}
+
+impl StageClock {
+    fn marks(&self) -> std::sync::MutexGuard<'_, StageMarks> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stages of a `full` call that began at `started` and just ended.
+    fn stages(&self, started: Instant) -> Stages {
+        let m = self.marks();
+        let end = Instant::now();
+        let first = m.first_encoder.unwrap_or(end);
+        let encoder_done = m.encoder_done.unwrap_or(end);
+        Stages {
+            mel: first.saturating_duration_since(started),
+            encoder: m.encoder,
+            decoder: end.saturating_duration_since(encoder_done),
+        }
+    }
+}
+
+/// whisper.cpp's encoder-begin callback: the mel is done, the encoder starts.
+unsafe extern "C" fn encoder_begins(
+    _ctx: *mut whisper_rs::WhisperSysContext,
+    _state: *mut whisper_rs::WhisperSysState,
+    user_data: *mut std::ffi::c_void,
+) -> bool {
+    if !user_data.is_null() {
+        // SAFETY: `recognize_unless` passes a `StageClock` it keeps alive
+        // until `full` returns, the only time whisper.cpp calls this.
+        let clock = unsafe { &*(user_data as *const StageClock) };
+        let now = Instant::now();
+        let mut m = clock.marks();
+        m.first_encoder.get_or_insert(now);
+        m.encoding_since = Some(now);
+    }
+    true
+}
+
+/// whisper.cpp's abort callback, called at the end of each encoder pass and
+/// after each decoder step: the first call after an encoder began marks its
+/// end; give up (a partial) while the counter is above zero.
+unsafe extern "C" fn after_each_step(user_data: *mut std::ffi::c_void) -> bool {
     if user_data.is_null() {
         return false;
     }
-    // SAFETY: `recognize_unless` passes a pointer to an `AtomicUsize` it
-    // keeps alive for the whole decode.
-    let waiting = unsafe { &*(user_data as *const std::sync::atomic::AtomicUsize) };
-    waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+    // SAFETY: as in `encoder_begins`.
+    let clock = unsafe { &*(user_data as *const StageClock) };
+    {
+        let mut m = clock.marks();
+        if let Some(since) = m.encoding_since.take() {
+            let now = Instant::now();
+            m.encoder += now.saturating_duration_since(since);
+            m.encoder_done = Some(now);
+        }
+    }
+    clock
+        .give_up
+        .as_ref()
+        .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed) > 0)
 }
 
 /// A decoding state bound to a model; one per worker thread.
@@ -279,18 +357,23 @@ impl Recognizer {
             AudioCtx::Tight => ((secs * 50.0).ceil() as i32 + 16).clamp(64, 1500),
         };
         params.set_audio_ctx(ctx);
-        // (Not whisper-rs's `set_abort_callback_safe`: in 0.16 its trampoline
-        // reads the closure through the wrong pointer type, and leaks it.)
-        if let Some(waiting) = give_up.as_ref() {
-            // SAFETY: the callback only reads the counter `waiting` points
-            // to, and `give_up` keeps it alive until this function returns,
-            // after `full` — the only time whisper.cpp calls the callback.
-            unsafe {
-                params.set_abort_callback(Some(give_up_when_counted));
-                params.set_abort_callback_user_data(
-                    std::sync::Arc::as_ptr(waiting) as *mut std::ffi::c_void
-                );
-            }
+        // Stage times and the give-way counter, through whisper.cpp's own
+        // callbacks. (Not whisper-rs's `set_abort_callback_safe`: in 0.16 its
+        // trampoline reads the closure through the wrong pointer type, and
+        // leaks it.)
+        let clock = StageClock {
+            give_up,
+            marks: std::sync::Mutex::default(),
+        };
+        let clock_ptr = &clock as *const StageClock as *mut std::ffi::c_void;
+        // SAFETY: both callbacks only read `clock` (its counter, and marks
+        // behind a mutex); it lives on this stack frame until after `full`
+        // returns — the only time whisper.cpp calls them.
+        unsafe {
+            params.set_abort_callback(Some(after_each_step));
+            params.set_abort_callback_user_data(clock_ptr);
+            params.set_start_encoder_callback(Some(encoder_begins));
+            params.set_start_encoder_callback_user_data(clock_ptr);
         }
         // At least a second of audio: Whisper decodes very short input poorly.
         let mut padded = samples.to_vec();
@@ -298,9 +381,11 @@ impl Recognizer {
             padded.resize(17600, 0.0);
         }
         let audio = &padded[..];
+        let started = Instant::now();
         self.state
             .full(params, audio)
             .map_err(|e| AsrError::Decode(e.to_string()))?;
+        let stages = clock.stages(started);
         let mut text = String::new();
         let mut segments = Vec::new();
         for seg in self.state.as_iter() {
@@ -332,6 +417,7 @@ impl Recognizer {
             text,
             segments,
             language,
+            stages,
         })
     }
 }

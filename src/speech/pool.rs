@@ -94,6 +94,8 @@ pub enum AsrReply {
         latency: Duration,
         /// Time spent decoding.
         decode: Duration,
+        /// Whisper's part of it, by stage (mel, encoder, decoder).
+        stages: super::asr::Stages,
     },
     /// Not recognised because the pool is saturated.
     Overloaded {
@@ -428,6 +430,7 @@ fn worker(
         }
         let reply = match result {
             Ok(r) => AsrReply::Done {
+                stages: r.stages,
                 kind: job.kind,
                 result: match job.kind {
                     JobKind::Final | JobKind::Early => super::pipeline::embed_result(

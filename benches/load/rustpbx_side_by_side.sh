@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# voicegate and rustpbx under the same SIPp load, alternating, in one run.
+#
+# The same SIPp UAC scenario (benches/load/uac_60s.xml: G.711 A-law from a
+# pcap for ~60 s, then BYE) places CALLS concurrent calls at RATE per second
+#   - to voicegate, which answers, runs its bot and records both directions;
+#   - to rustpbx (crate `rustpbx`, built without default features), which
+#     cannot answer by itself: it RELAYS each call (B2BUA, media_proxy = "all",
+#     recording on) to a SIPp UAS that echoes the RTP back (`-rtp_echo`).
+# Each server's CPU (user + system, /proc) over a STEADY-second window with
+# every call up is divided by the calls: "% of a core per call", and resident
+# memory above idle per call. RUNS alternating runs each; medians printed.
+# Loopback only; bounded in calls and time. Needs sip-tester (make bootstrap)
+# and a rustpbx binary: RUSTPBX=path, or it is built once from crates.io into
+# target/rustpbx (a long build).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CALLS=${CALLS:-200}
+RATE=${RATE:-40}
+STEADY=${STEADY:-30}
+RUNS=${RUNS:-3}
+BIN=${BIN:-./target/release/voicegate}
+RUSTPBX=${RUSTPBX:-target/rustpbx/bin/rustpbx}
+if [ ! -x "$RUSTPBX" ]; then
+  cargo install rustpbx --locked --no-default-features --root target/rustpbx
+fi
+[ -x "$BIN" ] || cargo build --release --locked
+RP_SIP=15062
+UAS_SIP=15070
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# One rustpbx run: prints "CPU: … % of a core per call" and "memory: …".
+rustpbx_run() {
+  local dir="$work/rp.$1"
+  mkdir -p "$dir/sipp/pcap" "$dir/rec" "$dir/config"
+  cp /usr/share/sip-tester/*.pcap "$dir/sipp/pcap/"
+  cp benches/load/uac_60s.xml "$dir/sipp/"
+  cat >"$dir/config.toml" <<EOF
+http_addr = "127.0.0.1:18083"
+log_level = "warn"
+database_url = "sqlite://$dir/rustpbx.sqlite3"
+rtp_start_port = 40000
+rtp_end_port = 44999
+
+[proxy]
+modules = ["acl", "call"]
+addr = "127.0.0.1"
+udp_port = $RP_SIP
+media_proxy = "all"
+generated_dir = "$dir/config"
+routes_files = []
+trunks_files = []
+acl_rules = ["allow all"]
+
+[proxy.trunks.uas]
+dest = "sip:127.0.0.1:$UAS_SIP"
+
+[[proxy.routes]]
+name = "to-uas"
+priority = 1
+dest = "uas"
+
+[proxy.routes.match]
+"to.user" = ".*"
+
+[recording]
+enabled = true
+auto_start = true
+type = "local"
+path = "$dir/rec"
+EOF
+  (cd "$dir" && "$OLDPWD/$RUSTPBX" --conf "$dir/config.toml" >"$dir/rustpbx.log" 2>&1) &
+  local rp=$!
+  sleep 3
+  kill -0 $rp 2>/dev/null || { echo "rustpbx did not start:"; tail -20 "$dir/rustpbx.log"; return 1; }
+  # The callee: answers every INVITE and echoes its RTP.
+  (cd "$dir/sipp" && sipp -sn uas -i 127.0.0.1 -p $UAS_SIP -mi 127.0.0.1 -mp 46000 -rtp_echo \
+     -nostdin -bg >/dev/null 2>&1) || true
+  sleep 1
+  local cpu0 rss0 peak=0 c1 c2 t1 t2 r
+  rss0=$(awk '/VmRSS/{print $2}' /proc/$rp/status)
+  (cd "$dir/sipp" && sipp 127.0.0.1:$RP_SIP -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
+     -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((RP_SIP+100)) -nostdin -timeout 150s -timeout_error \
+     -trace_stat -fd 5 -s bot >"$dir/sipp.out" 2>&1) &
+  local uac=$!
+  sleep $(( CALLS / RATE + 3 ))
+  c1=$(awk '{print $14+$15}' /proc/$rp/stat); t1=$(date +%s.%N)
+  for _ in $(seq "$STEADY"); do
+    r=$(awk '/VmRSS/{print $2}' /proc/$rp/status); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 1
+  done
+  c2=$(awk '{print $14+$15}' /proc/$rp/stat); t2=$(date +%s.%N)
+  wait $uac && ok=ok || ok="sipp reported failed calls"
+  pkill -f "sipp -sn uas -i 127.0.0.1 -p $UAS_SIP" || true
+  kill -TERM $rp; wait $rp 2>/dev/null || true
+  local recorded
+  recorded=$(find "$dir/rec" -name '*.wav' 2>/dev/null | wc -l)
+  python3 - "$c1" "$c2" "$t1" "$t2" "$(getconf CLK_TCK)" "$CALLS" "$rss0" "$peak" <<'PY'
+import sys
+c1, c2, t1, t2, tick, calls, rss0, peak = map(float, sys.argv[1:])
+cpu = (c2 - c1) / tick
+print(f"CPU: {cpu:.2f} CPU-s over {t2-t1:.1f} s = {100*cpu/((t2-t1)*calls):.4f} % of a core per call")
+print(f"memory: {(peak-rss0)/calls:.1f} KiB resident per call (peak {peak/1024:.1f} MiB, idle {rss0/1024:.1f} MiB)")
+PY
+  echo "sipp: $ok; recordings: $recorded; $(grep -E 'Successful call|Failed call' "$dir/sipp/"*_.csv 2>/dev/null | head -2 | tr '\n' ' ')"
+}
+
+declare -a VG RP
+for i in $(seq "$RUNS"); do
+  echo "== run $i: voicegate (answers, bot, records)"
+  out=$(BIN=$BIN CALLS=$CALLS RATE=$RATE STEADY=$STEADY ./benches/load/sipp_load.sh 2>&1)
+  echo "$out" | grep -E "^(calls|CPU|memory|packet)"
+  VG+=("$(echo "$out" | sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p')")
+  echo "== run $i: rustpbx (relays to a SIPp UAS that echoes, media proxied, records)"
+  out=$(rustpbx_run "$i" 2>&1)
+  echo "$out"
+  RP+=("$(echo "$out" | sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p')")
+done
+python3 - "${VG[*]}" "${RP[*]}" <<'PY'
+import statistics, sys
+vg = [float(x) for x in sys.argv[1].split()]
+rp = [float(x) for x in sys.argv[2].split()]
+mv, mr = statistics.median(vg), statistics.median(rp)
+print(f"voicegate % of a core per call: {vg} median {mv:.4f}")
+print(f"rustpbx (relay to SIPp UAS) % of a core per call: {rp} median {mr:.4f}")
+print(f"ratio rustpbx / voicegate: {mr/mv:.2f}x")
+PY
