@@ -1697,27 +1697,11 @@ fn a_node_whose_recognisers_fall_behind_leaves_rotation_and_comes_back() {
     });
     assert_eq!(options_status(&gw).0, "200", "idle: in rotation");
     let wav = root().join("tests/calls/unrecognized.wav");
-    let callers = std::process::Command::new(env!("CARGO_BIN_EXE_voicegate"))
-        .current_dir(root())
-        .arg("call")
-        .arg(format!("sip:bot@127.0.0.1:{}", gw.sip_port))
-        .arg("--play")
-        .arg(&wav)
-        .args([
-            "--calls",
-            "12",
-            "--rate",
-            "12",
-            "--linger",
-            "0.5",
-            "--no-listen",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("voicegate call");
-    let mut callers = scopeguard(callers);
+    let mut callers = place_calls(
+        &gw,
+        &wav,
+        &["--calls", "12", "--rate", "12", "--linger", "0.5"],
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut refused = None;
     while std::time::Instant::now() < deadline && refused.is_none() {
@@ -1755,6 +1739,25 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `voicegate call` playing `wav` to the gateway's bot (not listening back),
+/// with `args` (`--calls`, `--rate`, …); stopped when dropped.
+fn place_calls(gw: &Gateway, wav: &std::path::Path, args: &[&str]) -> ChildGuard {
+    let callers = std::process::Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .current_dir(root())
+        .arg("call")
+        .arg(format!("sip:bot@127.0.0.1:{}", gw.sip_port))
+        .arg("--play")
+        .arg(wav)
+        .args(args)
+        .arg("--no-listen")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("voicegate call");
+    scopeguard(callers)
 }
 
 fn scopeguard(child: std::process::Child) -> ChildGuard {
@@ -1819,19 +1822,7 @@ fn answered_calls_run_on_the_media_threads_not_beside_sip() {
     let gw = Gateway::start(|g, _| no_speech(g));
     let pid = gw.pid().expect("running");
     let wav = root().join("tests/calls/angry_words.wav"); // 19.6 s
-    let callers = std::process::Command::new(env!("CARGO_BIN_EXE_voicegate"))
-        .current_dir(root())
-        .arg("call")
-        .arg(format!("sip:bot@127.0.0.1:{}", gw.sip_port))
-        .arg("--play")
-        .arg(&wav)
-        .args(["--calls", "40", "--rate", "40", "--no-listen"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("voicegate call");
-    let _callers = scopeguard(callers);
+    let _callers = place_calls(&gw, &wav, &["--calls", "40", "--rate", "40"]);
     // Wait for the calls to be up (all 40, or at least 20 if a loaded box
     // made admission refuse some) and no more to come.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

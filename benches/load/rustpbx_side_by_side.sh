@@ -12,7 +12,7 @@
 # memory above idle per call. RUNS alternating runs each; medians printed.
 # Loopback only; bounded in calls and time. Needs sip-tester (make bootstrap)
 # and a rustpbx binary: RUSTPBX=path, or it is built once from crates.io into
-# target/rustpbx (a long build).
+# target/rustpbx (a long build). ONLY=rustpbx runs its side alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CALLS=${CALLS:-200}
@@ -25,6 +25,7 @@ if [ ! -x "$RUSTPBX" ]; then
   cargo install rustpbx --locked --no-default-features --root target/rustpbx
 fi
 [ -x "$BIN" ] || cargo build --release --locked
+RUSTPBX=$(realpath "$RUSTPBX")
 RP_SIP=15062
 UAS_SIP=15070
 work=$(mktemp -d)
@@ -70,7 +71,7 @@ auto_start = true
 type = "local"
 path = "$dir/rec"
 EOF
-  (cd "$dir" && "$OLDPWD/$RUSTPBX" --conf "$dir/config.toml" >"$dir/rustpbx.log" 2>&1) &
+  (cd "$dir" && exec "$RUSTPBX" --conf "$dir/config.toml" >"$dir/rustpbx.log" 2>&1) &
   local rp=$!
   sleep 3
   kill -0 $rp 2>/dev/null || { echo "rustpbx did not start:"; tail -20 "$dir/rustpbx.log"; return 1; }
@@ -108,21 +109,24 @@ PY
 
 declare -a VG RP
 for i in $(seq "$RUNS"); do
-  echo "== run $i: voicegate (answers, bot, records)"
-  out=$(BIN=$BIN CALLS=$CALLS RATE=$RATE STEADY=$STEADY ./benches/load/sipp_load.sh 2>&1)
-  echo "$out" | grep -E "^(calls|CPU|memory|packet)"
-  VG+=("$(echo "$out" | sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p')")
+  if [ "${ONLY:-}" != rustpbx ]; then
+    echo "== run $i: voicegate (answers, bot, records)"
+    out=$(BIN=$BIN CALLS=$CALLS RATE=$RATE STEADY=$STEADY ./benches/load/sipp_load.sh 2>&1)
+    echo "$out" | grep -E "^(calls|CPU|memory|packet)"
+    VG+=("$(echo "$out" | sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p')")
+  fi
   echo "== run $i: rustpbx (relays to a SIPp UAS that echoes, media proxied, records)"
-  out=$(rustpbx_run "$i" 2>&1)
-  echo "$out"
-  RP+=("$(echo "$out" | sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p')")
+  rustpbx_run "$i" 2>&1 | tee "$work/rp.out" || true
+  RP+=("$(sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p' "$work/rp.out")")
 done
 python3 - "${VG[*]}" "${RP[*]}" <<'PY'
 import statistics, sys
-vg = [float(x) for x in sys.argv[1].split()]
-rp = [float(x) for x in sys.argv[2].split()]
-mv, mr = statistics.median(vg), statistics.median(rp)
-print(f"voicegate % of a core per call: {vg} median {mv:.4f}")
-print(f"rustpbx (relay to SIPp UAS) % of a core per call: {rp} median {mr:.4f}")
-print(f"ratio rustpbx / voicegate: {mr/mv:.2f}x")
+vg = [float(x) for x in sys.argv[1].split() if x]
+rp = [float(x) for x in sys.argv[2].split() if x]
+if vg:
+    print(f"voicegate % of a core per call: {vg} median {statistics.median(vg):.4f}")
+if rp:
+    print(f"rustpbx (relay to SIPp UAS) % of a core per call: {rp} median {statistics.median(rp):.4f}")
+if vg and rp:
+    print(f"ratio rustpbx / voicegate: {statistics.median(rp) / statistics.median(vg):.2f}x")
 PY
