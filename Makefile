@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONFIG ?= sip-config
 SHELL := /bin/bash
 
-.PHONY: run test bootstrap build models lint bench load load-cluster calls calls-zh clean cluster fuzz soak
+.PHONY: run test bootstrap build models lint bench load load-cluster load-rustpbx calls calls-zh clean cluster fuzz soak
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -44,6 +44,11 @@ load: build
 # nodes, alternating with one node direct (RUNS=3), same script run.
 load-cluster: build
 	./benches/load/cluster_load.sh
+
+# make load side by side with rustpbx (relaying to a SIPp UAS), alternating
+# runs; builds rustpbx from crates.io into target/rustpbx the first time.
+load-rustpbx: build
+	./benches/load/rustpbx_side_by_side.sh
 
 # Coverage-guided fuzzing (cargo-fuzz, nightly) of the SIP, SDP, digest,
 # RTP, WAV and config input paths, FUZZ_RUNS executions each (10 M); the
