@@ -4,9 +4,9 @@
 # The same SIPp UAC scenario (benches/load/uac_60s.xml: G.711 A-law from a
 # pcap for ~60 s, then BYE) places CALLS concurrent calls at RATE per second
 #   - to voicegate, which answers, runs its bot and records both directions;
-#   - to rustpbx (crate `rustpbx`, built without default features), which
-#     cannot answer by itself: it RELAYS each call (B2BUA, media_proxy = "all",
-#     recording on) to a SIPp UAS that echoes the RTP back (`-rtp_echo`).
+#   - to rustpbx (crate `rustpbx`, built without default features), set up
+#     as a PBX that RELAYS each call (B2BUA, media_proxy = "all", recording
+#     on) to a SIPp UAS that echoes the RTP back (`-rtp_echo`).
 # Each server's CPU (user + system, /proc) over a STEADY-second window with
 # every call up is divided by the calls: "% of a core per call", and resident
 # memory above idle per call. RUNS alternating runs each; medians printed.
