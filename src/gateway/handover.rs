@@ -254,15 +254,12 @@ impl Handover {
             &mut happened,
         );
         for frame in &self.frames {
-            if let Some(media) = self
-                .legs
-                .iter_mut()
-                .find(|l| l.id == frame.leg)
-                .and_then(|l| l.media.as_mut().map(|m| (m, &l.socket)))
-            {
-                let (media, socket) = media;
+            let Some(leg) = self.legs.iter_mut().find(|l| l.id == frame.leg) else {
+                continue;
+            };
+            if let Some(media) = leg.media.as_mut() {
                 let pkt = media.encode_frame(&frame.out);
-                let _ = socket.send_to(&pkt, media.destination());
+                let _ = leg.socket.send_to(&pkt, media.destination());
             }
         }
         for e in happened {

@@ -186,7 +186,6 @@ struct StageMarks {
     first_encoder: Option<Instant>,
     encoding_since: Option<Instant>,
     encoder: Duration,
-    encoder_done: Option<Instant>,
 }
 
 impl StageClock {
@@ -199,11 +198,15 @@ impl StageClock {
         let m = self.marks();
         let end = Instant::now();
         let first = m.first_encoder.unwrap_or(end);
-        let encoder_done = m.encoder_done.unwrap_or(end);
+        // Audio over 30 s is encoded window by window, each followed by its
+        // decoding: the decoder is everything after the first encoder pass
+        // began that was not an encoder pass.
         Stages {
             mel: first.saturating_duration_since(started),
             encoder: m.encoder,
-            decoder: end.saturating_duration_since(encoder_done),
+            decoder: end
+                .saturating_duration_since(first)
+                .saturating_sub(m.encoder),
         }
     }
 }
@@ -240,7 +243,6 @@ unsafe extern "C" fn after_each_step(user_data: *mut std::ffi::c_void) -> bool {
         if let Some(since) = m.encoding_since.take() {
             let now = Instant::now();
             m.encoder += now.saturating_duration_since(since);
-            m.encoder_done = Some(now);
         }
     }
     clock
