@@ -5,6 +5,7 @@
 //!
 //! Plain data and a mutex: no sockets, no clock (times come with the events).
 
+use crate::call::CallEvent;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -398,85 +399,83 @@ impl CallBoard {
     }
 
     /// One event of a call, exactly as written to its `events.jsonl`.
-    pub fn event(&self, id: &str, at_s: f64, kind: &str, fields: &Value) {
+    pub fn event(&self, id: &str, at_s: f64, event: &CallEvent) {
         let mut calls = self.lock();
         let Some(call) = calls.live.get_mut(id) else {
             return;
         };
         let mut pop = false;
-        match kind {
-            "call.answered" => call.state = "bot",
-            "utterance" => {
-                let text = fields["text"].as_str().unwrap_or("").trim();
+        match event {
+            CallEvent::Answered(_) => call.state = "bot",
+            CallEvent::Utterance(u) => {
+                let text = u.result.text.trim();
                 if !text.is_empty() {
                     call.transcript.push(json!({
                         "speaker": "caller",
-                        "at_s": fields["start_s"].as_f64().unwrap_or(at_s),
+                        "at_s": u.result.start_s,
                         "text": text,
                     }));
                     pop = call.agent.is_some();
                 }
-                if let Some(ms) = fields["queue_ms"].as_f64() {
-                    self.metrics.asr_queue_wait.observe(ms / 1000.0);
-                }
-                if let Some(ms) = fields["decode_ms"].as_f64() {
-                    self.metrics.asr_decode.observe(ms / 1000.0);
-                }
-                for stage in ["mel", "encoder", "decoder"] {
-                    if let Some(ms) = fields[format!("{stage}_ms").as_str()].as_f64() {
-                        self.metrics
-                            .asr_stage
+                let m = &self.metrics;
+                m.asr_queue_wait.observe(u.queue_ms as f64 / 1000.0);
+                m.asr_decode.observe(u.decode_ms as f64 / 1000.0);
+                for (stage, ms) in [
+                    ("mel", u.mel_ms),
+                    ("encoder", u.encoder_ms),
+                    ("decoder", u.decoder_ms),
+                ] {
+                    if let Some(ms) = ms {
+                        m.asr_stage
                             .get_or_create(&vec![("stage".into(), stage.into())])
                             .observe(ms / 1000.0);
                     }
                 }
-                if let Some(ms) = fields["latency_ms"].as_f64() {
-                    self.metrics.asr_latency.observe(ms / 1000.0);
-                }
+                m.asr_latency.observe(u.latency_ms as f64 / 1000.0);
             }
-            "bot.say" => call.transcript.push(json!({
+            CallEvent::BotSay { text } => call.transcript.push(json!({
                 "speaker": "bot",
                 "at_s": at_s,
-                "text": fields["text"].as_str().unwrap_or(""),
+                "text": text,
             })),
-            "decision" => {
-                if fields["decision"] == "intent" {
+            CallEvent::Decision(d) => {
+                if d.decision == "intent" {
                     call.recognised_intent = true;
                 }
-                call.decisions.push(fields.clone());
+                call.decisions
+                    .push(serde_json::to_value(d).unwrap_or_default());
             }
-            "handover" => {
-                let reason = fields["reason"].as_str().unwrap_or("unknown").to_string();
+            CallEvent::Handover(h) => {
                 self.metrics
                     .handovers
-                    .get_or_create(&vec![("reason".into(), reason.clone())])
+                    .get_or_create(&vec![("reason".into(), h.reason.clone())])
                     .inc();
-                call.handover_reason = Some(reason);
-                call.summary = Some(fields["summary"].clone());
+                call.handover_reason = Some(h.reason.clone());
+                call.summary = Some(h.summary.clone());
                 call.state = "handing_over";
             }
-            "transfer.dial" => {
-                call.agent = fields["uri"].as_str().map(extension);
+            CallEvent::TransferDial { uri, .. } => {
+                call.agent = Some(extension(uri));
                 pop = true;
             }
-            "transfer.bridged" => {
+            CallEvent::TransferBridged { uri, .. } => {
                 call.state = "bridged";
-                call.agent = fields["uri"].as_str().map(extension).or(call.agent.take());
+                call.agent = Some(extension(uri));
                 self.metrics.wait.observe(at_s);
                 pop = true;
             }
-            "transfer.abandoned" | "transfer.failed" => {
+            CallEvent::TransferAbandoned { .. } | CallEvent::TransferFailed { .. } => {
                 if call.state == "handing_over" {
                     call.state = "bot";
                 }
                 pop = call.agent.is_some();
             }
-            "call.ended" => {
+            CallEvent::Ended(ended) => {
                 call.state = "ended";
-                call.never_connected = fields["answered"] == Value::Bool(false);
-                call.ended_reason = fields["reason"].as_str().map(str::to_string);
-                call.duration_s = fields["duration_s"].as_f64();
-                let jitter = &fields["media"]["jitter"];
+                call.never_connected = ended.answered == Some(false);
+                call.ended_reason = Some(ended.reason.clone());
+                call.duration_s = ended.duration_s;
+                let jitter = ended.media.as_ref().map_or(&Value::Null, |m| &m["jitter"]);
                 if let Some(n) = jitter["received"].as_u64() {
                     self.metrics.rtp_received.inc_by(n);
                 }
@@ -660,6 +659,12 @@ fn call_json(c: &CallView, with_details: bool) -> Value {
 mod tests {
     use super::*;
 
+    /// An event as `events.jsonl` has it.
+    fn ev(kind: &str, mut fields: Value) -> CallEvent {
+        fields["kind"] = json!(kind);
+        serde_json::from_value(fields).expect("a known event")
+    }
+
     #[test]
     fn a_flood_of_never_connected_calls_keeps_the_real_calls_on_the_board_and_out_of_the_outcomes()
     {
@@ -667,8 +672,8 @@ mod tests {
         for i in 0..5 {
             let id = format!("real{i}");
             board.open(&id, "sip", "555", "100", "local", i);
-            board.event(&id, 0.0, "call.answered", &json!({}));
-            board.event(&id, 9.0, "call.ended", &json!({"reason": "caller_bye"}));
+            board.event(&id, 0.0, &ev("call.answered", json!({})));
+            board.event(&id, 9.0, &ev("call.ended", json!({"reason": "caller_bye"})));
             board.close(&id);
         }
         // A caller who cancels while it rings, then a scanner's flood.
@@ -676,8 +681,10 @@ mod tests {
         board.event(
             "cancel",
             1.0,
-            "call.ended",
-            &json!({"reason": "caller_cancel", "answered": false}),
+            &ev(
+                "call.ended",
+                json!({"reason": "caller_cancel", "answered": false}),
+            ),
         );
         board.close("cancel");
         for i in 0..300 {
@@ -686,8 +693,7 @@ mod tests {
             board.event(
                 &id,
                 32.0,
-                "call.ended",
-                &json!({"reason": "no_ack", "answered": false}),
+                &ev("call.ended", json!({"reason": "no_ack", "answered": false})),
             );
             board.close(&id);
         }
@@ -723,27 +729,19 @@ mod tests {
         let board = CallBoard::new();
         let key = board.open("c1", "sip", "555", "100", "local", 1);
         assert_eq!(key.len(), 32);
-        board.event("c1", 0.0, "call.answered", &json!({}));
-        board.event(
-            "c1",
-            3.0,
-            "utterance",
-            &json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180, "queue_ms": 30, "decode_ms": 150,
-                    "mel_ms": 6.5, "encoder_ms": 60.0, "decoder_ms": 80.0}),
-        );
+        board.event("c1", 0.0, &ev("call.answered", json!({})));
+        board.event("c1", 3.0, &ev("utterance", json!({"text": "this is ridiculous", "start_s": 1.5, "latency_ms": 180, "queue_ms": 30, "decode_ms": 150,
+                    "mel_ms": 6.5, "encoder_ms": 60.0, "decoder_ms": 80.0})));
         board.event(
             "c1",
             3.1,
-            "handover",
-            &json!({"reason": "frustration", "summary": {"text": "upset"}}),
+            &ev(
+                "handover",
+                json!({"reason": "frustration", "summary": {"text": "upset"}}),
+            ),
         );
         let mut pops = board.subscribe();
-        board.event(
-            "c1",
-            3.2,
-            "transfer.dial",
-            &json!({"uri": "sip:1001@127.0.0.1:5070"}),
-        );
+        board.event("c1", 3.2, &ev("transfer.dial", json!({"leg": 1, "uri": "sip:1001@127.0.0.1:5070", "group": "support", "ring_timeout_s": 20.0})));
         let pop = pops.try_recv().expect("a screen-pop for the extension");
         assert_eq!(pop.ext, "1001");
         assert_eq!(pop.call["summary"]["text"], "upset");
@@ -751,8 +749,10 @@ mod tests {
         board.event(
             "c1",
             9.0,
-            "transfer.bridged",
-            &json!({"uri": "sip:1001@pbx"}),
+            &ev(
+                "transfer.bridged",
+                json!({"leg": 1, "uri": "sip:1001@pbx", "after_s": 5.8}),
+            ),
         );
         assert_eq!(board.for_extension("1001").len(), 1);
         let m = board.metrics_text(&Gauges {
@@ -813,13 +813,8 @@ mod tests {
             assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
         }
         assert!(m.trim_end().ends_with("# EOF"), "{m}");
-        board.event(
-            "c1",
-            20.0,
-            "call.ended",
-            &json!({"reason": "caller_bye", "duration_s": 20.0,
-                    "media": {"jitter": {"received": 990, "lost": 10, "late": 2, "queued_sum": 1980, "played": 990}}}),
-        );
+        board.event("c1", 20.0, &ev("call.ended", json!({"reason": "caller_bye", "duration_s": 20.0,
+                    "media": {"jitter": {"received": 990, "lost": 10, "late": 2, "queued_sum": 1980, "played": 990}}})));
         board.close("c1");
         let m = board.metrics_text(&Gauges::default());
         assert!(m.contains("voicegate_active_calls 0"), "{m}");

@@ -19,7 +19,8 @@
 //! while it runs, and is told when it fails or the agent hangs up.
 
 use super::core::{CallCore, CoreAction, CoreEvent};
-use super::greeting::{CallAction, CallEvent, GreetingFlow};
+use super::event::{self, CallEvent, DecisionEvent, Party};
+use super::greeting::{FlowAction, FlowEvent, GreetingFlow};
 use super::policy::Policy;
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::{Prompt, PromptPlayer};
@@ -28,7 +29,7 @@ use crate::speech::asr::Stages;
 use crate::speech::pipeline::result_for;
 use crate::speech::pool::{AsrReply, JobKind};
 use crate::speech::vad::{Segmenter, Utterance, VadConfig, VadEvent};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,12 +127,7 @@ pub enum Input<'a> {
 #[derive(Debug)]
 pub enum Output {
     /// Write an event to the call's `events.jsonl` and the call board.
-    Event {
-        /// Event kind (`decision`, `bot.say`, `dtmf`, …).
-        kind: &'static str,
-        /// Its fields.
-        fields: Value,
-    },
+    Event(CallEvent),
     /// Transcribe this audio; answer with [`Input::Asr`] (or
     /// [`Input::AsrRefused`] when a final one cannot be queued).
     SubmitAsr {
@@ -299,7 +295,7 @@ impl Call {
             Input::Answered => {
                 let caller = self.caller.clone();
                 self.feed(now, CoreEvent::Answered { caller });
-                let actions = self.flow.handle(now, CallEvent::Answered);
+                let actions = self.flow.handle(now, FlowEvent::Answered);
                 self.apply_flow(actions);
             }
             Input::CallerAudio { frame, asr_busy } => {
@@ -325,12 +321,12 @@ impl Call {
                 // The greeting flow hears keys (`#` ends the call) unless the
                 // core is collecting digits (a callback number, a menu).
                 if self.core.collecting_digits() {
-                    self.event(
-                        "dtmf",
-                        json!({"digit": digit.to_string(), "source": source}),
-                    );
+                    self.event(CallEvent::Dtmf(event::Dtmf {
+                        digit: digit.to_string(),
+                        source: source.to_string(),
+                    }));
                 } else {
-                    let actions = self.flow.handle(now, CallEvent::Digit { digit, source });
+                    let actions = self.flow.handle(now, FlowEvent::Digit { digit, source });
                     self.apply_flow(actions);
                 }
                 self.feed(now, CoreEvent::Dtmf(digit));
@@ -341,17 +337,21 @@ impl Call {
                     e.pending = e.pending.saturating_sub(1);
                 }
                 self.asr_refused = true;
-                self.event(
-                    "asr_overloaded",
-                    json!({"reason": "queue_full", "start_s": start_s, "end_s": end_s}),
-                );
+                self.event(CallEvent::AsrOverloaded {
+                    reason: "queue_full".into(),
+                    start_s,
+                    end_s: Some(end_s),
+                });
             }
             Input::Prompt(p) => self.bot_queue.push_back(p),
             Input::WebhookReply { intent, reply } => {
-                self.event(
-                    "webhook.reply",
-                    json!({"intent": intent, "ok": reply.is_ok(), "reply": match &reply { Ok(t) | Err(t) => t }}),
-                );
+                self.event(CallEvent::WebhookReply {
+                    intent: intent.clone(),
+                    ok: reply.is_ok(),
+                    reply: match &reply {
+                        Ok(t) | Err(t) => t.clone(),
+                    },
+                });
                 self.feed(now, CoreEvent::WebhookReply { intent, reply });
             }
             Input::TransferFailed { tried } => {
@@ -379,7 +379,7 @@ impl Call {
                 Some(f) => Some(f),
                 None => {
                     self.greeting = None;
-                    let actions = self.flow.handle(self.now, CallEvent::PromptFinished);
+                    let actions = self.flow.handle(self.now, FlowEvent::PromptFinished);
                     self.apply_flow(actions);
                     Some([0; FRAME_8K])
                 }
@@ -473,10 +473,9 @@ impl Call {
                 VadEvent::SpeechStarted { at } => {
                     started = true;
                     ears.last_partial = at;
-                    self.out.push_back(Output::Event {
-                        kind: "speech.started",
-                        fields: json!({"at_s": at.as_secs_f64()}),
-                    });
+                    self.out.push_back(Output::Event(CallEvent::SpeechStarted {
+                        at_s: at.as_secs_f64(),
+                    }));
                 }
                 VadEvent::Utterance(u) => finals.push(u),
                 VadEvent::TooShort(u) => skipped.push(u),
@@ -546,11 +545,12 @@ impl Call {
         for u in skipped {
             // Too short to be words: not transcribed, and to the decision
             // core it is what Whisper would have made of it — nothing.
-            self.event(
-                "utterance.skipped",
-                json!({"start_s": u.start.as_secs_f64(), "end_s": u.end.as_secs_f64(),
-                       "voiced_ms": u.voiced.as_millis() as u64, "reason": "too_short"}),
-            );
+            self.event(CallEvent::UtteranceSkipped {
+                start_s: u.start.as_secs_f64(),
+                end_s: u.end.as_secs_f64(),
+                voiced_ms: u.voiced.as_millis() as u64,
+                reason: "too_short".into(),
+            });
             if !self.hung_up {
                 let nothing = result_for(&u, String::new(), String::new());
                 self.feed(now, CoreEvent::Utterance(nothing));
@@ -564,7 +564,7 @@ impl Call {
                 if self.bot_player.as_ref().is_some_and(|p| !p.finished())
                     || !self.bot_queue.is_empty()
                 {
-                    self.event("bot.interrupted", json!({}));
+                    self.event(CallEvent::BotInterrupted);
                 }
                 if let Some(p) = self.bot_player.as_mut() {
                     p.stop();
@@ -681,34 +681,29 @@ impl Call {
                 stages,
             } => {
                 tracing::info!(text = %result.text, start_s = result.start_s, latency_ms = latency.as_millis() as u64, "utterance");
-                let mut fields = serde_json::to_value(&result).unwrap_or_else(|_| json!({}));
-                if let Some(obj) = fields.as_object_mut() {
-                    obj.insert("latency_ms".into(), json!(latency.as_millis() as u64));
-                    obj.insert("decode_ms".into(), json!(decode.as_millis() as u64));
-                    // Per stage: waiting for a worker, then Whisper (mel,
-                    // encoder and decoder in one call) and the embedding.
-                    obj.insert(
-                        "queue_ms".into(),
-                        json!(latency.saturating_sub(decode).as_millis() as u64),
-                    );
-                    // Whisper's part, by stage (a replay, which has no
-                    // pool, writes none).
-                    if stages != Stages::default() {
-                        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
-                        obj.insert("mel_ms".into(), json!(ms(stages.mel)));
-                        obj.insert("encoder_ms".into(), json!(ms(stages.encoder)));
-                        obj.insert("decoder_ms".into(), json!(ms(stages.decoder)));
-                    }
-                }
-                self.event("utterance", fields);
+                // Whisper's part, by stage (a replay, which has no pool,
+                // writes none).
+                let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+                let staged = (stages != Stages::default()).then_some(stages);
+                self.event(CallEvent::Utterance(Box::new(event::Utterance {
+                    result: result.clone(),
+                    latency_ms: latency.as_millis() as u64,
+                    decode_ms: decode.as_millis() as u64,
+                    // Waiting for a worker; then Whisper (mel, encoder and
+                    // decoder in one call) and the embedding.
+                    queue_ms: latency.saturating_sub(decode).as_millis() as u64,
+                    mel_ms: staged.map(|s| ms(s.mel)),
+                    encoder_ms: staged.map(|s| ms(s.encoder)),
+                    decoder_ms: staged.map(|s| ms(s.decoder)),
+                })));
                 Some(CoreEvent::Utterance(result))
             }
             AsrReply::Done { result, .. } => {
                 if !result.text.is_empty() {
-                    self.event(
-                        "transcript.partial",
-                        json!({"start_s": result.start_s, "text": result.text}),
-                    );
+                    self.event(CallEvent::TranscriptPartial {
+                        start_s: result.start_s,
+                        text: result.text,
+                    });
                 }
                 None
             }
@@ -716,15 +711,18 @@ impl Call {
                 reason, start_s, ..
             } => {
                 tracing::warn!(reason, start_s, "ASR overloaded");
-                self.event(
-                    "asr_overloaded",
-                    json!({"reason": reason, "start_s": start_s}),
-                );
+                self.event(CallEvent::AsrOverloaded {
+                    reason: reason.to_string(),
+                    start_s,
+                    end_s: None,
+                });
                 Some(CoreEvent::AsrUnavailable)
             }
             AsrReply::Failed { error, .. } => {
                 tracing::warn!(%error, "ASR failed");
-                self.event("asr_failed", json!({"error": error}));
+                self.event(CallEvent::AsrFailed {
+                    error: error.to_string(),
+                });
                 Some(CoreEvent::AsrUnavailable)
             }
         };
@@ -815,19 +813,19 @@ impl Call {
         self.on_asr(now, reply);
     }
 
-    fn apply_flow(&mut self, actions: Vec<CallAction>) {
+    fn apply_flow(&mut self, actions: Vec<FlowAction>) {
         for action in actions {
             match action {
-                CallAction::PlayGreeting => {
+                FlowAction::PlayGreeting => {
                     self.greeting = self.greeting_prompt.take().map(PromptPlayer::new);
                 }
-                CallAction::StopPlayback => {
+                FlowAction::StopPlayback => {
                     if let Some(p) = self.greeting.as_mut() {
                         p.stop();
                     }
                 }
-                CallAction::HangUp { reason } => self.hang_up(reason),
-                CallAction::Log { kind, fields } => self.event(kind, fields),
+                FlowAction::HangUp { reason } => self.hang_up(reason),
+                FlowAction::Log(event) => self.event(event),
             }
         }
     }
@@ -836,16 +834,14 @@ impl Call {
     fn feed(&mut self, now: Duration, event: CoreEvent) {
         let actions = self.core.handle(now, event);
         for d in &self.core.decisions[self.logged..] {
-            self.out.push_back(Output::Event {
-                kind: "decision",
-                fields: json!({"decision": d.kind, "at_s": d.t_s, "reason": d.reason, "score": d.score, "evidence": d.evidence}),
-            });
+            self.out
+                .push_back(Output::Event(CallEvent::Decision(DecisionEvent::from(d))));
         }
         self.logged = self.core.decisions.len();
         for a in actions {
             match a {
                 CoreAction::Say(text) => {
-                    self.event("bot.say", json!({"text": text}));
+                    self.event(CallEvent::BotSay { text: text.clone() });
                     self.said.push((now, text.clone()));
                     if text != self.greeting_text {
                         // Chinese text in the Mandarin voice, whatever the call
@@ -859,7 +855,9 @@ impl Call {
                     }
                 }
                 CoreAction::HangUp { reason } => {
-                    self.event("bot.goodbye", json!({"reason": reason}));
+                    self.event(CallEvent::BotGoodbye {
+                        reason: reason.clone(),
+                    });
                     let reason = if reason == "caller_done" {
                         "caller_done"
                     } else {
@@ -875,10 +873,11 @@ impl Call {
                     timeout,
                     body,
                 } => {
-                    self.event(
-                        "webhook.ask",
-                        json!({"intent": intent, "url": url, "timeout_ms": timeout.as_millis() as u64}),
-                    );
+                    self.event(CallEvent::WebhookAsk {
+                        intent: intent.clone(),
+                        url: url.clone(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    });
                     self.out.push_back(Output::CallWebhook {
                         intent,
                         url,
@@ -900,12 +899,15 @@ impl Call {
             return;
         }
         self.hung_up = true;
-        self.event("call.hangup", json!({"reason": reason, "by": "gateway"}));
+        self.event(CallEvent::Hangup {
+            reason: reason.to_string(),
+            by: Party::Gateway,
+        });
         self.out.push_back(Output::Hangup { reason });
     }
 
-    fn event(&mut self, kind: &'static str, fields: Value) {
-        self.out.push_back(Output::Event { kind, fields });
+    fn event(&mut self, event: CallEvent) {
+        self.out.push_back(Output::Event(event));
     }
 }
 
@@ -941,7 +943,7 @@ mod tests {
     fn kinds(out: &[Output]) -> Vec<&'static str> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Event { kind, .. } => Some(*kind),
+                Output::Event(e) => Some(e.kind()),
                 _ => None,
             })
             .collect()
@@ -1028,10 +1030,7 @@ mod tests {
             }
             for o in silence(&mut call, t, t + 20) {
                 match o {
-                    Output::Event {
-                        kind: "bot.goodbye",
-                        ..
-                    } => goodbye = Some(ms(t)),
+                    Output::Event(CallEvent::BotGoodbye { .. }) => goodbye = Some(ms(t)),
                     Output::Hangup { reason } => {
                         return (goodbye.expect("goodbye first"), ms(t), reason)
                     }
@@ -1191,21 +1190,14 @@ mod tests {
                                 },
                             });
                         }
-                        Output::Event {
-                            kind: "utterance",
-                            fields,
-                        } => {
-                            texts.push(fields["text"].clone());
-                            closed.push(fields["closed_at_s"].as_f64().unwrap_or(0.0));
+                        Output::Event(CallEvent::Utterance(u)) => {
+                            texts.push(u.result.text.clone());
+                            closed.push(u.result.closed_at_s);
                             // Whisper's stages reach the event as they came.
                             assert_eq!(
-                                (
-                                    &fields["mel_ms"],
-                                    &fields["encoder_ms"],
-                                    &fields["decoder_ms"]
-                                ),
-                                (&json!(10.0), &json!(120.0), &json!(160.0)),
-                                "{fields}"
+                                (u.mel_ms, u.encoder_ms, u.decoder_ms),
+                                (Some(10.0), Some(120.0), Some(160.0)),
+                                "{u:?}"
                             );
                         }
                         _ => {}
@@ -1283,10 +1275,7 @@ mod tests {
                             decode: ms(100),
                             stages: Stages::default(),
                         }),
-                        Output::Event {
-                            kind: "utterance",
-                            fields,
-                        } => heard.push(fields["end_s"].as_f64().unwrap_or(0.0)),
+                        Output::Event(CallEvent::Utterance(u)) => heard.push(u.result.end_s),
                         _ => {}
                     }
                 }
@@ -1347,21 +1336,20 @@ mod tests {
                     )
                 })
                 .count();
-            let skipped: Vec<&Value> = out
+            let skipped: Vec<(&String, u64)> = out
                 .iter()
                 .filter_map(|o| match o {
-                    Output::Event {
-                        kind: "utterance.skipped",
-                        fields,
-                    } => Some(fields),
+                    Output::Event(CallEvent::UtteranceSkipped {
+                        reason, voiced_ms, ..
+                    }) => Some((reason, *voiced_ms)),
                     _ => None,
                 })
                 .collect();
             assert_eq!(finals, finals_expected, "{min_voiced:?}");
             assert_eq!(skipped.len(), 1 - finals_expected, "{min_voiced:?}");
-            for f in skipped {
-                assert_eq!(f["reason"], "too_short");
-                assert!(f["voiced_ms"].as_u64().is_some_and(|v| v > 1000), "{f}");
+            for (reason, voiced_ms) in skipped {
+                assert_eq!(reason, "too_short");
+                assert!(voiced_ms > 1000, "{voiced_ms}");
             }
             assert!(!call.hung_up());
         }
@@ -1417,10 +1405,7 @@ mod tests {
                             Input::Prompt(Prompt::from_samples(vec![800; 80_000])),
                         );
                     }
-                    Output::Event {
-                        kind: "bot.interrupted",
-                        ..
-                    } => interrupted.push(now),
+                    Output::Event(CallEvent::BotInterrupted) => interrupted.push(now),
                     _ => {}
                 }
             }

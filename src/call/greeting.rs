@@ -1,11 +1,12 @@
 //! The answering flow before the bot exists: play the greeting, record, and
 //! end the call when the caller presses `#`.
 
+use super::event::{CallEvent, Dtmf};
 use std::time::Duration;
 
 /// Something that happened on the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallEvent {
+pub enum FlowEvent {
     /// The call was answered.
     Answered,
     /// The caller pressed a key.
@@ -20,8 +21,8 @@ pub enum CallEvent {
 }
 
 /// What the shell must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallAction {
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowAction {
     /// Start playing the greeting prompt.
     PlayGreeting,
     /// Stop whatever is playing.
@@ -32,12 +33,7 @@ pub enum CallAction {
         reason: &'static str,
     },
     /// Write an event to `events.jsonl`.
-    Log {
-        /// Event kind.
-        kind: &'static str,
-        /// Extra fields.
-        fields: serde_json::Value,
-    },
+    Log(CallEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,38 +60,36 @@ impl Default for GreetingFlow {
 
 impl GreetingFlow {
     /// Feed one event at time `now` (since answer); returns the actions to take.
-    pub fn handle(&mut self, now: Duration, event: CallEvent) -> Vec<CallAction> {
+    pub fn handle(&mut self, now: Duration, event: FlowEvent) -> Vec<FlowAction> {
         let _ = now;
         match (self.state, event) {
-            (State::Ringing, CallEvent::Answered) => {
+            (State::Ringing, FlowEvent::Answered) => {
                 self.state = State::Greeting;
                 vec![
-                    CallAction::PlayGreeting,
-                    CallAction::Log {
-                        kind: "prompt.started",
-                        fields: serde_json::json!({"prompt": "greeting"}),
-                    },
+                    FlowAction::PlayGreeting,
+                    FlowAction::Log(CallEvent::PromptStarted {
+                        prompt: "greeting".into(),
+                    }),
                 ]
             }
-            (State::Greeting, CallEvent::PromptFinished) => {
+            (State::Greeting, FlowEvent::PromptFinished) => {
                 self.state = State::Listening;
-                vec![CallAction::Log {
-                    kind: "prompt.finished",
-                    fields: serde_json::json!({"prompt": "greeting"}),
-                }]
+                vec![FlowAction::Log(CallEvent::PromptFinished {
+                    prompt: "greeting".into(),
+                })]
             }
             (State::Ended, _) => Vec::new(),
-            (state, CallEvent::Digit { digit, source }) => {
-                let mut actions = vec![CallAction::Log {
-                    kind: "dtmf",
-                    fields: serde_json::json!({"digit": digit.to_string(), "source": source}),
-                }];
+            (state, FlowEvent::Digit { digit, source }) => {
+                let mut actions = vec![FlowAction::Log(CallEvent::Dtmf(Dtmf {
+                    digit: digit.to_string(),
+                    source: source.to_string(),
+                }))];
                 if digit == '#' {
                     if state == State::Greeting {
-                        actions.push(CallAction::StopPlayback);
+                        actions.push(FlowAction::StopPlayback);
                     }
                     self.state = State::Ended;
-                    actions.push(CallAction::HangUp {
+                    actions.push(FlowAction::HangUp {
                         reason: "caller_pressed_hash",
                     });
                 }
@@ -118,11 +112,11 @@ mod tests {
     fn greets_then_hangs_up_on_hash() {
         let mut f = GreetingFlow::default();
         assert!(f
-            .handle(t(0), CallEvent::Answered)
-            .contains(&CallAction::PlayGreeting));
+            .handle(t(0), FlowEvent::Answered)
+            .contains(&FlowAction::PlayGreeting));
         let a = f.handle(
             t(500),
-            CallEvent::Digit {
+            FlowEvent::Digit {
                 digit: '5',
                 source: "rfc4733",
             },
@@ -130,19 +124,19 @@ mod tests {
         assert_eq!(a.len(), 1, "other digits are only logged");
         let a = f.handle(
             t(900),
-            CallEvent::Digit {
+            FlowEvent::Digit {
                 digit: '#',
                 source: "rfc4733",
             },
         );
-        assert!(a.contains(&CallAction::StopPlayback));
-        assert!(a.contains(&CallAction::HangUp {
+        assert!(a.contains(&FlowAction::StopPlayback));
+        assert!(a.contains(&FlowAction::HangUp {
             reason: "caller_pressed_hash"
         }));
         assert!(f
             .handle(
                 t(901),
-                CallEvent::Digit {
+                FlowEvent::Digit {
                     digit: '#',
                     source: "rfc4733"
                 }
@@ -153,17 +147,17 @@ mod tests {
     #[test]
     fn hash_after_the_greeting_needs_no_stop() {
         let mut f = GreetingFlow::default();
-        f.handle(t(0), CallEvent::Answered);
-        f.handle(t(3000), CallEvent::PromptFinished);
+        f.handle(t(0), FlowEvent::Answered);
+        f.handle(t(3000), FlowEvent::PromptFinished);
         let a = f.handle(
             t(4000),
-            CallEvent::Digit {
+            FlowEvent::Digit {
                 digit: '#',
                 source: "inband",
             },
         );
-        assert!(!a.contains(&CallAction::StopPlayback));
-        assert!(a.contains(&CallAction::HangUp {
+        assert!(!a.contains(&FlowAction::StopPlayback));
+        assert!(a.contains(&FlowAction::HangUp {
             reason: "caller_pressed_hash"
         }));
     }

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod conversation;
 pub mod core;
+pub mod event;
 pub mod greeting;
 pub mod handover_audio;
 pub mod intents;
@@ -13,7 +14,8 @@ pub mod semantic;
 pub mod transfer;
 
 pub use conversation::{Call, CallSetup, Input, Output};
-pub use greeting::{CallAction, CallEvent, GreetingFlow};
+pub use event::{CallEvent, Party};
+pub use greeting::{FlowAction, FlowEvent, GreetingFlow};
 
 /// How a call ended, as the call board, `/metrics`
 /// (`voicegate_calls_total{outcome}`) and `voicegate replay` all name it —

@@ -6,7 +6,7 @@
 //! and time come in as events; what to do on the wire goes out as actions.
 
 use super::agents::{AgentsConfig, RingStrategy};
-use serde_json::{json, Value};
+use super::event::{CallEvent, Party};
 use std::time::Duration;
 
 /// One agent call attempt (an outgoing INVITE).
@@ -98,12 +98,7 @@ pub enum TransferAction {
     /// The bridged agent hung up: end the caller's call too.
     EndCall,
     /// Record this step in `events.jsonl`.
-    Log {
-        /// Event kind (`transfer.*`).
-        kind: &'static str,
-        /// Its fields.
-        fields: Value,
-    },
+    Log(CallEvent),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,10 +190,10 @@ impl Transfer {
     fn ring_step(&mut self, now: Duration, out: &mut Vec<TransferAction>) {
         let Some(attempt) = self.plan.get(self.step).cloned() else {
             self.phase = Phase::Done;
-            out.push(TransferAction::Log {
-                kind: "transfer.failed",
-                fields: json!({"tried": self.tried, "after_s": secs(now - self.started)}),
-            });
+            out.push(TransferAction::Log(CallEvent::TransferFailed {
+                tried: self.tried.clone(),
+                after_s: secs(now - self.started),
+            }));
             out.push(TransferAction::GiveUp {
                 tried: self.tried.clone(),
             });
@@ -210,10 +205,12 @@ impl Transfer {
             self.next_leg += 1;
             self.uris.push((leg, uri.clone()));
             legs.push((leg, uri.clone()));
-            out.push(TransferAction::Log {
-                kind: "transfer.dial",
-                fields: json!({"leg": leg, "uri": uri, "group": attempt.group, "ring_timeout_s": attempt.ring_timeout.as_secs_f64()}),
-            });
+            out.push(TransferAction::Log(CallEvent::TransferDial {
+                leg,
+                uri: uri.clone(),
+                group: attempt.group.clone(),
+                ring_timeout_s: attempt.ring_timeout.as_secs_f64(),
+            }));
             out.push(TransferAction::Dial {
                 leg,
                 uri: uri.clone(),
@@ -242,10 +239,7 @@ impl Transfer {
             (Phase::Ringing { legs, .. }, TransferEvent::Ringing(leg))
                 if legs.iter().any(|(l, _)| *l == leg) =>
             {
-                out.push(TransferAction::Log {
-                    kind: "transfer.ringing",
-                    fields: json!({"leg": leg}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferRinging { leg }));
             }
             (Phase::Ringing { legs, .. }, TransferEvent::Answered(leg)) => {
                 if !legs.iter().any(|(l, _)| *l == leg) {
@@ -256,10 +250,11 @@ impl Transfer {
                 for (other, _) in legs.iter().filter(|(l, _)| *l != leg) {
                     out.push(TransferAction::Cancel(*other));
                 }
-                out.push(TransferAction::Log {
-                    kind: "transfer.answered",
-                    fields: json!({"leg": leg, "uri": self.uri(leg), "after_s": secs(now - self.started)}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferAnswered {
+                    leg,
+                    uri: self.uri(leg),
+                    after_s: secs(now - self.started),
+                }));
                 if self.whisper {
                     self.phase = Phase::Whispering { leg };
                     out.push(TransferAction::Whisper(leg));
@@ -271,10 +266,12 @@ impl Transfer {
                 if let Some(pos) = legs.iter().position(|(l, _)| *l == leg) {
                     legs.remove(pos);
                     let empty = legs.is_empty();
-                    out.push(TransferAction::Log {
-                        kind: "transfer.attempt_failed",
-                        fields: json!({"leg": leg, "uri": self.uri(leg), "status": status, "why": why}),
-                    });
+                    out.push(TransferAction::Log(CallEvent::TransferAttemptFailed {
+                        leg,
+                        uri: self.uri(leg),
+                        status,
+                        why: why.clone(),
+                    }));
                     self.note(leg, &why);
                     if empty {
                         self.next_step(now, &mut out);
@@ -285,10 +282,12 @@ impl Transfer {
                 let legs = std::mem::take(legs);
                 for (leg, _) in &legs {
                     out.push(TransferAction::Cancel(*leg));
-                    out.push(TransferAction::Log {
-                        kind: "transfer.attempt_failed",
-                        fields: json!({"leg": leg, "uri": self.uri(*leg), "status": 0, "why": "no answer"}),
-                    });
+                    out.push(TransferAction::Log(CallEvent::TransferAttemptFailed {
+                        leg: *leg,
+                        uri: self.uri(*leg),
+                        status: 0,
+                        why: "no answer".into(),
+                    }));
                     self.note(*leg, "no answer");
                 }
                 self.next_step(now, &mut out);
@@ -297,10 +296,9 @@ impl Transfer {
                 for (leg, _) in legs.iter() {
                     out.push(TransferAction::Cancel(*leg));
                 }
-                out.push(TransferAction::Log {
-                    kind: "transfer.abandoned",
-                    fields: json!({"while": "ringing"}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferAbandoned {
+                    during: "ringing".into(),
+                }));
                 self.phase = Phase::Done;
             }
             (Phase::Whispering { leg }, TransferEvent::WhisperFinished(l)) if *leg == l => {
@@ -310,10 +308,9 @@ impl Transfer {
                         leg,
                         deadline: now + self.accept_timeout,
                     };
-                    out.push(TransferAction::Log {
-                        kind: "transfer.awaiting_accept",
-                        fields: json!({"leg": leg}),
-                    });
+                    out.push(TransferAction::Log(CallEvent::TransferAwaitingAccept {
+                        leg,
+                    }));
                 } else {
                     self.bridge(leg, now, &mut out);
                 }
@@ -327,10 +324,11 @@ impl Transfer {
                     '1' => self.bridge(leg, now, &mut out),
                     '2' => {
                         out.push(TransferAction::HangUp(leg));
-                        out.push(TransferAction::Log {
-                            kind: "transfer.declined",
-                            fields: json!({"leg": leg, "uri": self.uri(leg)}),
-                        });
+                        out.push(TransferAction::Log(CallEvent::TransferDeclined {
+                            leg,
+                            uri: self.uri(leg),
+                            why: None,
+                        }));
                         self.note(leg, "declined");
                         self.next_step(now, &mut out);
                     }
@@ -340,10 +338,11 @@ impl Transfer {
             (Phase::AwaitingAccept { leg, deadline }, TransferEvent::Tick) if now >= *deadline => {
                 let leg = *leg;
                 out.push(TransferAction::HangUp(leg));
-                out.push(TransferAction::Log {
-                    kind: "transfer.declined",
-                    fields: json!({"leg": leg, "uri": self.uri(leg), "why": "no key pressed"}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferDeclined {
+                    leg,
+                    uri: self.uri(leg),
+                    why: Some("no key pressed".into()),
+                }));
                 self.note(leg, "did not accept");
                 self.next_step(now, &mut out);
             }
@@ -351,10 +350,12 @@ impl Transfer {
                 Phase::Whispering { leg } | Phase::AwaitingAccept { leg, .. },
                 TransferEvent::AgentHungUp(l),
             ) if *leg == l => {
-                out.push(TransferAction::Log {
-                    kind: "transfer.attempt_failed",
-                    fields: json!({"leg": l, "uri": self.uri(l), "status": 0, "why": "agent hung up during the whisper"}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferAttemptFailed {
+                    leg: l,
+                    uri: self.uri(l),
+                    status: 0,
+                    why: "agent hung up during the whisper".into(),
+                }));
                 self.note(l, "hung up during the whisper");
                 self.next_step(now, &mut out);
             }
@@ -363,26 +364,25 @@ impl Transfer {
                 TransferEvent::CallerHungUp,
             ) => {
                 out.push(TransferAction::HangUp(*leg));
-                out.push(TransferAction::Log {
-                    kind: "transfer.abandoned",
-                    fields: json!({"while": "whisper"}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferAbandoned {
+                    during: "whisper".into(),
+                }));
                 self.phase = Phase::Done;
             }
             (Phase::Bridged { leg }, TransferEvent::AgentHungUp(l)) if *leg == l => {
-                out.push(TransferAction::Log {
-                    kind: "transfer.ended",
-                    fields: json!({"by": "agent", "leg": l}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferEnded {
+                    by: Party::Agent,
+                    leg: l,
+                }));
                 out.push(TransferAction::EndCall);
                 self.phase = Phase::Done;
             }
             (Phase::Bridged { leg }, TransferEvent::CallerHungUp) => {
                 out.push(TransferAction::HangUp(*leg));
-                out.push(TransferAction::Log {
-                    kind: "transfer.ended",
-                    fields: json!({"by": "caller", "leg": *leg}),
-                });
+                out.push(TransferAction::Log(CallEvent::TransferEnded {
+                    by: Party::Caller,
+                    leg: *leg,
+                }));
                 self.phase = Phase::Done;
             }
             (_, TransferEvent::Answered(leg)) => {
@@ -397,10 +397,11 @@ impl Transfer {
     fn bridge(&mut self, leg: LegId, now: Duration, out: &mut Vec<TransferAction>) {
         self.phase = Phase::Bridged { leg };
         out.push(TransferAction::Bridge(leg));
-        out.push(TransferAction::Log {
-            kind: "transfer.bridged",
-            fields: json!({"leg": leg, "uri": self.uri(leg), "after_s": secs(now - self.started)}),
-        });
+        out.push(TransferAction::Log(CallEvent::TransferBridged {
+            leg,
+            uri: self.uri(leg),
+            after_s: secs(now - self.started),
+        }));
     }
 }
 

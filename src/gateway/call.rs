@@ -7,6 +7,7 @@ use super::events::{EventLog, OnBoard};
 use super::handover::{Handover, Outcome};
 use super::leg::{CallerLeg, DialogOutcome, SipLeg};
 use super::Shared;
+use crate::call::event::{self, CallEvent, Party};
 use crate::call::transfer::TransferEvent;
 use crate::call::{Call, CallSetup, Input, Output};
 use crate::config::TrunkConfig;
@@ -150,28 +151,36 @@ pub(super) async fn run(
     );
     // The board forgets the call however this function returns.
     let _on_board = OnBoard(shared.board.clone(), who.call_id.clone());
-    let invite = json!({
-        "call_id": who.call_id, "from": who.from_user, "from_name": who.from_display,
-        "to": who.to_user, "trunk": trunk.name, "flow": trunk.flow_for(&who.to_user),
-        "codec": negotiated.params.codec.name(),
-        "remote_rtp": negotiated.params.remote.to_string(),
-        "telephone_event": negotiated.params.dtmf_payload_type,
-        "source": signalling_source.map(|ip| ip.to_string()),
-        "session_expires_s": timer.map(|t| t.interval.as_secs()),
-    });
+    let invite = CallEvent::Invite(Box::new(event::Invite {
+        call_id: who.call_id.clone(),
+        from: who.from_user.clone(),
+        from_name: who.from_display.clone(),
+        to: who.to_user.clone(),
+        trunk: trunk.name.clone(),
+        flow: trunk.flow_for(&who.to_user).to_string(),
+        codec: negotiated.params.codec.name().to_string(),
+        remote_rtp: negotiated.params.remote.to_string(),
+        telephone_event: negotiated.params.dtmf_payload_type,
+        source: signalling_source.map(|ip| ip.to_string()),
+        session_expires_s: timer.map(|t| t.interval.as_secs()),
+    }));
     // Before the ACK the call lives on the board and in the log only.
     let mut early = EventLog {
         recorder: None,
         start: Instant::now(),
         board: Some((shared.board.clone(), who.call_id.clone())),
     };
-    early.event("call.invite", invite.clone());
+    early.event(invite.clone());
     let ended_early = |early: &mut EventLog<'_>, reason: &str| {
         info!(
             reason,
             "call ended before it was confirmed: nothing recorded"
         );
-        early.event("call.ended", json!({"reason": reason, "answered": false}));
+        early.event(CallEvent::Ended(event::Ended {
+            reason: reason.to_string(),
+            answered: Some(false),
+            ..event::Ended::default()
+        }));
     };
     // 180 only when the caller will actually hear ringing: a 180 sent just
     // before an immediate 200 is one more message per call, and through a
@@ -254,24 +263,28 @@ pub(super) async fn run(
         }
     };
     if let Some(r) = recorder.as_mut() {
-        for (kind, fields) in [("call.invite", invite), ("call.confirmed", json!({}))] {
-            if let Err(e) = r.event(Duration::ZERO, kind, fields) {
+        for event in [invite, CallEvent::Confirmed] {
+            if let Err(e) = r.event(Duration::ZERO, &event) {
                 tracing::error!(error = %e, "event log write failed");
             }
         }
     }
     if bye_overtook_ack {
         info!("the caller hung up as the call was confirmed");
-        let ended = json!({"reason": "caller_bye", "answered": true});
+        let ended = CallEvent::Ended(event::Ended {
+            reason: "caller_bye".into(),
+            answered: Some(true),
+            ..event::Ended::default()
+        });
         if let Some(mut r) = recorder {
             if let Err(e) = r
-                .event(Duration::ZERO, "call.ended", ended.clone())
+                .event(Duration::ZERO, &ended)
                 .and_then(|()| r.finalize().map(|_| ()))
             {
                 tracing::error!(error = %e, "recording could not be finished");
             }
         }
-        early.event("call.ended", ended);
+        early.event(ended);
         return;
     }
     let leg = CallerLeg::Sip(Box::new(SipLeg {
@@ -328,11 +341,10 @@ pub(super) async fn converse(
         .or(gw.speech.language.as_deref())
         .unwrap_or("auto")
         .to_string();
-    let mut answered = leg.describe();
-    if let Some(fields) = answered.as_object_mut() {
-        fields.insert("language".into(), json!(call_language));
-    }
-    log.event("call.answered", answered);
+    log.event(CallEvent::Answered(event::Answered {
+        language: call_language.clone(),
+        ..leg.describe()
+    }));
     let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
     let sp = &gw.speech;
     // Everything that decides lives in `call` (sans-IO); this loop only does
@@ -407,7 +419,7 @@ pub(super) async fn converse(
     loop {
         while let Some(output) = call.poll_output() {
             match output {
-                Output::Event { kind, fields } => log.event(kind, fields),
+                Output::Event(event) => log.event(event),
                 Output::SubmitAsr {
                     kind,
                     utterance,
@@ -441,11 +453,11 @@ pub(super) async fn converse(
                     mut summary,
                 } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");
-                    log.event(
-                        "handover",
-                        json!({"reason": reason, "summary": summary,
-                               "unix_ms": chrono::Utc::now().timestamp_micros() as f64 / 1000.0}),
-                    );
+                    log.event(CallEvent::Handover(event::Handover {
+                        reason: reason.clone(),
+                        summary: summary.clone(),
+                        unix_ms: chrono::Utc::now().timestamp_micros() as f64 / 1000.0,
+                    }));
                     // The agent's Call-Info link: this call's page, opened by its key.
                     summary["page"] = json!(format!(
                         "{}/calls/{}?key={page_key}",
@@ -561,7 +573,7 @@ pub(super) async fn converse(
                         call.handle_input(now, Input::SessionExpired);
                     }
                     crate::sip::session_timer::TimerCheck::Refresh => {
-                        log.event("sip.session_refresh", json!({"by": "gateway"}));
+                        log.event(CallEvent::SipSessionRefresh { by: Party::Gateway });
                     }
                     crate::sip::session_timer::TimerCheck::Fine => {}
                 }
@@ -574,7 +586,10 @@ pub(super) async fn converse(
                         call.handle_input(start.elapsed(), Input::Digit { digit, source: "sip_info" });
                     }
                     DialogOutcome::Ended(reason) => {
-                        log.event("call.hangup", json!({"reason": reason, "by": "caller"}));
+                        log.event(CallEvent::Hangup {
+                            reason: reason.to_string(),
+                            by: Party::Caller,
+                        });
                         ended_by = reason;
                         break;
                     }
@@ -617,15 +632,12 @@ pub(super) async fn converse(
             } else {
                 0.0
             };
-            log.event(
-                "bridge.latency",
-                json!({
-                    "caller_to_agent_hold_ms": caller_hold,
-                    "agent_to_caller_hold_ms": agent.jitter.mean_hold_ms(),
-                    "clock_wait_ms_max": 20,
-                    "agent_media": agent,
-                }),
-            );
+            log.event(CallEvent::BridgeLatency {
+                caller_to_agent_hold_ms: caller_hold,
+                agent_to_caller_hold_ms: agent.jitter.mean_hold_ms(),
+                clock_wait_ms_max: 20,
+                agent_media: serde_json::to_value(agent).unwrap_or_default(),
+            });
         }
         h.finish(&shared, start.elapsed(), &mut log).await;
     }
@@ -636,7 +648,7 @@ pub(super) async fn converse(
     loop {
         while let Some(output) = call.poll_output() {
             match output {
-                Output::Event { kind, fields } => log.event(kind, fields),
+                Output::Event(event) => log.event(event),
                 Output::SubmitAsr {
                     kind,
                     utterance,
@@ -669,10 +681,12 @@ pub(super) async fn converse(
         }
     }
     let stats = leg.stats_json();
-    log.event(
-        "call.ended",
-        json!({"reason": ended_by, "duration_s": start.elapsed().as_secs_f64(), "media": stats}),
-    );
+    log.event(CallEvent::Ended(event::Ended {
+        reason: ended_by.to_string(),
+        answered: None,
+        duration_s: Some(start.elapsed().as_secs_f64()),
+        media: Some(stats.clone()),
+    }));
     info!(
         reason = ended_by,
         duration_s = start.elapsed().as_secs_f64(),

@@ -1,6 +1,7 @@
 //! What a call tells the world as it goes: its `events.jsonl` (through the
 //! recorder) and the HTTP call board, on one clock from the answer.
 
+use crate::call::CallEvent;
 use crate::record::CallRecorder;
 use tokio::time::Instant;
 
@@ -14,13 +15,13 @@ pub(super) struct EventLog<'a> {
 
 impl EventLog<'_> {
     /// Log one event (and trace it).
-    pub(super) fn event(&mut self, kind: &str, fields: serde_json::Value) {
-        tracing::debug!(kind, %fields, "event");
+    pub(super) fn event(&mut self, event: CallEvent) {
+        tracing::debug!(kind = event.kind(), ?event, "event");
         if let Some((board, id)) = &self.board {
-            board.event(id, self.start.elapsed().as_secs_f64(), kind, &fields);
+            board.event(id, self.start.elapsed().as_secs_f64(), &event);
         }
         if let Some(r) = self.recorder.as_deref_mut() {
-            if let Err(e) = r.event(self.start.elapsed(), kind, fields) {
+            if let Err(e) = r.event(self.start.elapsed(), &event) {
                 tracing::error!(error = %e, "event log write failed");
             }
         }

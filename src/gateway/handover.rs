@@ -8,10 +8,11 @@ use super::events::EventLog;
 use super::Shared;
 use crate::call::handover_audio::{AgentFrame, AudioEvent, HandoverAudio};
 use crate::call::transfer::{plan, Transfer, TransferAction, TransferEvent};
+use crate::call::CallEvent;
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::Prompt;
 use crate::media::session::Inbound;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -66,7 +67,9 @@ impl Handover {
             frames: Vec::new(),
             decided: Instant::now(),
         };
-        log.event("transfer.started", json!({"reason": reason}));
+        log.event(CallEvent::TransferStarted {
+            reason: reason.to_string(),
+        });
         let outcome = h.apply(shared, now, actions, log).await;
         (h, outcome)
     }
@@ -98,10 +101,10 @@ impl Handover {
     ) -> Outcome {
         match report {
             LegReport::Sent { leg } => {
-                log.event(
-                    "transfer.invite_sent",
-                    json!({"leg": leg, "ms_after_decision": self.decided.elapsed().as_secs_f64() * 1000.0}),
-                );
+                log.event(CallEvent::TransferInviteSent {
+                    leg,
+                    ms_after_decision: self.decided.elapsed().as_secs_f64() * 1000.0,
+                });
                 Outcome::Continue
             }
             LegReport::Answered { leg, sdp } => {
@@ -134,10 +137,11 @@ impl Handover {
                     .find(|l| l.id == leg)
                     .and_then(|l| l.media.as_ref())
                 {
-                    log.event(
-                        "transfer.agent_media",
-                        json!({"leg": leg, "codec": m.params().codec.name(), "remote_rtp": m.params().remote.to_string()}),
-                    );
+                    log.event(CallEvent::TransferAgentMedia {
+                        leg,
+                        codec: m.params().codec.name().to_string(),
+                        remote_rtp: m.params().remote.to_string(),
+                    });
                 }
                 self.handle(shared, now, TransferEvent::Answered(leg), log)
                     .await
@@ -208,7 +212,7 @@ impl Handover {
                     }
                     outcome = Outcome::EndCall;
                 }
-                TransferAction::Log { kind, fields } => log.event(kind, fields),
+                TransferAction::Log(event) => log.event(event),
             }
         }
         self.legs.retain(|l| !l.ended || l.media.is_some());
@@ -264,13 +268,15 @@ impl Handover {
         }
         for e in happened {
             match e {
-                AudioEvent::WhisperStarted { leg, after_answer } => log.event(
-                    "transfer.whisper_started",
-                    json!({"leg": leg, "ms_after_answer": after_answer.as_secs_f64() * 1000.0}),
-                ),
+                AudioEvent::WhisperStarted { leg, after_answer } => {
+                    log.event(CallEvent::TransferWhisperStarted {
+                        leg,
+                        ms_after_answer: after_answer.as_secs_f64() * 1000.0,
+                    })
+                }
                 AudioEvent::WhisperFinished { leg, played } => {
                     if played {
-                        log.event("transfer.whisper_finished", json!({"leg": leg}));
+                        log.event(CallEvent::TransferWhisperFinished { leg });
                     }
                     events.push(TransferEvent::WhisperFinished(leg));
                 }

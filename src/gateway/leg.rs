@@ -4,6 +4,7 @@
 
 use super::events::EventLog;
 use super::Shared;
+use crate::call::event::{Answered, CallEvent};
 use crate::config::TrunkConfig;
 use crate::media::session::{Inbound, MediaSession};
 use crate::sip::sdp::{self, Direction};
@@ -11,7 +12,6 @@ use crate::sip::session_timer::{Negotiation, SessionTimer, TimerCheck};
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCode};
-use serde_json::json;
 use std::net::UdpSocket;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -57,9 +57,12 @@ pub(super) enum LegSignal {
 
 impl CallerLeg {
     /// What `call.answered` logs about the leg.
-    pub(super) fn describe(&self) -> serde_json::Value {
+    pub(super) fn describe(&self) -> Answered {
         match self {
-            CallerLeg::Sip(s) => json!({"local_rtp_port": s.lease.port()}),
+            CallerLeg::Sip(s) => Answered {
+                local_rtp_port: Some(s.lease.port()),
+                ..Answered::default()
+            },
             CallerLeg::Web(w) => w.describe(),
         }
     }
@@ -281,7 +284,7 @@ async fn on_dialog_state(
             _ => "terminated",
         }),
         DialogState::Confirmed(..) => {
-            log.event("call.confirmed", json!({}));
+            log.event(CallEvent::Confirmed);
             DialogOutcome::Continue
         }
         DialogState::Updated(_, req, handle) => {
@@ -357,10 +360,12 @@ async fn on_dialog_state(
                         n.params.dtmf_payload_type,
                         n.direction.answer(),
                     );
-                    log.event("sip.reinvite", json!({
-                        "hold": *held, "direction": n.direction.attribute(),
-                        "codec": n.params.codec.name(), "remote_rtp": n.params.remote.to_string(),
-                    }));
+                    log.event(CallEvent::SipReinvite {
+                        hold: *held,
+                        direction: n.direction.attribute().to_string(),
+                        codec: n.params.codec.name().to_string(),
+                        remote_rtp: n.params.remote.to_string(),
+                    });
                     info!(hold = *held, codec = n.params.codec.name(), "re-INVITE");
                     media.renegotiate(n.params);
                     timer_headers.push(Header::ContentType("application/sdp".into()));
@@ -374,7 +379,9 @@ async fn on_dialog_state(
                 }
                 Err(e) => {
                     warn!(error = %e, "re-INVITE refused; the call goes on as before");
-                    log.event("sip.reinvite_refused", json!({"error": e.to_string()}));
+                    log.event(CallEvent::SipReinviteRefused {
+                        error: e.to_string(),
+                    });
                     let status = if e.status() == 400 {
                         StatusCode::BadRequest
                     } else {

@@ -41,8 +41,13 @@ impl WebLeg {
         self.received.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn describe(&self) -> serde_json::Value {
-        json!({"channel": "webrtc", "codec": "opus", "remote": self.remote})
+    pub(super) fn describe(&self) -> crate::call::event::Answered {
+        crate::call::event::Answered {
+            channel: Some("webrtc".into()),
+            codec: Some("opus".into()),
+            remote: Some(self.remote.to_string()),
+            ..Default::default()
+        }
     }
 
     pub(super) fn receive(&mut self, _now: Duration) -> Vec<char> {

@@ -7,7 +7,8 @@ mod repair;
 
 pub use repair::{repair_all, repair_wav, RepairOutcome};
 
-use serde_json::{Map, Value};
+use crate::call::CallEvent;
+use serde_json::Value;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -320,9 +321,10 @@ impl CallRecorder {
         self.frames += n as u64;
     }
 
-    /// Log one event: `t_s` (seconds since answer), wall-clock `ts`, `kind`, and fields.
-    pub fn event(&mut self, t: Duration, kind: &str, fields: Value) -> std::io::Result<()> {
-        let mut obj = Map::new();
+    /// Log one event: `t_s` (seconds since answer), wall-clock `ts`, then
+    /// the event's `kind` and fields.
+    pub fn event(&mut self, t: Duration, event: &CallEvent) -> std::io::Result<()> {
+        let mut obj = event.to_json();
         obj.insert(
             "t_s".into(),
             Value::from((t.as_secs_f64() * 1000.0).round() / 1000.0),
@@ -331,11 +333,6 @@ impl CallRecorder {
             "ts".into(),
             Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         );
-        if let Value::Object(extra) = fields {
-            obj.extend(extra);
-        }
-        // The event's own kind always wins over a field of the same name.
-        obj.insert("kind".into(), Value::from(kind));
         serde_json::to_writer(&mut self.events, &Value::Object(obj))?;
         self.events.write_all(b"\n")
     }
@@ -386,8 +383,10 @@ mod tests {
         rec.write(&[1; 160], &[2; 160]);
         rec.event(
             Duration::from_millis(1500),
-            "dtmf",
-            serde_json::json!({"digit": "#"}),
+            &CallEvent::Dtmf(crate::call::event::Dtmf {
+                digit: "#".into(),
+                source: "rfc4733".into(),
+            }),
         )
         .unwrap();
         let dir = rec.finalize().unwrap();

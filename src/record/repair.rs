@@ -89,11 +89,17 @@ pub fn repair_all(root: &Path) -> Vec<PathBuf> {
             match repair_wav(&dir.join(WAV_NAME)) {
                 Ok(outcome) => {
                     tracing::warn!(dir = %dir.display(), ?outcome, "repaired an unfinished recording");
-                    let line = serde_json::json!({
-                        "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        "kind": "recording.repaired",
-                        "outcome": format!("{outcome:?}"),
-                    });
+                    let mut line = crate::call::CallEvent::RecordingRepaired {
+                        outcome: format!("{outcome:?}"),
+                    }
+                    .to_json();
+                    line.insert(
+                        "ts".into(),
+                        chrono::Utc::now()
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                            .into(),
+                    );
+                    let line = serde_json::Value::Object(line);
                     if let Ok(mut ev) = OpenOptions::new().append(true).open(dir.join(EVENTS_NAME))
                     {
                         let _ = writeln!(ev, "{line}");

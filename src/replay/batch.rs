@@ -3,6 +3,8 @@
 //! `.toml` beside each WAV, and a summary a person can read.
 
 use super::ReplayReport;
+use crate::call::event::{parse_events, Recorded};
+use crate::call::CallEvent;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -53,7 +55,12 @@ pub fn call_language(wav: &Path) -> Option<String> {
             .and_then(|l| l.as_str())
             .map(str::to_string);
     }
-    recorded_event(wav, "call.answered").and_then(|e| e["language"].as_str().map(str::to_string))
+    recorded_events(wav)
+        .into_iter()
+        .find_map(|e| match e.event {
+            CallEvent::Answered(a) if !a.language.is_empty() => Some(a.language),
+            _ => None,
+        })
 }
 
 impl Expectation {
@@ -154,36 +161,30 @@ pub fn inputs(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// The first event of `kind` in a gateway recording's `events.jsonl`
-/// (beside `call.wav`).
-fn recorded_event(wav: &Path, kind: &str) -> Option<Value> {
-    let events = std::fs::read_to_string(wav.parent()?.join("events.jsonl")).ok()?;
-    events
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["kind"] == kind)
+/// A gateway recording's events (its `events.jsonl`, beside `call.wav`);
+/// empty for a plain WAV.
+fn recorded_events(wav: &Path) -> Vec<Recorded> {
+    wav.parent()
+        .and_then(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
+        .map(|text| parse_events(&text))
+        .unwrap_or_default()
 }
 
 /// The keys the caller pressed on a gateway recording (its `dtmf` events),
 /// with the time since answer: RFC 4733 and SIP INFO keys are not in the
 /// audio, so a replay takes them from here. Empty for a plain WAV.
 pub fn recorded_keys(wav: &Path) -> Vec<(Duration, char, &'static str)> {
-    let Some(events) = wav
-        .parent()
-        .and_then(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
-    else {
-        return Vec::new();
-    };
-    events
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["kind"] == "dtmf")
+    recorded_events(wav)
+        .into_iter()
         .filter_map(|e| {
-            let t = e["t_s"].as_f64().filter(|t| t.is_finite() && *t >= 0.0)?;
-            let digit = e["digit"].as_str()?.chars().next()?;
-            let source = match e["source"].as_str() {
-                Some("inband") => "inband",
-                Some("sip_info") => "sip_info",
+            let CallEvent::Dtmf(key) = e.event else {
+                return None;
+            };
+            let t = Some(e.t_s).filter(|t| t.is_finite() && *t >= 0.0)?;
+            let digit = key.digit.chars().next()?;
+            let source = match key.source.as_str() {
+                "inband" => "inband",
+                "sip_info" => "sip_info",
                 _ => "rfc4733",
             };
             Some((Duration::from_secs_f64(t), digit, source))
@@ -193,9 +194,13 @@ pub fn recorded_keys(wav: &Path) -> Vec<(Duration, char, &'static str)> {
 
 /// The caller ID of a gateway recording.
 pub fn recorded_caller(wav: &Path) -> Option<String> {
-    recorded_event(wav, "call.invite")
-        .and_then(|e| e["from"].as_str().map(str::to_string))
-        .filter(|c| c != "anonymous")
+    recorded_events(wav)
+        .into_iter()
+        .find_map(|e| match e.event {
+            CallEvent::Invite(invite) => Some(invite.from),
+            _ => None,
+        })
+        .filter(|c| !c.is_empty() && c != "anonymous")
 }
 
 /// One call of a batch: its report, or why it could not be replayed.

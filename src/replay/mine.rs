@@ -5,13 +5,14 @@
 //! in calls where the caller calmed down afterwards. The most frequent
 //! n-grams, with examples, come out as a TOML snippet for `flow.toml`.
 
+use crate::call::event::parse_events;
 use crate::call::intents::{best_intent, stem};
 use crate::call::policy::Policy;
+use crate::call::CallEvent;
 use crate::emotion::tokens;
 use crate::speech::asr::Recognizer;
 use crate::speech::pipeline::transcribe_track;
 use crate::speech::vad::VadConfig;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -66,26 +67,23 @@ pub fn mine(root: &Path, policy: &Policy, recognizer: &mut Recognizer) -> Mined 
     let lexicon = policy.lexicon("en");
     for dir in call_dirs(root) {
         m.calls += 1;
-        let events: Vec<Value> = std::fs::read_to_string(dir.join("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if !events
-            .iter()
-            .any(|e| e["kind"] == "decision" && e["decision"] == "handover")
-        {
+        let events =
+            parse_events(&std::fs::read_to_string(dir.join("events.jsonl")).unwrap_or_default());
+        let decisions = || {
+            events.iter().filter_map(|e| match &e.event {
+                CallEvent::Decision(d) => Some(d),
+                _ => None,
+            })
+        };
+        if !decisions().any(|d| d.decision == "handover") {
             continue;
         }
         m.handed_over += 1;
-        for d in events
-            .iter()
-            .filter(|e| e["kind"] == "decision" && e["decision"] == "no_intent")
-        {
-            let text = d["evidence"][0]
-                .as_str()
-                .unwrap_or("")
-                .trim_matches('"')
+        for d in decisions().filter(|d| d.decision == "no_intent") {
+            let text = d
+                .evidence
+                .first()
+                .map_or("", |t| t.trim_matches('"'))
                 .to_string();
             if text.is_empty() {
                 continue;
@@ -97,8 +95,8 @@ pub fn mine(root: &Path, policy: &Policy, recognizer: &mut Recognizer) -> Mined 
         }
         let Some(bridged_at) = events
             .iter()
-            .find(|e| e["kind"] == "transfer.bridged")
-            .and_then(|e| e["t_s"].as_f64())
+            .find(|e| matches!(e.event, CallEvent::TransferBridged { .. }))
+            .map(|e| e.t_s)
         else {
             continue;
         };
@@ -106,9 +104,12 @@ pub fn mine(root: &Path, policy: &Policy, recognizer: &mut Recognizer) -> Mined 
         // Calmed: nothing negative from the caller once the agent took over.
         let after_words: Vec<&str> = events
             .iter()
-            .filter(|e| e["kind"] == "utterance")
-            .filter(|e| e["start_s"].as_f64().unwrap_or(0.0) >= bridged_at)
-            .filter_map(|e| e["text"].as_str())
+            .filter_map(|e| match &e.event {
+                CallEvent::Utterance(u) if u.result.start_s >= bridged_at => {
+                    Some(u.result.text.as_str())
+                }
+                _ => None,
+            })
             .collect();
         let calmed = after_words.iter().all(|t| lexicon.hits(t).is_empty());
         if !calmed {

@@ -212,15 +212,13 @@ impl ReplayIo<'_> {
     fn drain(&mut self, call: &mut Call, now: Duration) -> Result<(), AsrError> {
         while let Some(output) = call.poll_output() {
             match output {
-                Output::Event { kind, fields } => {
-                    let mut event =
-                        json!({"t_s": (now.as_secs_f64() * 1000.0).round() / 1000.0, "kind": kind});
-                    if let (Some(e), Value::Object(f)) = (event.as_object_mut(), fields) {
-                        for (k, v) in f {
-                            e.entry(k).or_insert(v);
-                        }
-                    }
-                    self.events.push(event);
+                Output::Event(event) => {
+                    let mut line = event.to_json();
+                    line.insert(
+                        "t_s".into(),
+                        json!((now.as_secs_f64() * 1000.0).round() / 1000.0),
+                    );
+                    self.events.push(Value::Object(line));
                 }
                 Output::SubmitAsr {
                     kind: kind @ (JobKind::Final | JobKind::Early),

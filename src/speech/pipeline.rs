@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 /// One recognised utterance with the signals the emotion layer uses.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct UtteranceResult {
     /// Start (s from the start of the stream).
     pub start_s: f64,
