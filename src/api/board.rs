@@ -5,6 +5,7 @@
 //!
 //! Plain data and a mutex: no sockets, no clock (times come with the events).
 
+use crate::call::core::DecisionKind;
 use crate::call::CallEvent;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -439,7 +440,7 @@ impl CallBoard {
                 "text": text,
             })),
             CallEvent::Decision(d) => {
-                if d.decision == "intent" {
+                if d.decision == DecisionKind::Intent {
                     call.recognised_intent = true;
                 }
                 call.decisions

@@ -74,13 +74,62 @@ pub enum CoreAction {
     },
 }
 
+/// What kind of decision the core took (`kind` in replay reports,
+/// `decision` in `events.jsonl`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// A request was understood and served.
+    Intent,
+    /// Nothing understood in what the caller said.
+    NoIntent,
+    /// Between two requests: the caller is asked which.
+    Confirm,
+    /// The caller's frustration was scored.
+    Emotion,
+    /// The call's language was settled from the caller's words.
+    Language,
+    /// The caller is done (or silent): the bot says goodbye.
+    Goodbye,
+    /// The caller goes to a human.
+    Handover,
+    /// Nobody took the hand-over.
+    TransferFailed,
+    /// A callback number was taken.
+    Callback,
+    /// A kind this version does not know (a newer recording).
+    #[serde(other)]
+    #[default]
+    Other,
+}
+
+impl DecisionKind {
+    /// The name as written (`no_intent`, `handover`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Intent => "intent",
+            DecisionKind::NoIntent => "no_intent",
+            DecisionKind::Confirm => "confirm",
+            DecisionKind::Emotion => "emotion",
+            DecisionKind::Language => "language",
+            DecisionKind::Goodbye => "goodbye",
+            DecisionKind::Handover => "handover",
+            DecisionKind::TransferFailed => "transfer_failed",
+            DecisionKind::Callback => "callback",
+            DecisionKind::Other => "other",
+        }
+    }
+}
+
 /// One decision with its evidence, as logged and replayed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Decision {
     /// Seconds since answer.
     pub t_s: f64,
-    /// `intent`, `no_intent`, `emotion`, `handover`.
-    pub kind: String,
+    /// What was decided.
+    pub kind: DecisionKind,
     /// Reason code or intent name.
     pub reason: Option<String>,
     /// Intent or frustration score.
@@ -405,7 +454,7 @@ impl CallCore {
         if !signals.negative.is_empty() || self.emotion.score > 0.0 {
             self.decisions.push(Decision {
                 t_s: now.as_secs_f64(),
-                kind: "emotion".into(),
+                kind: DecisionKind::Emotion,
                 reason: None,
                 score: Some(self.emotion.score),
                 evidence: self.emotion.reasons.clone(),
@@ -460,7 +509,7 @@ impl CallCore {
                     .replace("{second}", &self.topic(&second.name));
                 self.decisions.push(Decision {
                     t_s: now.as_secs_f64(),
-                    kind: "confirm".into(),
+                    kind: DecisionKind::Confirm,
                     reason: Some(format!("{} or {}", first.name, second.name)),
                     score: Some(first.score),
                     evidence: vec![
@@ -478,7 +527,7 @@ impl CallCore {
                 ev.extend(evidence);
                 self.decisions.push(Decision {
                     t_s: now.as_secs_f64(),
-                    kind: "no_intent".into(),
+                    kind: DecisionKind::NoIntent,
                     reason: None,
                     score: None,
                     evidence: ev,
@@ -510,7 +559,7 @@ impl CallCore {
             .cloned();
         self.decisions.push(Decision {
             t_s: now.as_secs_f64(),
-            kind: "intent".into(),
+            kind: DecisionKind::Intent,
             reason: Some(m.name.clone()),
             score: Some(m.score),
             evidence: m.evidence.clone(),
@@ -564,7 +613,7 @@ impl CallCore {
         self.phrases = self.policy.flow.phrases(language);
         self.decisions.push(Decision {
             t_s: 0.0,
-            kind: "language".into(),
+            kind: DecisionKind::Language,
             reason: Some(language.to_string()),
             score: None,
             evidence: vec![format!("detected from the first utterance: {language}")],
@@ -591,7 +640,7 @@ impl CallCore {
         self.ended = true;
         self.decisions.push(Decision {
             t_s: now.as_secs_f64(),
-            kind: "goodbye".into(),
+            kind: DecisionKind::Goodbye,
             reason: Some(reason.into()),
             score: None,
             evidence: vec![],
@@ -618,7 +667,7 @@ impl CallCore {
     ) -> Vec<CoreAction> {
         self.decisions.push(Decision {
             t_s: now.as_secs_f64(),
-            kind: "handover".into(),
+            kind: DecisionKind::Handover,
             reason: Some(reason.into()),
             score,
             evidence: evidence.clone(),
@@ -659,7 +708,7 @@ impl CallCore {
         self.callback_digits = Some(String::new());
         self.decisions.push(Decision {
             t_s: now.as_secs_f64(),
-            kind: "transfer_failed".into(),
+            kind: DecisionKind::TransferFailed,
             reason: self.handed_over.as_ref().map(|(_, r)| r.clone()),
             score: None,
             evidence: tried,
@@ -695,7 +744,7 @@ impl CallCore {
         self.callback_number = Some(number.clone());
         self.decisions.push(Decision {
             t_s: now.as_secs_f64(),
-            kind: "callback".into(),
+            kind: DecisionKind::Callback,
             reason: Some(number),
             score: None,
             evidence: vec![format!("given by {how}")],
@@ -1082,7 +1131,10 @@ mod tests {
         let a = c.handle(s(33.0), CoreEvent::Dtmf('#'));
         assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("call you back at that number")));
         assert_eq!(c.callback_number(), Some("5550123"), "* starts over");
-        assert!(c.decisions.iter().any(|d| d.kind == "transfer_failed"));
+        assert!(c
+            .decisions
+            .iter()
+            .any(|d| d.kind == DecisionKind::TransferFailed));
         // Back with the bot: served as usual, never rung through again.
         let a = c.handle(s(35.0), said("what is my balance", 3.0));
         assert!(matches!(&a[0], CoreAction::Say(t) if t.contains("balance")));
@@ -1280,7 +1332,11 @@ mod tests {
             matches!(&a[0], CoreAction::Say(t) if t.contains("balance")),
             "{a:?}"
         );
-        let d = c.decisions.iter().find(|d| d.kind == "intent").unwrap();
+        let d = c
+            .decisions
+            .iter()
+            .find(|d| d.kind == DecisionKind::Intent)
+            .unwrap();
         assert!(d.evidence[0].starts_with("semantic"), "{:?}", d.evidence);
         assert!(
             d.evidence.iter().any(|e| e.starts_with("runner-up")),
@@ -1302,7 +1358,11 @@ mod tests {
             meant("the bill says my order is on its way", [0.05, 1.0, 0.0]),
         );
         assert_eq!(c.intents(), ["tracking"]);
-        let d = c.decisions.iter().find(|d| d.kind == "intent").unwrap();
+        let d = c
+            .decisions
+            .iter()
+            .find(|d| d.kind == DecisionKind::Intent)
+            .unwrap();
         assert!(
             d.evidence.iter().any(|e| e.contains("over billing")),
             "{:?}",
@@ -1328,7 +1388,7 @@ mod tests {
             matches!(&a[..], [CoreAction::Say(t)] if t.contains("your bill") && t.contains("an order")),
             "{a:?}"
         );
-        assert!(c.decisions.iter().any(|d| d.kind == "confirm"));
+        assert!(c.decisions.iter().any(|d| d.kind == DecisionKind::Confirm));
         assert!(c.intents().is_empty());
         // Keys: 2 is the second topic (not the DTMF menu's "tracking" by luck:
         // the order of the question decides).
@@ -1408,7 +1468,7 @@ mod tests {
             matches!(&a[0], CoreAction::Say(t) if t.contains("余额")),
             "{a:?}"
         );
-        assert!(c.decisions.iter().any(|d| d.kind == "language"));
+        assert!(c.decisions.iter().any(|d| d.kind == DecisionKind::Language));
     }
 
     #[test]

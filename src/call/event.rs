@@ -8,7 +8,7 @@
 //! orchestration and the gateway shell) build a [`CallEvent`]; consumers match
 //! on it instead of on strings.
 
-use super::core::Decision;
+use super::core::{Decision, DecisionKind};
 use super::transfer::LegId;
 use crate::speech::pipeline::UtteranceResult;
 use serde::{Deserialize, Serialize};
@@ -491,8 +491,8 @@ pub struct Utterance {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DecisionEvent {
-    /// `intent`, `no_intent`, `emotion`, `handover`, …
-    pub decision: String,
+    /// What was decided.
+    pub decision: DecisionKind,
     /// Seconds since answer.
     pub at_s: f64,
     /// Reason code or intent name.
@@ -506,7 +506,7 @@ pub struct DecisionEvent {
 impl From<&Decision> for DecisionEvent {
     fn from(d: &Decision) -> Self {
         DecisionEvent {
-            decision: d.kind.clone(),
+            decision: d.kind,
             at_s: d.t_s,
             reason: d.reason.clone(),
             score: d.score,
@@ -582,7 +582,7 @@ mod tests {
             ),
             (
                 CallEvent::Decision(DecisionEvent {
-                    decision: "handover".into(),
+                    decision: DecisionKind::Handover,
                     at_s: 3.5,
                     reason: Some("frustration".into()),
                     score: None,

@@ -5,6 +5,7 @@
 //! in calls where the caller calmed down afterwards. The most frequent
 //! n-grams, with examples, come out as a TOML snippet for `flow.toml`.
 
+use crate::call::core::DecisionKind;
 use crate::call::event::parse_events;
 use crate::call::intents::{best_intent, stem};
 use crate::call::policy::Policy;
@@ -75,11 +76,11 @@ pub fn mine(root: &Path, policy: &Policy, recognizer: &mut Recognizer) -> Mined 
                 _ => None,
             })
         };
-        if !decisions().any(|d| d.decision == "handover") {
+        if !decisions().any(|d| d.decision == DecisionKind::Handover) {
             continue;
         }
         m.handed_over += 1;
-        for d in decisions().filter(|d| d.decision == "no_intent") {
+        for d in decisions().filter(|d| d.decision == DecisionKind::NoIntent) {
             let text = d
                 .evidence
                 .first()

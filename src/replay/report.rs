@@ -123,7 +123,7 @@ fn call_page(file: &Path, r: &ReplayReport, audio_s: f64, audio: &str, check: &s
             decisions,
             "<tr><td>{:.2} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             d.t_s,
-            esc(&d.kind),
+            esc(d.kind.as_str()),
             esc(d.reason.as_deref().unwrap_or("")),
             d.score.map(|s| format!("{s:.2}")).unwrap_or_default(),
             esc(&d.evidence.join("; "))
@@ -243,7 +243,7 @@ pub fn plot(r: &ReplayReport, audio_s: f64) -> String {
     frustration.extend(
         r.decisions
             .iter()
-            .filter(|d| d.kind == "emotion")
+            .filter(|d| d.kind == crate::call::core::DecisionKind::Emotion)
             .filter_map(|d| d.score.map(|sc| (d.t_s, sc))),
     );
     s.push_str(&series(frustration, "#d62728", "frustration"));

@@ -810,13 +810,49 @@ pub fn transcribe(wav: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).to_lowercase()
 }
 
-/// A call's `events.jsonl`, parsed.
+/// A call's `events.jsonl`, parsed. Every line the gateway wrote must also
+/// read back as a typed [`voicegate::call::CallEvent`] that writes the same
+/// fields again: the typed enum is the one definition of every kind.
 pub fn events(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("events.jsonl"))
+    let events: Vec<Value> = std::fs::read_to_string(dir.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+        .collect();
+    for line in &events {
+        let typed: voicegate::call::CallEvent = serde_json::from_value(line.clone())
+            .unwrap_or_else(|e| panic!("not a typed event ({e}): {line}"));
+        let written = Value::Object(typed.to_json());
+        let mut original = line.clone();
+        if let Some(o) = original.as_object_mut() {
+            o.remove("t_s");
+            o.remove("ts");
+        }
+        assert!(
+            same_json(&written, &original),
+            "the typed event writes {written}, the gateway wrote {original}"
+        );
+    }
+    events
+}
+
+/// Equal JSON, numbers within float rounding (an `f32` field read back).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0),
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 /// The call's stereo recording split into (left = caller, right = gateway).
