@@ -14,14 +14,21 @@
 //! of a recording take the same decisions — barge-in, goodbye and DTMF
 //! included — as the live call did.
 //!
-//! The hand-over's SIP legs and their mixing stay in the shell for now
-//! (`gateway::handover`); the `Call` decides the hand-over, stops barge-in
-//! while it runs, and is told when it fails or the agent hangs up.
+//! With agents configured ([`CallSetup::agents`]) the `Call` also runs the
+//! hand-over: the [`Transfer`] orchestration (which agent to ring, when to
+//! give up, whisper, accept, bridge) and the [`HandoverAudio`] mixing (hold
+//! music, the whisper to the agent only, then both ways). The shell only
+//! dials, cancels and hangs up agent legs when told ([`Output::DialAgent`],
+//! …), reports their SIP outcomes ([`Input::Agent`]), and moves their audio
+//! ([`Call::handover_frame`]).
 
+use super::agents::AgentsConfig;
 use super::core::{CallCore, CoreAction, CoreEvent};
 use super::event::{self, CallEvent, DecisionEvent, Party};
 use super::greeting::{FlowAction, FlowEvent, GreetingFlow};
+use super::handover_audio::{AgentFrame, AudioEvent, Frame, HandoverAudio};
 use super::policy::Policy;
+use super::transfer::{plan, LegId, Transfer, TransferAction, TransferEvent};
 use crate::media::jitter::FRAME_8K;
 use crate::media::prompt::{Prompt, PromptPlayer};
 use crate::media::resample::Upsampler;
@@ -63,6 +70,14 @@ pub struct CallSetup {
     /// `[media] max_call_duration_s`: the call ends (`max_duration`) this
     /// long after answer, whatever it is doing. `None`: no limit.
     pub max_duration: Option<Duration>,
+    /// Who takes hand-overs (`agents.toml`). `Some`: the `Call` runs the
+    /// hand-over (agent legs through [`Output::DialAgent`] and
+    /// [`Input::Agent`]). `None` (a replay): it only decides it
+    /// ([`Output::Transfer`]).
+    pub agents: Option<Arc<AgentsConfig>>,
+    /// Played to the caller while agents ring (else the bot's notice, then
+    /// silence).
+    pub hold_music: Option<Prompt>,
 }
 
 /// Something that happened, for the call.
@@ -106,12 +121,21 @@ pub enum Input<'a> {
         /// Its text, or why it failed.
         reply: Result<String, String>,
     },
-    /// Nobody took the hand-over; the bot has the caller again.
+    /// An agent leg's SIP outcome: ringing, answered (its media is up),
+    /// failed, a key the agent pressed, hung up.
+    Agent(TransferEvent),
+    /// The whisper asked for with [`Output::SynthesizeWhisper`] is ready
+    /// (`None`: it could not be made; the agent gets the summary as data only).
+    WhisperReady(Option<Prompt>),
+    /// Nobody took the hand-over; the bot has the caller again (a shell
+    /// that runs the hand-over itself; with [`CallSetup::agents`] the
+    /// `Call` knows).
     TransferFailed {
         /// The extensions tried.
         tried: Vec<String>,
     },
-    /// The bridged agent hung up: the call ends.
+    /// The bridged agent hung up: the call ends (a shell that runs the
+    /// hand-over itself).
     AgentHungUp,
     /// The gateway is shutting down: end the call.
     Shutdown,
@@ -163,11 +187,29 @@ pub enum Output {
         /// The agent summary.
         summary: Value,
     },
+    /// Call an agent (INVITE with the summary); report its outcomes with
+    /// [`Input::Agent`] and its audio through [`Call::handover_frame`].
+    DialAgent {
+        /// The leg's id.
+        leg: LegId,
+        /// The agent's SIP URI.
+        uri: String,
+    },
+    /// CANCEL a ringing agent leg.
+    CancelAgent(LegId),
+    /// BYE an answered agent leg.
+    HangUpAgent(LegId),
     /// End the call (BYE) — the `call.hangup` event is already out.
     Hangup {
         /// Why.
         reason: &'static str,
     },
+}
+
+/// A hand-over the `Call` runs: who is rung, and what each party hears.
+struct Handover {
+    machine: Transfer,
+    audio: HandoverAudio,
 }
 
 /// The caller's side of speech: 8 kHz → 16 kHz → VAD → transcription jobs.
@@ -237,6 +279,10 @@ pub struct Call {
     max_duration: Option<Duration>,
     /// The time of the last input.
     now: Duration,
+    agents: Option<Arc<AgentsConfig>>,
+    hold_music: Option<Prompt>,
+    /// The hand-over under way, when the `Call` runs it.
+    handover: Option<Handover>,
 }
 
 impl Call {
@@ -285,6 +331,9 @@ impl Call {
             caller: setup.caller,
             max_duration: setup.max_duration,
             now: Duration::ZERO,
+            agents: setup.agents,
+            hold_music: setup.hold_music,
+            handover: None,
         }
     }
 
@@ -354,6 +403,12 @@ impl Call {
                 });
                 self.feed(now, CoreEvent::WebhookReply { intent, reply });
             }
+            Input::Agent(event) => self.on_agent(now, event),
+            Input::WhisperReady(prompt) => {
+                if let Some(h) = self.handover.as_mut() {
+                    h.audio.whisper_ready(prompt);
+                }
+            }
             Input::TransferFailed { tried } => {
                 self.handing_over = false;
                 self.feed(now, CoreEvent::TransferFailed { tried });
@@ -409,7 +464,54 @@ impl Call {
     /// results that come back are logged, no longer decided on.
     pub fn finish(&mut self) {
         self.hung_up = true;
+        // The caller is gone: ringing agents are cancelled, a bridged or
+        // whispered-to agent hung up.
+        self.on_agent(self.now, TransferEvent::CallerHungUp);
         self.flush_speech();
+    }
+
+    /// One 20 ms tick of a hand-over the `Call` runs: `agents` holds what
+    /// each answered agent leg sent (`heard`); on return `out` is what to
+    /// send each. Returns what the caller hears (hold, the bot's notice, or
+    /// the agent once bridged), or `None` with no hand-over under way (the
+    /// caller hears [`Call::poll_frame`]). Call once per tick, after
+    /// [`Input::CallerAudio`] and `poll_frame`.
+    pub fn handover_frame(
+        &mut self,
+        now: Duration,
+        caller: &[i16],
+        bot: Option<Frame>,
+        agents: &mut [AgentFrame],
+    ) -> Option<Frame> {
+        let h = self.handover.as_mut()?;
+        let mut happened = Vec::new();
+        let to_caller = h
+            .audio
+            .tick(now, h.machine.bridged(), caller, bot, agents, &mut happened);
+        for e in happened {
+            match e {
+                AudioEvent::WhisperStarted { leg, after_answer } => {
+                    self.event(CallEvent::TransferWhisperStarted {
+                        leg,
+                        ms_after_answer: after_answer.as_secs_f64() * 1000.0,
+                    })
+                }
+                AudioEvent::WhisperFinished { leg, played } => {
+                    if played {
+                        self.event(CallEvent::TransferWhisperFinished { leg });
+                    }
+                    self.on_agent(now, TransferEvent::WhisperFinished(leg));
+                }
+            }
+        }
+        // Ring and accept deadlines.
+        self.on_agent(now, TransferEvent::Tick);
+        Some(to_caller)
+    }
+
+    /// The agent leg caller and agent are bridged on, if they are.
+    pub fn bridged_agent(&self) -> Option<LegId> {
+        self.handover.as_ref().and_then(|h| h.machine.bridged())
     }
 
     /// The caller's audio is over (a replay's end of file): what they were
@@ -888,8 +990,77 @@ impl Call {
                 CoreAction::Transfer { reason, summary } => {
                     self.handing_over = true;
                     self.transfer = Some((now, reason.clone(), summary.clone()));
-                    self.out.push_back(Output::Transfer { reason, summary });
+                    self.out.push_back(Output::Transfer {
+                        reason: reason.clone(),
+                        summary,
+                    });
+                    self.start_handover(now, &reason);
                 }
+            }
+        }
+    }
+
+    /// Ring the agents for `reason` (with agents configured).
+    fn start_handover(&mut self, now: Duration, reason: &str) {
+        let Some(agents) = self.agents.clone() else {
+            return;
+        };
+        let (machine, actions) = Transfer::start(plan(&agents, reason), &agents.whisper, now);
+        self.handover = Some(Handover {
+            machine,
+            audio: HandoverAudio::new(self.hold_music.clone()),
+        });
+        self.event(CallEvent::TransferStarted {
+            reason: reason.to_string(),
+        });
+        self.apply_transfer(now, actions);
+    }
+
+    /// An agent leg's outcome, or the orchestration's own events.
+    fn on_agent(&mut self, now: Duration, event: TransferEvent) {
+        match self.handover.as_mut() {
+            Some(h) => {
+                let actions = h.machine.handle(now, event);
+                self.apply_transfer(now, actions);
+            }
+            // An agent answering after the hand-over gave up: let them go.
+            None => {
+                if let TransferEvent::Answered(leg) = event {
+                    self.out.push_back(Output::HangUpAgent(leg));
+                }
+            }
+        }
+    }
+
+    fn apply_transfer(&mut self, now: Duration, actions: Vec<TransferAction>) {
+        for action in actions {
+            match action {
+                TransferAction::Dial { leg, uri } => {
+                    self.out.push_back(Output::DialAgent { leg, uri });
+                }
+                TransferAction::Cancel(leg) => self.out.push_back(Output::CancelAgent(leg)),
+                TransferAction::HangUp(leg) => self.out.push_back(Output::HangUpAgent(leg)),
+                TransferAction::Whisper(leg) => {
+                    if let Some(h) = self.handover.as_mut() {
+                        h.audio.whisper_to(leg, now);
+                    }
+                }
+                TransferAction::Bridge(leg) => {
+                    if let Some(h) = self.handover.as_mut() {
+                        h.audio.bridge();
+                    }
+                    tracing::info!(leg, "caller and agent bridged");
+                }
+                TransferAction::GiveUp { tried } => {
+                    tracing::warn!(?tried, "no agent took the call: caller back with the bot");
+                    self.handover = None;
+                    self.handing_over = false;
+                    if !self.hung_up {
+                        self.feed(now, CoreEvent::TransferFailed { tried });
+                    }
+                }
+                TransferAction::EndCall => self.hang_up("agent_bye"),
+                TransferAction::Log(event) => self.event(event),
             }
         }
     }
@@ -929,6 +1100,8 @@ mod tests {
             greeting: Some(Prompt::from_samples(vec![500; 8000])),
             listen,
             max_duration: None,
+            agents: None,
+            hold_music: None,
         }
     }
 
@@ -1039,6 +1212,204 @@ mod tests {
             }
         }
         panic!("never hung up");
+    }
+
+    /// A call that runs its own hand-overs: one sequential group of two
+    /// agents, 10 s each; hold music of `300`s.
+    fn call_with_agents() -> Call {
+        use crate::call::agents::{AgentGroup, RingStrategy};
+        let agents = AgentsConfig {
+            groups: vec![AgentGroup {
+                name: "support".into(),
+                strategy: RingStrategy::Sequential,
+                ring_timeout: Duration::from_secs(10),
+                members: vec!["sip:1001@pbx".into(), "sip:1002@pbx".into()],
+            }],
+            ..AgentsConfig::default()
+        };
+        let mut call = Call::new(CallSetup {
+            agents: Some(Arc::new(agents)),
+            hold_music: Some(Prompt::from_samples(vec![300; 1600])),
+            greeting: None,
+            ..setup(true)
+        });
+        call.handle_input(ms(0), Input::Answered);
+        drain(&mut call);
+        call
+    }
+
+    /// Recognition overloaded: the core hands the caller over (at `t`).
+    fn decide_handover(call: &mut Call, t: u64) -> Vec<Output> {
+        call.handle_input(
+            ms(t),
+            Input::AsrRefused {
+                start_s: 0.0,
+                end_s: 1.0,
+            },
+        );
+        silence(call, t, t + 20)
+    }
+
+    fn dialled(out: &[Output]) -> Vec<(LegId, String)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::DialAgent { leg, uri } => Some((*leg, uri.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One hand-over tick; the caller says `7`s, each listed leg `leg * 100`.
+    fn hand_tick(call: &mut Call, t: u64, legs: &[LegId]) -> (Option<Frame>, Vec<AgentFrame>) {
+        let caller = [7; FRAME_8K];
+        call.handle_input(
+            ms(t),
+            Input::CallerAudio {
+                frame: &caller,
+                asr_busy: false,
+            },
+        );
+        let bot = call.poll_frame();
+        let mut agents: Vec<AgentFrame> = legs
+            .iter()
+            .map(|l| AgentFrame::new(*l, &[(*l * 100) as i16; FRAME_8K]))
+            .collect();
+        let heard = call.handover_frame(ms(t), &caller, bot, &mut agents);
+        (heard, agents)
+    }
+
+    #[test]
+    fn the_call_rings_the_agent_whispers_to_them_alone_bridges_and_ends_with_their_bye() {
+        let mut call = call_with_agents();
+        let out = decide_handover(&mut call, 1000);
+        let transfer = out
+            .iter()
+            .position(|o| matches!(o, Output::Transfer { .. }));
+        let dial = out
+            .iter()
+            .position(|o| matches!(o, Output::DialAgent { .. }));
+        assert!(
+            transfer.is_some() && transfer < dial,
+            "decided, then dialled"
+        );
+        assert_eq!(
+            dialled(&out),
+            [(1, "sip:1001@pbx".to_string())],
+            "the first agent only"
+        );
+        let started = kinds(&out);
+        assert!(started.contains(&"transfer.started") && started.contains(&"transfer.dial"));
+
+        // Ringing: the caller hears hold music, nobody else is sent anything.
+        call.handle_input(ms(1100), Input::Agent(TransferEvent::Ringing(1)));
+        let (heard, _) = hand_tick(&mut call, 1120, &[]);
+        assert_eq!(heard, Some([300; FRAME_8K]));
+
+        // Answered; the whisper (3 frames of 900) is heard by the agent only.
+        call.handle_input(ms(2000), Input::Agent(TransferEvent::Answered(1)));
+        call.handle_input(
+            ms(2000),
+            Input::WhisperReady(Some(Prompt::from_samples(vec![900; FRAME_8K * 3]))),
+        );
+        let mut whisper = 0;
+        let mut t = 2000;
+        while call.bridged_agent().is_none() {
+            t += 20;
+            assert!(t < 3000, "bridged after the whisper");
+            let (heard, agents) = hand_tick(&mut call, t, &[1]);
+            assert_ne!(
+                heard,
+                Some([900; FRAME_8K]),
+                "the caller never hears the whisper"
+            );
+            if agents[0].out == [900; FRAME_8K] {
+                whisper += 1;
+            }
+        }
+        assert_eq!(whisper, 3);
+        let happened = kinds(&drain(&mut call));
+        for k in [
+            "transfer.answered",
+            "transfer.whisper_started",
+            "transfer.whisper_finished",
+            "transfer.bridged",
+        ] {
+            assert!(happened.contains(&k), "{k} in {happened:?}");
+        }
+
+        // Bridged: each hears the other.
+        let (heard, agents) = hand_tick(&mut call, t + 20, &[1]);
+        assert_eq!(heard, Some([100; FRAME_8K]));
+        assert_eq!(agents[0].out, [7; FRAME_8K]);
+
+        // The agent hangs up: the call ends, nothing is sent to their leg.
+        call.handle_input(ms(t + 40), Input::Agent(TransferEvent::AgentHungUp(1)));
+        let out = drain(&mut call);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Hangup {
+                reason: "agent_bye"
+            }
+        )));
+        assert!(!out.iter().any(|o| matches!(o, Output::HangUpAgent(_))));
+        assert!(kinds(&out).contains(&"transfer.ended"));
+    }
+
+    #[test]
+    fn nobody_answering_brings_the_caller_back_and_a_late_answer_is_let_go() {
+        let mut call = call_with_agents();
+        let out = decide_handover(&mut call, 1000);
+        assert_eq!(dialled(&out), [(1, "sip:1001@pbx".to_string())]);
+        // A busy first agent: the second is rung at once.
+        call.handle_input(
+            ms(1500),
+            Input::Agent(TransferEvent::Failed {
+                leg: 1,
+                status: 486,
+                why: "busy".into(),
+            }),
+        );
+        assert_eq!(
+            dialled(&drain(&mut call)),
+            [(2, "sip:1002@pbx".to_string())]
+        );
+        // The second rings out its 10 s: cancelled, then back to the bot.
+        let mut out = Vec::new();
+        for t in (1520..11_600).step_by(20) {
+            let _ = hand_tick(&mut call, t, &[]);
+            out.extend(drain(&mut call));
+        }
+        assert!(out.iter().any(|o| matches!(o, Output::CancelAgent(2))));
+        assert!(kinds(&out).contains(&"transfer.failed"));
+        assert!(
+            call.core()
+                .decisions
+                .iter()
+                .any(|d| d.kind == crate::call::core::DecisionKind::TransferFailed),
+            "the core knows nobody took the call"
+        );
+        assert_eq!(
+            hand_tick(&mut call, 11_620, &[]).0,
+            None,
+            "no hand-over audio"
+        );
+        // The second agent picks up just too late: hung up at once.
+        call.handle_input(ms(11_700), Input::Agent(TransferEvent::Answered(2)));
+        assert!(drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::HangUpAgent(2))));
+    }
+
+    #[test]
+    fn a_caller_who_hangs_up_while_the_agent_rings_cancels_the_agent() {
+        let mut call = call_with_agents();
+        decide_handover(&mut call, 1000);
+        call.handle_input(ms(1100), Input::Agent(TransferEvent::Ringing(1)));
+        drain(&mut call);
+        call.finish();
+        let out = drain(&mut call);
+        assert!(out.iter().any(|o| matches!(o, Output::CancelAgent(1))));
+        assert!(kinds(&out).contains(&"transfer.abandoned"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::agent::{LegReport, ReportTo};
 use super::events::{EventLog, OnBoard};
-use super::handover::{Handover, Outcome};
+use super::handover::AgentLegs;
 use super::leg::{CallerLeg, DialogOutcome, SipLeg};
 use super::Shared;
 use crate::call::event::{self, CallEvent, Party};
@@ -360,6 +360,8 @@ pub(super) async fn converse(
         greeting: Some(shared.greeting.clone()),
         listen: shared.asr.is_some(),
         max_duration: gw.media.max_call_duration,
+        agents: Some(Arc::new(shared.config.agents.clone())),
+        hold_music: shared.hold_music.clone(),
     });
     // Everything the call started answers on one channel: the task waits on
     // its clock, its SIP dialog and this inbox, nothing else.
@@ -390,10 +392,10 @@ pub(super) async fn converse(
         let inbox = inbox_tx.clone();
         ReportTo::new(move |report| inbox.send(Inbox::Agent(report)).is_ok())
     };
-    let mut handover: Option<Handover> = None;
+    let mut agents = AgentLegs::new(caller_id.clone(), leg_tx);
     // The caller leg's jitter counters when the bridge began.
     let mut bridged_at: Option<crate::media::jitter::JitterStats> = None;
-    let hold_music = shared.hold_music.clone();
+    let mut agent_events = Vec::new();
     let mut hangup: Option<&'static str> = None;
     let mut ticker = tokio::time::interval_at(media_clock_next_tick(), Duration::from_millis(20));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -487,20 +489,20 @@ pub(super) async fn converse(
                             .ok();
                         let _ = inbox.send(Inbox::Whisper(prompt));
                     });
-                    let (h, outcome) = Handover::start(
-                        &shared,
-                        &reason,
-                        summary,
-                        caller_id.clone(),
-                        start.elapsed(),
-                        leg_tx.clone(),
-                        hold_music.clone(),
-                        &mut log,
-                    )
-                    .await;
-                    handover = Some(h);
-                    settle(outcome, &mut handover, &mut call, start.elapsed());
+                    agents.decided(summary);
                 }
+                Output::DialAgent { leg, uri } => {
+                    if let Err(why) = agents.dial(&shared, leg, &uri).await {
+                        let failed = TransferEvent::Failed {
+                            leg,
+                            status: 0,
+                            why,
+                        };
+                        call.handle_input(start.elapsed(), Input::Agent(failed));
+                    }
+                }
+                Output::CancelAgent(leg) => agents.cancel(leg),
+                Output::HangUpAgent(leg) => agents.hang_up(leg),
                 Output::Hangup { reason } => hangup = Some(reason),
             }
         }
@@ -535,21 +537,23 @@ pub(super) async fn converse(
                 call.handle_input(now, Input::CallerAudio { frame: &caller, asr_busy });
                 let bot = call.poll_frame();
                 let mut out = bot.unwrap_or(silence);
-                if let Some(h) = handover.as_mut() {
-                    if h.bridged() && bridged_at.is_none() {
+                // A hand-over under way: the `Call` mixes, the agent legs
+                // carry the audio.
+                let frames = agents.receive(now, &mut agent_events);
+                if let Some(to_caller) = call.handover_frame(now, &caller, bot, frames) {
+                    out = to_caller;
+                    agents.send();
+                    if call.bridged_agent().is_some() && bridged_at.is_none() {
                         // Talking now: the caller's leg drops to the bridge's
                         // shallower jitter buffer too.
                         leg.set_jitter_depth(shared.config.agents.bridge_jitter);
                         bridged_at = Some(leg.jitter_stats());
                     }
-                    let (to_caller, events) = h.media_tick(now, &caller, bot, &mut log);
-                    out = to_caller;
-                    for e in events.into_iter().chain([TransferEvent::Tick]) {
-                        let Some(h) = handover.as_mut() else { break };
-                        let outcome = h.handle(&shared, now, e, &mut log).await;
-                        settle(outcome, &mut handover, &mut call, now);
-                    }
                 }
+                for e in agent_events.drain(..) {
+                    call.handle_input(now, Input::Agent(e));
+                }
+                agents.prune();
                 leg.send_frame(&out);
                 if let Some(r) = log.recorder.as_deref_mut() {
                     r.write(&caller, &out);
@@ -604,16 +608,11 @@ pub(super) async fn converse(
                         call.handle_input(now, Input::WebhookReply { intent, reply });
                     }
                     Inbox::Agent(report) => {
-                        if let Some(h) = handover.as_mut() {
-                            let outcome = h.on_report(&shared, now, report, &mut log).await;
-                            settle(outcome, &mut handover, &mut call, now);
+                        if let Some(e) = agents.on_report(&shared, report, &mut log) {
+                            call.handle_input(now, Input::Agent(e));
                         }
                     }
-                    Inbox::Whisper(whisper) => {
-                        if let Some(h) = handover.as_mut() {
-                            h.whisper_ready(whisper);
-                        }
-                    }
+                    Inbox::Whisper(whisper) => call.handle_input(now, Input::WhisperReady(whisper)),
                 }
             }
             _ = &mut shutdown, if !call.hung_up() => {
@@ -621,8 +620,8 @@ pub(super) async fn converse(
             }
         }
     }
-    if let Some(mut h) = handover.take() {
-        if let (Some(before), Some(agent)) = (bridged_at, h.agent_stats()) {
+    {
+        if let (Some(before), Some(agent)) = (bridged_at, agents.agent_stats()) {
             // Time inside the gateway per direction: the jitter hold measured
             // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
             let now = leg.jitter_stats();
@@ -639,7 +638,6 @@ pub(super) async fn converse(
                 agent_media: serde_json::to_value(agent).unwrap_or_default(),
             });
         }
-        h.finish(&shared, start.elapsed(), &mut log).await;
     }
     // Recognise what the caller was still saying, and wait (bounded) for
     // every outstanding result so the event log loses nothing.
@@ -662,9 +660,13 @@ pub(super) async fn converse(
                     &asr_tx,
                     start.elapsed(),
                 ),
+                Output::CancelAgent(leg) => agents.cancel(leg),
+                Output::HangUpAgent(leg) => agents.hang_up(leg),
                 _ => {}
             }
         }
+        // Any agent leg the `Call` did not know of is let go too.
+        agents.finish();
         if call.pending_asr() == 0 {
             break;
         }
@@ -781,17 +783,6 @@ impl Drop for DialogRelease {
 
 /// Act on a hand-over step: back to the bot when nobody took the call, end
 /// the call when the bridged agent hung up.
-fn settle(outcome: Outcome, handover: &mut Option<Handover>, call: &mut Call, now: Duration) {
-    match outcome {
-        Outcome::Continue => {}
-        Outcome::GaveUp(tried) => {
-            *handover = None;
-            call.handle_input(now, Input::TransferFailed { tried });
-        }
-        Outcome::EndCall => call.handle_input(now, Input::AgentHungUp),
-    }
-}
-
 /// The next instant on the process-wide 20 ms media grid. Every call ticks on
 /// the same grid, so one timer-wheel turn wakes them all together instead of
 /// scattering 50 wake-ups per second per call across the 20 ms period.

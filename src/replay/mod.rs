@@ -131,6 +131,9 @@ pub fn replay(
         greeting,
         listen: true,
         max_duration,
+        // A replay decides the hand-over; no agent is called.
+        agents: None,
+        hold_music: None,
     });
     let mut io = ReplayIo {
         recognizer,
@@ -264,7 +267,11 @@ impl ReplayIo<'_> {
                         call.handle_input(now, Input::WebhookReply { intent, reply });
                     }
                 }
-                Output::Transfer { .. } | Output::Hangup { .. } => {}
+                Output::Transfer { .. }
+                | Output::Hangup { .. }
+                | Output::DialAgent { .. }
+                | Output::CancelAgent(_)
+                | Output::HangUpAgent(_) => {}
             }
         }
         Ok(())
