@@ -222,6 +222,12 @@ struct Ears {
     last_partial: Duration,
     /// Final jobs asked for and not yet answered.
     pending: usize,
+    /// The start (s) of each utterance whose final text is awaited, in the
+    /// order the VAD closed them: answers are decided in this order, however
+    /// the pool's workers return them.
+    awaited: VecDeque<f64>,
+    /// Final answers that came before an earlier utterance's.
+    early_answers: Vec<AsrReply>,
     /// The transcription started when the caller paused, if any.
     early: Option<EarlyJob>,
 }
@@ -241,6 +247,11 @@ struct EarlyJob {
     closed: Option<Utterance>,
     /// Its answer, when it came before the utterance closed.
     reply: Option<AsrReply>,
+}
+
+/// Two stream times (s) computed from the same sample count.
+fn same_time(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
 }
 
 /// One call's conversation. See the module documentation.
@@ -306,6 +317,8 @@ impl Call {
             partial_window: setup.partial_window,
             last_partial: Duration::ZERO,
             pending: 0,
+            awaited: VecDeque::new(),
+            early_answers: Vec::new(),
             early: None,
         });
         Self {
@@ -384,7 +397,10 @@ impl Call {
             Input::AsrRefused { start_s, end_s } => {
                 if let Some(e) = self.ears.as_mut() {
                     e.pending = e.pending.saturating_sub(1);
+                    e.awaited.retain(|s| !same_time(*s, start_s));
                 }
+                // Answers held for this one's are due now.
+                self.release_finals(now);
                 self.asr_refused = true;
                 self.event(CallEvent::AsrOverloaded {
                     reason: "queue_full".into(),
@@ -681,6 +697,7 @@ impl Call {
             return;
         };
         ears.pending += 1;
+        ears.awaited.push_back(u.start.as_secs_f64());
         match ears.early.take() {
             // The caller stayed silent since the pause: the early job has
             // this very audio. Its answer is (or will be) the final one.
@@ -762,6 +779,71 @@ impl Call {
             self.on_early(now, reply);
             return;
         }
+        let is_final = matches!(
+            reply,
+            AsrReply::Done {
+                kind: JobKind::Final,
+                ..
+            } | AsrReply::Overloaded {
+                kind: JobKind::Final,
+                ..
+            } | AsrReply::Failed {
+                kind: JobKind::Final,
+                ..
+            }
+        );
+        if !is_final {
+            self.on_answer(now, reply);
+            return;
+        }
+        // Two workers may answer one caller's utterances out of order (a
+        // short one overtaking a long one under load): each is decided only
+        // once every utterance closed before it has been, as a replay does.
+        let start = match &reply {
+            AsrReply::Done { result, .. } => result.start_s,
+            AsrReply::Overloaded { start_s, .. } | AsrReply::Failed { start_s, .. } => *start_s,
+        };
+        if let Some(ears) = self.ears.as_mut() {
+            match ears.awaited.iter().position(|s| same_time(*s, start)) {
+                Some(0) => {
+                    ears.awaited.pop_front();
+                }
+                Some(_) => {
+                    ears.early_answers.push(reply);
+                    return;
+                }
+                None => {} // not awaited (asked before a restart of the VAD?): decided now
+            }
+        }
+        self.on_answer(now, reply);
+        self.release_finals(now);
+    }
+
+    /// Decide the held answers whose turn has come.
+    fn release_finals(&mut self, now: Duration) {
+        loop {
+            let Some(ears) = self.ears.as_mut() else {
+                return;
+            };
+            let Some(front) = ears.awaited.front().copied() else {
+                return;
+            };
+            let Some(i) = ears.early_answers.iter().position(|r| match r {
+                AsrReply::Done { result, .. } => same_time(result.start_s, front),
+                AsrReply::Overloaded { start_s, .. } | AsrReply::Failed { start_s, .. } => {
+                    same_time(*start_s, front)
+                }
+            }) else {
+                return;
+            };
+            ears.awaited.pop_front();
+            let reply = ears.early_answers.swap_remove(i);
+            self.on_answer(now, reply);
+        }
+    }
+
+    /// A final or partial answer, in its turn.
+    fn on_answer(&mut self, now: Duration, reply: AsrReply) {
         let partial = matches!(
             reply,
             AsrReply::Done {
@@ -907,9 +989,10 @@ impl Call {
                 reason,
                 start_s,
             },
-            AsrReply::Failed { error, .. } => AsrReply::Failed {
+            AsrReply::Failed { error, start_s, .. } => AsrReply::Failed {
                 kind: JobKind::Final,
                 error,
+                start_s,
             },
         };
         self.on_asr(now, reply);
@@ -1607,7 +1690,8 @@ mod tests {
 
     /// Early answers that come late — here all at the end of the call, after
     /// the caller has said the next things — still give every utterance its
-    /// final text, in order.
+    /// final text, in order; answers that come newest first are decided in
+    /// the order the utterances closed, with the same decisions.
     #[test]
     fn late_early_answers_never_lose_an_utterance() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/calls");
@@ -1627,46 +1711,58 @@ mod tests {
                     }
                 }
             }
-            let mut call = Call::new(setup(true));
-            call.handle_input(Duration::ZERO, Input::Answered);
-            drain(&mut call);
-            let mut held = Vec::new();
-            let mut heard = Vec::new();
-            let take = |out: Vec<Output>, held: &mut Vec<AsrReply>, heard: &mut Vec<f64>| {
-                for o in out {
-                    match o {
-                        Output::SubmitAsr {
-                            kind: kind @ (JobKind::Early | JobKind::Final),
-                            utterance,
-                            ..
-                        } => held.push(AsrReply::Done {
-                            kind,
-                            result: result_for(&utterance, "words".into(), "en".into()),
-                            latency: ms(100),
-                            decode: ms(100),
-                            stages: Stages::default(),
-                        }),
-                        Output::Event(CallEvent::Utterance(u)) => heard.push(u.result.end_s),
-                        _ => {}
+            // In the order asked, then newest first (two workers, the
+            // later utterance answered first): the same decisions.
+            let mut decided = Vec::new();
+            for newest_first in [false, true] {
+                let mut call = Call::new(setup(true));
+                call.handle_input(Duration::ZERO, Input::Answered);
+                drain(&mut call);
+                let mut held = Vec::new();
+                let mut heard = Vec::new();
+                let take = |out: Vec<Output>, held: &mut Vec<AsrReply>, heard: &mut Vec<f64>| {
+                    for o in out {
+                        match o {
+                            Output::SubmitAsr {
+                                kind: kind @ (JobKind::Early | JobKind::Final),
+                                utterance,
+                                ..
+                            } => held.push(AsrReply::Done {
+                                kind,
+                                result: result_for(&utterance, "words".into(), "en".into()),
+                                latency: ms(100),
+                                decode: ms(100),
+                                stages: Stages::default(),
+                            }),
+                            Output::Event(CallEvent::Utterance(u)) => heard.push(u.result.end_s),
+                            _ => {}
+                        }
                     }
-                }
-            };
-            let mut now = Duration::ZERO;
-            for (n, chunk) in track.samples.chunks(320).enumerate() {
-                now = ms(20 * (n as u64 + 1));
-                call.handle_input(now, Input::CallerAudioWideband(chunk));
-                let _ = call.poll_frame();
-                take(drain(&mut call), &mut held, &mut heard);
-            }
-            while !held.is_empty() {
-                for a in std::mem::take(&mut held) {
-                    call.handle_input(now, Input::Asr(a));
+                };
+                let mut now = Duration::ZERO;
+                for (n, chunk) in track.samples.chunks(320).enumerate() {
+                    now = ms(20 * (n as u64 + 1));
+                    call.handle_input(now, Input::CallerAudioWideband(chunk));
+                    let _ = call.poll_frame();
                     take(drain(&mut call), &mut held, &mut heard);
                 }
+                while !held.is_empty() {
+                    let mut answers = std::mem::take(&mut held);
+                    if newest_first {
+                        answers.reverse();
+                    }
+                    for a in answers {
+                        call.handle_input(now, Input::Asr(a));
+                        take(drain(&mut call), &mut held, &mut heard);
+                    }
+                }
+                assert_eq!(heard.len(), expected, "{}: {heard:?}", path.display());
+                assert!(heard.windows(2).all(|w| w[0] < w[1]), "{heard:?}");
+                assert_eq!(call.pending_asr(), 0, "{}", path.display());
+                decided.push(call.core().decisions.clone());
             }
-            assert_eq!(heard.len(), expected, "{}: {heard:?}", path.display());
-            assert!(heard.windows(2).all(|w| w[0] < w[1]), "{heard:?}");
-            assert_eq!(call.pending_asr(), 0, "{}", path.display());
+            assert!(!decided[0].is_empty());
+            assert_eq!(decided[0], decided[1], "{}", path.display());
             calls += 1;
         }
         assert!(calls >= 10);

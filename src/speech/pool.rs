@@ -112,6 +112,8 @@ pub enum AsrReply {
         kind: JobKind,
         /// The error.
         error: String,
+        /// The utterance's start (s).
+        start_s: f64,
     },
 }
 
@@ -445,6 +447,7 @@ fn worker(
             Err(e) => AsrReply::Failed {
                 kind: job.kind,
                 error: e.to_string(),
+                start_s: job.utterance.start.as_secs_f64(),
             },
         };
         busy.fetch_sub(1, Ordering::Relaxed);
