@@ -45,8 +45,9 @@ load: build
 load-cluster: build
 	./benches/load/cluster_load.sh
 
-# make load side by side with rustpbx (relaying to a SIPp UAS), alternating
-# runs; builds rustpbx from crates.io into target/rustpbx the first time.
+# make load side by side with rustpbx, alternating runs: rustpbx answers each
+# call through its IVR (RP_MODE=relay: relays to a SIPp UAS instead); builds
+# rustpbx from crates.io into target/rustpbx the first time.
 load-rustpbx: build
 	./benches/load/rustpbx_side_by_side.sh
 

@@ -4,9 +4,12 @@
 # The same SIPp UAC scenario (benches/load/uac_60s.xml: G.711 A-law from a
 # pcap for ~60 s, then BYE) places CALLS concurrent calls at RATE per second
 #   - to voicegate, which answers, runs its bot and records both directions;
-#   - to rustpbx (crate `rustpbx`, built without default features), set up
-#     as a PBX that RELAYS each call (B2BUA, media_proxy = "all", recording
-#     on) to a SIPp UAS that echoes the RTP back (`-rtp_echo`).
+#   - to rustpbx (crate `rustpbx`, built without default features), which
+#     with RP_MODE=ivr (the default) ANSWERS each call itself: a route to its
+#     built-in IVR application plays the same greeting WAV as voicegate and
+#     waits for a key, recording on (media_proxy = "all"); with
+#     RP_MODE=relay it RELAYS each call (B2BUA) to a SIPp UAS that echoes
+#     the RTP back (`-rtp_echo`).
 # Each server's CPU (user + system, /proc) over a STEADY-second window with
 # every call up is divided by the calls: "% of a core per call", and resident
 # memory above idle per call. RUNS alternating runs each; medians printed.
@@ -21,6 +24,8 @@ STEADY=${STEADY:-30}
 RUNS=${RUNS:-3}
 BIN=${BIN:-./target/release/voicegate}
 RUSTPBX=${RUSTPBX:-target/rustpbx/bin/rustpbx}
+RP_MODE=${RP_MODE:-ivr}
+case "$RP_MODE" in ivr|relay) ;; *) echo "RP_MODE is ivr or relay" >&2; exit 2 ;; esac
 if [ ! -x "$RUSTPBX" ]; then
   cargo install rustpbx --locked --no-default-features --root target/rustpbx
 fi
@@ -37,6 +42,48 @@ rustpbx_run() {
   mkdir -p "$dir/sipp/pcap" "$dir/rec" "$dir/config"
   cp /usr/share/sip-tester/*.pcap "$dir/sipp/pcap/"
   cp benches/load/uac_60s.xml "$dir/sipp/"
+  local route
+  if [ "$RP_MODE" = ivr ]; then
+    # Answered by rustpbx's own IVR: the greeting, then waiting for a key
+    # (longer than the call), like voicegate's bot listening.
+    mkdir -p "$dir/config/ivr"
+    cp sip-config/prompts/greeting.wav "$dir/greeting.wav"
+    cat >"$dir/config/ivr/bench.toml" <<EOF
+[ivr]
+name = "bench"
+
+[ivr.root]
+greeting = "$dir/greeting.wav"
+timeout_ms = 120000
+max_retries = 1
+
+[[ivr.root.entries]]
+key = "1"
+action = { type = "hangup" }
+EOF
+    route="[[proxy.routes]]
+name = \"to-ivr\"
+priority = 1
+app = \"ivr\"
+auto_answer = true
+
+[proxy.routes.app_params]
+file = \"$dir/config/ivr/bench.toml\"
+
+[proxy.routes.match]
+\"to.user\" = \".*\""
+  else
+    route="[proxy.trunks.uas]
+dest = \"sip:127.0.0.1:$UAS_SIP\"
+
+[[proxy.routes]]
+name = \"to-uas\"
+priority = 1
+dest = \"uas\"
+
+[proxy.routes.match]
+\"to.user\" = \".*\""
+  fi
   cat >"$dir/config.toml" <<EOF
 http_addr = "127.0.0.1:18083"
 log_level = "warn"
@@ -54,16 +101,7 @@ routes_files = []
 trunks_files = []
 acl_rules = ["allow all"]
 
-[proxy.trunks.uas]
-dest = "sip:127.0.0.1:$UAS_SIP"
-
-[[proxy.routes]]
-name = "to-uas"
-priority = 1
-dest = "uas"
-
-[proxy.routes.match]
-"to.user" = ".*"
+$route
 
 [recording]
 enabled = true
@@ -75,9 +113,11 @@ EOF
   local rp=$!
   sleep 3
   kill -0 $rp 2>/dev/null || { echo "rustpbx did not start:"; tail -20 "$dir/rustpbx.log"; return 1; }
-  # The callee: answers every INVITE and echoes its RTP.
-  (cd "$dir/sipp" && sipp -sn uas -i 127.0.0.1 -p $UAS_SIP -mi 127.0.0.1 -mp 46000 -rtp_echo \
-     -nostdin -bg >/dev/null 2>&1) || true
+  if [ "$RP_MODE" = relay ]; then
+    # The callee: answers every INVITE and echoes its RTP.
+    (cd "$dir/sipp" && sipp -sn uas -i 127.0.0.1 -p $UAS_SIP -mi 127.0.0.1 -mp 46000 -rtp_echo \
+       -nostdin -bg >/dev/null 2>&1) || true
+  fi
   sleep 1
   local cpu0 rss0 peak=0 c1 c2 t1 t2 r
   rss0=$(awk '/VmRSS/{print $2}' /proc/$rp/status)
@@ -115,18 +155,22 @@ for i in $(seq "$RUNS"); do
     echo "$out" | grep -E "^(calls|CPU|memory|packet)"
     VG+=("$(echo "$out" | sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p')")
   fi
-  echo "== run $i: rustpbx (relays to a SIPp UAS that echoes, media proxied, records)"
+  if [ "$RP_MODE" = ivr ]; then
+    echo "== run $i: rustpbx (answers: its IVR plays the greeting and waits for a key, records)"
+  else
+    echo "== run $i: rustpbx (relays to a SIPp UAS that echoes, media proxied, records)"
+  fi
   rustpbx_run "$i" 2>&1 | tee "$work/rp.out" || true
   RP+=("$(sed -n 's/.*= \([0-9.]*\) % of a core per call/\1/p' "$work/rp.out")")
 done
-python3 - "${VG[*]}" "${RP[*]}" <<'PY'
+python3 - "${VG[*]}" "${RP[*]}" "$RP_MODE" <<'PY'
 import statistics, sys
 vg = [float(x) for x in sys.argv[1].split() if x]
 rp = [float(x) for x in sys.argv[2].split() if x]
 if vg:
     print(f"voicegate % of a core per call: {vg} median {statistics.median(vg):.4f}")
 if rp:
-    print(f"rustpbx (relay to SIPp UAS) % of a core per call: {rp} median {statistics.median(rp):.4f}")
+    print(f"rustpbx ({sys.argv[3]}) % of a core per call: {rp} median {statistics.median(rp):.4f}")
 if vg and rp:
     print(f"ratio rustpbx / voicegate: {statistics.median(rp) / statistics.median(vg):.2f}x")
 PY
