@@ -24,8 +24,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `trunks.toml`.
     pub trunks: Vec<TrunkConfig>,
-    /// `agents.toml`: where hand-overs go.
-    pub agents: AgentsConfig,
+    /// `agents.toml`: where hand-overs go (shared by every call of this
+    /// configuration generation).
+    pub agents: std::sync::Arc<AgentsConfig>,
     /// The bot, rules, lexicons and customers.
     pub policy: std::sync::Arc<crate::call::policy::Policy>,
     /// The sentence encoder behind semantic intents, when installed (shared
@@ -72,7 +73,7 @@ impl Config {
                     dir: dir.to_path_buf(),
                     gateway,
                     trunks,
-                    agents,
+                    agents: std::sync::Arc::new(agents),
                     policy: std::sync::Arc::new(policy),
                     encoder,
                 });

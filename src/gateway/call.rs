@@ -360,7 +360,7 @@ pub(super) async fn converse(
         greeting: Some(shared.greeting.clone()),
         listen: shared.asr.is_some(),
         max_duration: gw.media.max_call_duration,
-        agents: Some(Arc::new(shared.config.agents.clone())),
+        agents: Some(shared.config.agents.clone()),
         hold_music: shared.hold_music.clone(),
     });
     // Everything the call started answers on one channel: the task waits on
