@@ -155,8 +155,12 @@ impl AgentLegs {
         now: std::time::Duration,
         digits: &mut Vec<TransferEvent>,
     ) -> &mut [AgentFrame] {
-        let mut buf = [0u8; 2048];
         self.frames.clear();
+        if self.legs.is_empty() {
+            // No hand-over: nothing to read (the common case, every tick).
+            return &mut self.frames;
+        }
+        let mut buf = [0u8; 2048];
         for leg in self.legs.iter_mut().filter(|l| !l.ended) {
             let Some(media) = leg.media.as_mut() else {
                 continue;
