@@ -938,10 +938,8 @@ impl Call {
             return;
         };
         let current = match &reply {
-            AsrReply::Done { result, .. } => (result.end_s - early.end.as_secs_f64()).abs() < 1e-9,
-            AsrReply::Overloaded { start_s, .. } => {
-                (start_s - early.start.as_secs_f64()).abs() < 1e-9
-            }
+            AsrReply::Done { result, .. } => same_time(result.end_s, early.end.as_secs_f64()),
+            AsrReply::Overloaded { start_s, .. } => same_time(*start_s, early.start.as_secs_f64()),
             AsrReply::Failed { .. } => true,
         };
         if !current {

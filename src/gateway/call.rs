@@ -620,24 +620,21 @@ pub(super) async fn converse(
             }
         }
     }
-    {
-        if let (Some(before), Some(agent)) = (bridged_at, agents.agent_stats()) {
-            // Time inside the gateway per direction: the jitter hold measured
-            // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
-            let now = leg.jitter_stats();
-            let caller_hold = if now.played > before.played {
-                (now.queued_sum - before.queued_sum) as f64 * 20.0
-                    / (now.played - before.played) as f64
-            } else {
-                0.0
-            };
-            log.event(CallEvent::BridgeLatency {
-                caller_to_agent_hold_ms: caller_hold,
-                agent_to_caller_hold_ms: agent.jitter.mean_hold_ms(),
-                clock_wait_ms_max: 20,
-                agent_media: serde_json::to_value(agent).unwrap_or_default(),
-            });
-        }
+    if let (Some(before), Some(agent)) = (bridged_at, agents.agent_stats()) {
+        // Time inside the gateway per direction: the jitter hold measured
+        // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
+        let now = leg.jitter_stats();
+        let caller_hold = if now.played > before.played {
+            (now.queued_sum - before.queued_sum) as f64 * 20.0 / (now.played - before.played) as f64
+        } else {
+            0.0
+        };
+        log.event(CallEvent::BridgeLatency {
+            caller_to_agent_hold_ms: caller_hold,
+            agent_to_caller_hold_ms: agent.jitter.mean_hold_ms(),
+            clock_wait_ms_max: 20,
+            agent_media: serde_json::to_value(agent).unwrap_or_default(),
+        });
     }
     // Recognise what the caller was still saying, and wait (bounded) for
     // every outstanding result so the event log loses nothing.
