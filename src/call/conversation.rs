@@ -437,6 +437,11 @@ impl Call {
         }
     }
 
+    /// Whether the shell has something to do (`poll_output` would give it).
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// The next thing the shell must do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()

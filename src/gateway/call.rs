@@ -6,6 +6,7 @@ use super::agent::{LegReport, ReportTo};
 use super::events::{EventLog, OnBoard};
 use super::handover::AgentLegs;
 use super::leg::{CallerLeg, DialogOutcome, SipLeg};
+use super::media_runtime::{Ticked, TICK};
 use super::Shared;
 use crate::call::event::{self, CallEvent, Party};
 use crate::call::transfer::TransferEvent;
@@ -21,9 +22,10 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, StatusCode};
 use rsipstack::transaction::transaction::Transaction;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Who the caller is and what they dialled.
@@ -171,7 +173,7 @@ pub(super) async fn run(
         board: Some((shared.board.clone(), who.call_id.clone())),
     };
     early.event(invite.clone());
-    let ended_early = |early: &mut EventLog<'_>, reason: &str| {
+    let ended_early = |early: &mut EventLog, reason: &str| {
         info!(
             reason,
             "call ended before it was confirmed: nothing recorded"
@@ -318,19 +320,24 @@ pub(super) async fn run(
 
 /// Run an answered call, whatever leg the caller is on, until either side
 /// ends it: the media clock, the bot, the hand-over, the recording.
+///
+/// The call's media half ([`Live`]) is stepped every 20 ms by the media
+/// engine; this task only wakes for the caller's signalling, for news from
+/// what the call started (transcriptions, replies, agent legs) and when the
+/// `Call` asks for something (`Output`s).
 pub(super) async fn converse(
     shared: Arc<Shared>,
     who: Parties,
     trunk: TrunkConfig,
     mut leg: CallerLeg,
-    mut recorder: Option<CallRecorder>,
+    recorder: Option<CallRecorder>,
     page_key: String,
     _on_board: OnBoard,
 ) {
     let gw = &shared.config.gateway;
     let start = Instant::now();
     let mut log = EventLog {
-        recorder: recorder.as_mut(),
+        recorder,
         start,
         board: Some((shared.board.clone(), who.call_id.clone())),
     };
@@ -347,8 +354,8 @@ pub(super) async fn converse(
     }));
     let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
     let sp = &gw.speech;
-    // Everything that decides lives in `call` (sans-IO); this loop only does
-    // the I/O it asks for and feeds the answers back.
+    // Everything that decides lives in `call` (sans-IO); the engine and this
+    // task only do the I/O it asks for and feed the answers back.
     let mut call = Call::new(CallSetup {
         policy: shared.config.policy.clone(),
         language: call_language,
@@ -363,8 +370,7 @@ pub(super) async fn converse(
         agents: Some(shared.config.agents.clone()),
         hold_music: shared.hold_music.clone(),
     });
-    // Everything the call started answers on one channel: the task waits on
-    // its clock, its SIP dialog and this inbox, nothing else.
+    // Everything the call started answers on one channel.
     let (inbox_tx, mut inbox_rx) = tokio::sync::mpsc::unbounded_channel::<Inbox>();
     // One synthesiser task per call: replies are rendered off the media path,
     // strictly in the order the bot says them.
@@ -392,51 +398,399 @@ pub(super) async fn converse(
         let inbox = inbox_tx.clone();
         ReportTo::new(move |report| inbox.send(Inbox::Agent(report)).is_ok())
     };
-    let mut agents = AgentLegs::new(caller_id.clone(), leg_tx);
-    // The caller leg's jitter counters when the bridge began.
-    let mut bridged_at: Option<crate::media::jitter::JitterStats> = None;
-    let mut agent_events = Vec::new();
-    let mut hangup: Option<&'static str> = None;
-    let mut ticker = tokio::time::interval_at(media_clock_next_tick(), Duration::from_millis(20));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    // The recording is flushed every so many ticks (no second timer per call).
-    let flush_every = (gw.recording.flush_interval.as_millis() / 20).max(1) as u64;
-    let mut ticks: u64 = 0;
-    let mut buf = vec![0u8; 2048];
-    let silence = [0i16; FRAME_8K];
+    let agents = AgentLegs::new(caller_id.clone(), leg_tx);
     let asr_tx = {
         let inbox = inbox_tx.clone();
         ReplyTo::new(move |reply| {
             let _ = inbox.send(Inbox::Asr(reply));
         })
     };
-    let ended_by: &str;
     call.handle_input(Duration::ZERO, Input::Answered);
+    // The caller's signalling stays with this task; the rest goes to the engine.
+    let mut signals = leg.take_signals();
+    let cell = Arc::new(CallCell {
+        live: tokio::sync::Mutex::new(Live {
+            // The recording is flushed every so many ticks (no timer per call).
+            flush_every: (gw.recording.flush_interval.as_millis() / 20).max(1) as u64,
+            shared: shared.clone(),
+            call,
+            leg,
+            agents,
+            log,
+            bridged_at: None,
+            agent_events: Vec::new(),
+            digits: Vec::new(),
+            ticks: 0,
+            grid: None,
+            buf: vec![0u8; 2048],
+            plumbing: Plumbing {
+                inbox: inbox_tx.clone(),
+                say: say_tx,
+                asr: asr_tx,
+                page_key,
+                call_id: who.call_id.clone(),
+            },
+        }),
+        wake: tokio::sync::Notify::new(),
+        done: AtomicBool::new(false),
+    });
+    shared.media_engine.add(cell.clone());
+    // Ends the call's ticks however this task ends (even by a panic).
+    let _off_engine = OffEngine(cell.clone());
 
     // Made once: a `cancelled()` future registers with the token's waiter
-    // list, and re-making it on every 20 ms pass costs a lock per call per tick.
+    // list, and re-making it on every pass costs a lock.
     let shutdown = shared.shutdown.clone();
     let shutdown = shutdown.cancelled();
     tokio::pin!(shutdown);
+    let mut shutdown_told = false;
+    let ended_by: &str;
     loop {
-        while let Some(output) = call.poll_output() {
+        {
+            let mut live = cell.live.lock().await;
+            if let Some(reason) = live.act().await {
+                // A vanished caller never answers our BYE: give it the first
+                // retransmissions (RFC 3261 timer E: 0.5, 1, 2, 4 s), not 32 s,
+                // so the call — and a shutdown waiting for it — ends.
+                if tokio::time::timeout(BYE_PATIENCE, live.leg.hang_up())
+                    .await
+                    .is_err()
+                {
+                    warn!(reason, "no answer to our BYE: the call ends anyway");
+                }
+                ended_by = reason;
+                break;
+            }
+        }
+        tokio::select! {
+            () = cell.wake.notified() => {}
+            signal = signals.next() => {
+                let Some(signal) = signal else { ended_by = "dialog_gone"; break };
+                let mut live = cell.live.lock().await;
+                let live = &mut *live;
+                let now = live.log.start.elapsed();
+                match live.leg.on_signal(now, signal, &shared, &mut live.log).await {
+                    DialogOutcome::Continue => {}
+                    DialogOutcome::Digit(digit) => {
+                        live.call.handle_input(now, Input::Digit { digit, source: "sip_info" });
+                    }
+                    DialogOutcome::Ended(reason) => {
+                        live.log.event(CallEvent::Hangup {
+                            reason: reason.to_string(),
+                            by: Party::Caller,
+                        });
+                        ended_by = reason;
+                        break;
+                    }
+                }
+            }
+            Some(news) = inbox_rx.recv() => {
+                let mut live = cell.live.lock().await;
+                live.on_news(news);
+            }
+            _ = &mut shutdown, if !shutdown_told => {
+                shutdown_told = true;
+                let mut live = cell.live.lock().await;
+                let now = live.log.start.elapsed();
+                live.call.handle_input(now, Input::Shutdown);
+            }
+        }
+    }
+    // Off the engine: no more ticks; the rest is this task's.
+    cell.done.store(true, Ordering::Release);
+    let mut live = cell.live.lock().await;
+    let live = &mut *live;
+    if let (Some(before), Some(agent)) = (live.bridged_at, live.agents.agent_stats()) {
+        // Time inside the gateway per direction: the jitter hold measured
+        // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
+        let now = live.leg.jitter_stats();
+        let caller_hold = if now.played > before.played {
+            (now.queued_sum - before.queued_sum) as f64 * 20.0 / (now.played - before.played) as f64
+        } else {
+            0.0
+        };
+        live.log.event(CallEvent::BridgeLatency {
+            caller_to_agent_hold_ms: caller_hold,
+            agent_to_caller_hold_ms: agent.jitter.mean_hold_ms(),
+            clock_wait_ms_max: 20,
+            agent_media: serde_json::to_value(agent).unwrap_or_default(),
+        });
+    }
+    // Recognise what the caller was still saying, and wait (bounded) for
+    // every outstanding result so the event log loses nothing.
+    live.call.finish();
+    let deadline = Instant::now() + sp.max_latency + Duration::from_secs(5);
+    loop {
+        while let Some(output) = live.call.poll_output() {
             match output {
-                Output::Event(event) => log.event(event),
+                Output::Event(event) => live.log.event(event),
                 Output::SubmitAsr {
                     kind,
                     utterance,
                     language,
                 } => submit_asr(
                     &shared,
-                    &mut call,
+                    &mut live.call,
                     kind,
                     utterance,
                     language,
-                    &asr_tx,
+                    &live.plumbing.asr,
                     start.elapsed(),
                 ),
+                Output::CancelAgent(leg) => live.agents.cancel(leg),
+                Output::HangUpAgent(leg) => live.agents.hang_up(leg),
+                _ => {}
+            }
+        }
+        // Any agent leg the `Call` did not know of is let go too.
+        live.agents.finish();
+        if live.call.pending_asr() == 0 {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, inbox_rx.recv()).await {
+            Ok(Some(Inbox::Asr(reply))) => {
+                live.call.handle_input(start.elapsed(), Input::Asr(reply));
+            }
+            Ok(Some(_)) => {}
+            _ => {
+                warn!(
+                    pending = live.call.pending_asr(),
+                    "gave up waiting for ASR results at hang-up"
+                );
+                break;
+            }
+        }
+    }
+    let stats = live.leg.stats_json();
+    live.log.event(CallEvent::Ended(event::Ended {
+        reason: ended_by.to_string(),
+        answered: None,
+        duration_s: Some(start.elapsed().as_secs_f64()),
+        media: Some(stats.clone()),
+    }));
+    info!(
+        reason = ended_by,
+        duration_s = start.elapsed().as_secs_f64(),
+        lost = stats["jitter"]["lost"].as_u64().unwrap_or(0),
+        "call ended"
+    );
+    if let Some(r) = live.log.recorder.take() {
+        match r.finalize() {
+            Ok(dir) => info!(dir = %dir.display(), "recording finalised"),
+            Err(e) => tracing::error!(error = %e, "recording finalise failed"),
+        }
+    }
+}
+
+/// A live call as the media engine and the call's task share it.
+struct CallCell {
+    live: tokio::sync::Mutex<Live>,
+    /// The engine's nudge: the `Call` has outputs for the task.
+    wake: tokio::sync::Notify,
+    /// The task has taken the call off the engine.
+    done: AtomicBool,
+}
+
+/// Takes a call off the engine when its task ends, whatever path it ends by.
+struct OffEngine(Arc<CallCell>);
+
+impl Drop for OffEngine {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+    }
+}
+
+/// The most ticks a call catches up on in one pass (the rest are skipped:
+/// the jitter buffer absorbs them).
+const MAX_CATCH_UP: u64 = 10;
+
+impl Ticked for CallCell {
+    fn tick(&self, deadline: Instant) -> bool {
+        if self.done.load(Ordering::Acquire) {
+            return false;
+        }
+        // The task holds the call (signalling, a BYE, dialling an agent):
+        // it is stepped for the missed ticks on the next pass.
+        let Ok(mut live) = self.live.try_lock() else {
+            return true;
+        };
+        let first = *live.grid.get_or_insert(deadline);
+        let since = deadline.saturating_duration_since(first).as_nanos();
+        let due = u64::try_from((since + TICK.as_nanos() / 2) / TICK.as_nanos()).unwrap_or(0) + 1;
+        let mut behind = due.saturating_sub(live.ticks);
+        if behind > MAX_CATCH_UP {
+            live.ticks += behind - MAX_CATCH_UP;
+            behind = MAX_CATCH_UP;
+        }
+        for _ in 0..behind {
+            live.tick(deadline);
+        }
+        if live.call.has_output() {
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
+/// What the call's outputs are sent through.
+struct Plumbing {
+    inbox: tokio::sync::mpsc::UnboundedSender<Inbox>,
+    say: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    asr: ReplyTo,
+    page_key: String,
+    call_id: String,
+}
+
+/// One answered call: its `Call`, its caller leg and agent legs, its log.
+struct Live {
+    shared: Arc<Shared>,
+    call: Call,
+    leg: CallerLeg,
+    agents: AgentLegs,
+    log: EventLog,
+    plumbing: Plumbing,
+    /// The caller leg's jitter counters when the bridge began.
+    bridged_at: Option<crate::media::jitter::JitterStats>,
+    agent_events: Vec<TransferEvent>,
+    digits: Vec<char>,
+    /// Ticks run (or skipped) so far.
+    ticks: u64,
+    /// The first tick's grid instant.
+    grid: Option<Instant>,
+    flush_every: u64,
+    buf: Vec<u8>,
+}
+
+impl Live {
+    /// One 20 ms step of the media clock.
+    fn tick(&mut self, deadline: Instant) {
+        let shared = &*self.shared;
+        shared.media_load.observe(deadline.elapsed());
+        let gw = &shared.config.gateway;
+        let now = self.log.start.elapsed();
+        self.ticks += 1;
+        let call = &mut self.call;
+        let leg = &mut self.leg;
+        // Drain what arrived since the last tick: one read pass per 20 ms
+        // per call instead of one wake-up per packet.
+        leg.receive(now, &mut self.buf, &mut self.digits);
+        for digit in self.digits.drain(..) {
+            call.handle_input(
+                now,
+                Input::Digit {
+                    digit,
+                    source: "rfc4733",
+                },
+            );
+        }
+        let (caller, digit) = leg.pull_frame();
+        if let Some(digit) = digit {
+            call.handle_input(
+                now,
+                Input::Digit {
+                    digit,
+                    source: "inband",
+                },
+            );
+        }
+        let asr_busy = shared.asr.as_ref().is_some_and(|p| p.saturated());
+        call.handle_input(
+            now,
+            Input::CallerAudio {
+                frame: &caller,
+                asr_busy,
+            },
+        );
+        let bot = call.poll_frame();
+        let mut out = bot.unwrap_or([0; FRAME_8K]);
+        // A hand-over under way: the `Call` mixes, the agent legs carry the audio.
+        let frames = self.agents.receive(now, &mut self.agent_events);
+        if let Some(to_caller) = call.handover_frame(now, &caller, bot, frames) {
+            out = to_caller;
+            self.agents.send();
+            if call.bridged_agent().is_some() && self.bridged_at.is_none() {
+                // Talking now: the caller's leg drops to the bridge's
+                // shallower jitter buffer too.
+                leg.set_jitter_depth(shared.config.agents.bridge_jitter);
+                self.bridged_at = Some(leg.jitter_stats());
+            }
+        }
+        for e in self.agent_events.drain(..) {
+            call.handle_input(now, Input::Agent(e));
+        }
+        self.agents.prune();
+        leg.send_frame(&out);
+        if let Some(r) = self.log.recorder.as_mut() {
+            r.write(&caller, &out);
+            if self.ticks.is_multiple_of(self.flush_every) {
+                if let Err(e) = r.flush() {
+                    tracing::error!(error = %e, "recording flush failed");
+                }
+            }
+        }
+        if let Some(idle) = leg.idle_for(now).filter(|i| *i > gw.media.rtp_timeout) {
+            warn!(idle_s = idle.as_secs(), "no media: ending the call");
+            call.handle_input(now, Input::MediaTimeout);
+        }
+        if let Some(held) = leg.held_for(now).filter(|h| *h > gw.media.hold_timeout) {
+            warn!(held_s = held.as_secs(), "on hold too long: ending the call");
+            call.handle_input(now, Input::HoldTimeout);
+        }
+        match leg.session_check(now, shared) {
+            crate::sip::session_timer::TimerCheck::Expired => {
+                warn!("session timer expired without a refresh: ending the call");
+                call.handle_input(now, Input::SessionExpired);
+            }
+            crate::sip::session_timer::TimerCheck::Refresh => {
+                self.log
+                    .event(CallEvent::SipSessionRefresh { by: Party::Gateway });
+            }
+            crate::sip::session_timer::TimerCheck::Fine => {}
+        }
+    }
+
+    /// News from what the call started.
+    fn on_news(&mut self, news: Inbox) {
+        let now = self.log.start.elapsed();
+        match news {
+            Inbox::Asr(reply) => self.call.handle_input(now, Input::Asr(reply)),
+            Inbox::Prompt(p) => self.call.handle_input(now, Input::Prompt(p)),
+            Inbox::Webhook { intent, reply } => {
+                self.call
+                    .handle_input(now, Input::WebhookReply { intent, reply });
+            }
+            Inbox::Agent(report) => {
+                if let Some(e) = self.agents.on_report(&self.shared, report, &mut self.log) {
+                    self.call.handle_input(now, Input::Agent(e));
+                }
+            }
+            Inbox::Whisper(whisper) => self.call.handle_input(now, Input::WhisperReady(whisper)),
+        }
+    }
+
+    /// Do what the `Call` asks; the hang-up reason once it asks to end.
+    async fn act(&mut self) -> Option<&'static str> {
+        let shared = self.shared.clone();
+        let gw = &shared.config.gateway;
+        let mut hangup = None;
+        while let Some(output) = self.call.poll_output() {
+            match output {
+                Output::Event(event) => self.log.event(event),
+                Output::SubmitAsr {
+                    kind,
+                    utterance,
+                    language,
+                } => submit_asr(
+                    &shared,
+                    &mut self.call,
+                    kind,
+                    utterance,
+                    language,
+                    &self.plumbing.asr,
+                    self.log.start.elapsed(),
+                ),
                 Output::Synthesize { text, voice } => {
-                    let _ = say_tx.send((text, voice));
+                    let _ = self.plumbing.say.send((text, voice));
                 }
                 Output::CallWebhook {
                     intent,
@@ -444,7 +798,7 @@ pub(super) async fn converse(
                     timeout,
                     body,
                 } => {
-                    let inbox = inbox_tx.clone();
+                    let inbox = self.plumbing.inbox.clone();
                     tokio::task::spawn_blocking(move || {
                         let reply = crate::api::webhook::ask(&url, timeout, &body);
                         let _ = inbox.send(Inbox::Webhook { intent, reply });
@@ -455,16 +809,17 @@ pub(super) async fn converse(
                     mut summary,
                 } => {
                     info!(%reason, summary = %summary["text"], "hand-over decided");
-                    log.event(CallEvent::Handover(event::Handover {
+                    self.log.event(CallEvent::Handover(event::Handover {
                         reason: reason.clone(),
                         summary: summary.clone(),
                         unix_ms: chrono::Utc::now().timestamp_micros() as f64 / 1000.0,
                     }));
                     // The agent's Call-Info link: this call's page, opened by its key.
                     summary["page"] = json!(format!(
-                        "{}/calls/{}?key={page_key}",
+                        "{}/calls/{}?key={}",
                         gw.http.public_url,
-                        url_escape(&who.call_id)
+                        url_escape(&self.plumbing.call_id),
+                        self.plumbing.page_key
                     ));
                     // In the agents' language when agents.toml names one, else the caller's.
                     let whisper = &shared.config.agents.whisper;
@@ -481,7 +836,7 @@ pub(super) async fn converse(
                     } else {
                         whisper.voice.clone()
                     };
-                    let (tts, inbox) = (shared.tts.clone(), inbox_tx.clone());
+                    let (tts, inbox) = (shared.tts.clone(), self.plumbing.inbox.clone());
                     tokio::task::spawn_blocking(move || {
                         let prompt = tts
                             .synthesize(&text, &voice)
@@ -489,216 +844,26 @@ pub(super) async fn converse(
                             .ok();
                         let _ = inbox.send(Inbox::Whisper(prompt));
                     });
-                    agents.decided(summary);
+                    self.agents.decided(summary);
                 }
                 Output::DialAgent { leg, uri } => {
-                    if let Err(why) = agents.dial(&shared, leg, &uri).await {
+                    if let Err(why) = self.agents.dial(&shared, leg, &uri).await {
                         let failed = TransferEvent::Failed {
                             leg,
                             status: 0,
                             why,
                         };
-                        call.handle_input(start.elapsed(), Input::Agent(failed));
+                        let now = self.log.start.elapsed();
+                        self.call.handle_input(now, Input::Agent(failed));
                     }
                 }
-                Output::CancelAgent(leg) => agents.cancel(leg),
-                Output::HangUpAgent(leg) => agents.hang_up(leg),
+                Output::CancelAgent(leg) => self.agents.cancel(leg),
+                Output::HangUpAgent(leg) => self.agents.hang_up(leg),
                 Output::Hangup { reason } => hangup = Some(reason),
             }
         }
-        if let Some(reason) = hangup {
-            // A vanished caller never answers our BYE: give it the first
-            // retransmissions (RFC 3261 timer E: 0.5, 1, 2, 4 s), not 32 s,
-            // so the call — and a shutdown waiting for it — ends.
-            if tokio::time::timeout(BYE_PATIENCE, leg.hang_up())
-                .await
-                .is_err()
-            {
-                warn!(reason, "no answer to our BYE: the call ends anyway");
-            }
-            ended_by = reason;
-            break;
-        }
-        tokio::select! {
-            deadline = ticker.tick() => {
-                shared.media_load.observe(deadline.elapsed());
-                let now = start.elapsed();
-                ticks += 1;
-                // Drain what arrived since the last tick: one wake-up per 20 ms
-                // per call instead of one per packet.
-                for digit in leg.receive(now, &mut buf) {
-                    call.handle_input(now, Input::Digit { digit, source: "rfc4733" });
-                }
-                let (caller, digit) = leg.pull_frame();
-                if let Some(digit) = digit {
-                    call.handle_input(now, Input::Digit { digit, source: "inband" });
-                }
-                let asr_busy = shared.asr.as_ref().is_some_and(|p| p.saturated());
-                call.handle_input(now, Input::CallerAudio { frame: &caller, asr_busy });
-                let bot = call.poll_frame();
-                let mut out = bot.unwrap_or(silence);
-                // A hand-over under way: the `Call` mixes, the agent legs
-                // carry the audio.
-                let frames = agents.receive(now, &mut agent_events);
-                if let Some(to_caller) = call.handover_frame(now, &caller, bot, frames) {
-                    out = to_caller;
-                    agents.send();
-                    if call.bridged_agent().is_some() && bridged_at.is_none() {
-                        // Talking now: the caller's leg drops to the bridge's
-                        // shallower jitter buffer too.
-                        leg.set_jitter_depth(shared.config.agents.bridge_jitter);
-                        bridged_at = Some(leg.jitter_stats());
-                    }
-                }
-                for e in agent_events.drain(..) {
-                    call.handle_input(now, Input::Agent(e));
-                }
-                agents.prune();
-                leg.send_frame(&out);
-                if let Some(r) = log.recorder.as_deref_mut() {
-                    r.write(&caller, &out);
-                    if ticks.is_multiple_of(flush_every) {
-                        if let Err(e) = r.flush() {
-                            tracing::error!(error = %e, "recording flush failed");
-                        }
-                    }
-                }
-                if let Some(idle) = leg.idle_for(now).filter(|i| *i > gw.media.rtp_timeout) {
-                    warn!(idle_s = idle.as_secs(), "no media: ending the call");
-                    call.handle_input(now, Input::MediaTimeout);
-                }
-                if let Some(held) = leg.held_for(now).filter(|h| *h > gw.media.hold_timeout) {
-                    warn!(held_s = held.as_secs(), "on hold too long: ending the call");
-                    call.handle_input(now, Input::HoldTimeout);
-                }
-                match leg.session_check(now, &shared) {
-                    crate::sip::session_timer::TimerCheck::Expired => {
-                        warn!("session timer expired without a refresh: ending the call");
-                        call.handle_input(now, Input::SessionExpired);
-                    }
-                    crate::sip::session_timer::TimerCheck::Refresh => {
-                        log.event(CallEvent::SipSessionRefresh { by: Party::Gateway });
-                    }
-                    crate::sip::session_timer::TimerCheck::Fine => {}
-                }
-            }
-            signal = leg.signal() => {
-                let Some(signal) = signal else { ended_by = "dialog_gone"; break };
-                match leg.on_signal(start.elapsed(), signal, &shared, &mut log).await {
-                    DialogOutcome::Continue => {}
-                    DialogOutcome::Digit(digit) => {
-                        call.handle_input(start.elapsed(), Input::Digit { digit, source: "sip_info" });
-                    }
-                    DialogOutcome::Ended(reason) => {
-                        log.event(CallEvent::Hangup {
-                            reason: reason.to_string(),
-                            by: Party::Caller,
-                        });
-                        ended_by = reason;
-                        break;
-                    }
-                }
-            }
-            Some(news) = inbox_rx.recv() => {
-                let now = start.elapsed();
-                match news {
-                    Inbox::Asr(reply) => call.handle_input(now, Input::Asr(reply)),
-                    Inbox::Prompt(p) => call.handle_input(now, Input::Prompt(p)),
-                    Inbox::Webhook { intent, reply } => {
-                        call.handle_input(now, Input::WebhookReply { intent, reply });
-                    }
-                    Inbox::Agent(report) => {
-                        if let Some(e) = agents.on_report(&shared, report, &mut log) {
-                            call.handle_input(now, Input::Agent(e));
-                        }
-                    }
-                    Inbox::Whisper(whisper) => call.handle_input(now, Input::WhisperReady(whisper)),
-                }
-            }
-            _ = &mut shutdown, if !call.hung_up() => {
-                call.handle_input(start.elapsed(), Input::Shutdown);
-            }
-        }
+        hangup
     }
-    if let (Some(before), Some(agent)) = (bridged_at, agents.agent_stats()) {
-        // Time inside the gateway per direction: the jitter hold measured
-        // here, plus the wait for the 20 ms clock to read the socket (0–20 ms).
-        let now = leg.jitter_stats();
-        let caller_hold = if now.played > before.played {
-            (now.queued_sum - before.queued_sum) as f64 * 20.0 / (now.played - before.played) as f64
-        } else {
-            0.0
-        };
-        log.event(CallEvent::BridgeLatency {
-            caller_to_agent_hold_ms: caller_hold,
-            agent_to_caller_hold_ms: agent.jitter.mean_hold_ms(),
-            clock_wait_ms_max: 20,
-            agent_media: serde_json::to_value(agent).unwrap_or_default(),
-        });
-    }
-    // Recognise what the caller was still saying, and wait (bounded) for
-    // every outstanding result so the event log loses nothing.
-    call.finish();
-    let deadline = Instant::now() + sp.max_latency + Duration::from_secs(5);
-    loop {
-        while let Some(output) = call.poll_output() {
-            match output {
-                Output::Event(event) => log.event(event),
-                Output::SubmitAsr {
-                    kind,
-                    utterance,
-                    language,
-                } => submit_asr(
-                    &shared,
-                    &mut call,
-                    kind,
-                    utterance,
-                    language,
-                    &asr_tx,
-                    start.elapsed(),
-                ),
-                Output::CancelAgent(leg) => agents.cancel(leg),
-                Output::HangUpAgent(leg) => agents.hang_up(leg),
-                _ => {}
-            }
-        }
-        // Any agent leg the `Call` did not know of is let go too.
-        agents.finish();
-        if call.pending_asr() == 0 {
-            break;
-        }
-        match tokio::time::timeout_at(deadline, inbox_rx.recv()).await {
-            Ok(Some(Inbox::Asr(reply))) => call.handle_input(start.elapsed(), Input::Asr(reply)),
-            Ok(Some(_)) => {}
-            _ => {
-                warn!(
-                    pending = call.pending_asr(),
-                    "gave up waiting for ASR results at hang-up"
-                );
-                break;
-            }
-        }
-    }
-    let stats = leg.stats_json();
-    log.event(CallEvent::Ended(event::Ended {
-        reason: ended_by.to_string(),
-        answered: None,
-        duration_s: Some(start.elapsed().as_secs_f64()),
-        media: Some(stats.clone()),
-    }));
-    info!(
-        reason = ended_by,
-        duration_s = start.elapsed().as_secs_f64(),
-        lost = stats["jitter"]["lost"].as_u64().unwrap_or(0),
-        "call ended"
-    );
-    if let Some(r) = recorder {
-        match r.finalize() {
-            Ok(dir) => info!(dir = %dir.display(), "recording finalised"),
-            Err(e) => tracing::error!(error = %e, "recording finalise failed"),
-        }
-    }
-    drop(leg);
 }
 
 /// Queue a transcription the call asked for; a final one the pool refuses
@@ -776,20 +941,6 @@ impl Drop for DialogRelease {
     fn drop(&mut self) {
         self.layer.remove_dialog(&self.dialog.id());
     }
-}
-
-/// Act on a hand-over step: back to the bot when nobody took the call, end
-/// the call when the bridged agent hung up.
-/// The next instant on the process-wide 20 ms media grid. Every call ticks on
-/// the same grid, so one timer-wheel turn wakes them all together instead of
-/// scattering 50 wake-ups per second per call across the 20 ms period.
-fn media_clock_next_tick() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let period = Duration::from_millis(20).as_nanos();
-    let elapsed = epoch.elapsed().as_nanos();
-    let next = (elapsed / period + 1) * period;
-    epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
 }
 
 /// Percent-encode a path segment (Call-IDs carry `@` and more).

@@ -98,7 +98,7 @@ impl AgentLegs {
         &mut self,
         shared: &Arc<Shared>,
         report: LegReport,
-        log: &mut EventLog<'_>,
+        log: &mut EventLog,
     ) -> Option<TransferEvent> {
         match report {
             LegReport::Sent { leg } => {

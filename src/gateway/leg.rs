@@ -47,6 +47,24 @@ pub(super) struct SipLeg {
     pub(super) refreshing: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
+/// Where the caller's signalling arrives.
+pub(super) enum Signals {
+    /// The SIP dialog's state changes.
+    Sip(rsipstack::dialog::dialog::DialogStateReceiver),
+    /// The browser's end (hang-up or failed connection).
+    Web(tokio::sync::mpsc::UnboundedReceiver<&'static str>),
+}
+
+impl Signals {
+    /// The next signalling event; `None` when the signalling is gone.
+    pub(super) async fn next(&mut self) -> Option<LegSignal> {
+        match self {
+            Signals::Sip(states) => states.recv().await.map(|st| LegSignal::Sip(Box::new(st))),
+            Signals::Web(ended) => ended.recv().await.map(LegSignal::WebEnded),
+        }
+    }
+}
+
 /// Something the caller's signalling said.
 pub(super) enum LegSignal {
     /// A SIP dialog state change.
@@ -67,21 +85,20 @@ impl CallerLeg {
         }
     }
 
-    /// Take in what arrived since the last tick; the DTMF digits in it.
-    pub(super) fn receive(&mut self, now: Duration, buf: &mut [u8]) -> Vec<char> {
+    /// Take in what arrived since the last tick; the DTMF digits in it are
+    /// added to `digits`.
+    pub(super) fn receive(&mut self, now: Duration, buf: &mut [u8], digits: &mut Vec<char>) {
         match self {
             CallerLeg::Sip(s) => {
-                let mut digits = Vec::new();
-                // Drain what arrived since the last tick: one wake-up per
-                // 20 ms per call instead of one per packet.
+                // Drain what arrived since the last tick: one read pass per
+                // 20 ms per call instead of one wake-up per packet.
                 while let Ok((n, from)) = s.socket.recv_from(buf) {
                     if let Inbound::Digit(d) = s.media.on_datagram(now, from, &buf[..n]) {
                         digits.push(d);
                     }
                 }
-                digits
             }
-            CallerLeg::Web(w) => w.receive(now),
+            CallerLeg::Web(w) => digits.extend(w.receive(now)),
         }
     }
 
@@ -144,11 +161,18 @@ impl CallerLeg {
         }
     }
 
-    /// The next signalling event; `None` when the signalling is gone.
-    pub(super) async fn signal(&mut self) -> Option<LegSignal> {
+    /// The leg's signalling, taken out to be waited on by the call's task
+    /// while the media engine steps the rest (the leg keeps a closed one).
+    pub(super) fn take_signals(&mut self) -> Signals {
         match self {
-            CallerLeg::Sip(s) => s.states.recv().await.map(|st| LegSignal::Sip(Box::new(st))),
-            CallerLeg::Web(w) => w.ended().await.map(LegSignal::WebEnded),
+            CallerLeg::Sip(s) => Signals::Sip(std::mem::replace(
+                &mut s.states,
+                tokio::sync::mpsc::unbounded_channel().1,
+            )),
+            CallerLeg::Web(w) => Signals::Web(std::mem::replace(
+                &mut w.ended,
+                tokio::sync::mpsc::unbounded_channel().1,
+            )),
         }
     }
 
@@ -157,7 +181,7 @@ impl CallerLeg {
         now: Duration,
         signal: LegSignal,
         shared: &Shared,
-        log: &mut EventLog<'_>,
+        log: &mut EventLog,
     ) -> DialogOutcome {
         match (self, signal) {
             (CallerLeg::Sip(s), LegSignal::Sip(state)) => {
@@ -268,7 +292,7 @@ async fn on_dialog_state(
     state: DialogState,
     leg: &mut SipLeg,
     shared: &Shared,
-    log: &mut EventLog<'_>,
+    log: &mut EventLog,
 ) -> DialogOutcome {
     let port = leg.lease.port();
     let session_id = leg.session_id;

@@ -1,4 +1,5 @@
-//! The runtime answered calls run on, apart from SIP.
+//! The runtime answered calls run on, apart from SIP, and the media engine
+//! that steps them every 20 ms.
 //!
 //! SIP parsing, transactions, registration and HTTP run on the main tokio
 //! runtime; every answered call (its 20 ms media clock, RTP in and out, the
@@ -9,6 +10,11 @@
 //! re-INVITE) from here: tokio's resources work across runtimes.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 /// Owns the media runtime; shuts it down without blocking when dropped
@@ -27,6 +33,11 @@ impl MediaRuntime {
             .enable_all()
             .build()?;
         Ok(Self(Some(runtime)))
+    }
+
+    /// How many shards the media engine should run: one per worker.
+    pub(crate) fn workers(&self) -> usize {
+        self.0.as_ref().map_or(2, |r| r.metrics().num_workers())
     }
 
     /// A handle to spawn calls with.
@@ -57,4 +68,106 @@ where
     if let Err(e) = media.spawn(call.in_current_span()).await {
         tracing::error!(error = %e, "a call's task failed");
     }
+}
+
+/// What the media engine steps: one answered call's media half.
+pub(crate) trait Ticked: Send + Sync {
+    /// One pass of the 20 ms clock at the grid instant `deadline` (the call
+    /// catches up on ticks it missed). `false` once the call is over: the
+    /// engine lets it go.
+    fn tick(&self, deadline: Instant) -> bool;
+}
+
+/// The media engine: a few shards (one per media worker), each one task
+/// that wakes once per 20 ms and steps every call it holds — reading their
+/// RTP, running their `Call`, sending and recording their frames. A call
+/// costs no task wake-up, timer or `select!` of its own per tick; its own
+/// task wakes only for signalling, transcriptions and what the `Call` asks
+/// of the outside world.
+pub(crate) struct MediaEngine {
+    shards: Vec<Shard>,
+}
+
+struct Shard {
+    incoming: mpsc::UnboundedSender<Arc<dyn Ticked>>,
+    /// Calls on this shard (for placing new calls on the lightest).
+    calls: Arc<AtomicUsize>,
+}
+
+impl MediaEngine {
+    /// Start `shards` shards on `runtime` (at least one).
+    pub(crate) fn start(runtime: &tokio::runtime::Handle, shards: usize) -> Self {
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let calls = Arc::new(AtomicUsize::new(0));
+                runtime.spawn(run_shard(rx, calls.clone()));
+                Shard {
+                    incoming: tx,
+                    calls,
+                }
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// Step `call` from the next tick on, on the shard with the fewest calls.
+    pub(crate) fn add(&self, call: Arc<dyn Ticked>) {
+        let Some(shard) = self
+            .shards
+            .iter()
+            .min_by_key(|s| s.calls.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        shard.calls.fetch_add(1, Ordering::Relaxed);
+        if shard.incoming.send(call).is_err() {
+            shard.calls.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("the media engine is gone: a call will get no media");
+        }
+    }
+}
+
+/// One shard: asleep while it has no call, else one wake-up per 20 ms for
+/// all of them, on the process-wide grid.
+async fn run_shard(
+    mut incoming: mpsc::UnboundedReceiver<Arc<dyn Ticked>>,
+    count: Arc<AtomicUsize>,
+) {
+    let mut calls: Vec<Arc<dyn Ticked>> = Vec::new();
+    loop {
+        if calls.is_empty() {
+            match incoming.recv().await {
+                Some(call) => calls.push(call),
+                None => return,
+            }
+        }
+        let mut clock = tokio::time::interval_at(media_clock_next_tick(), TICK);
+        // A late pass is not repeated: each call counts the ticks it missed
+        // and catches up itself.
+        clock.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        while !calls.is_empty() {
+            let deadline = clock.tick().await;
+            while let Ok(call) = incoming.try_recv() {
+                calls.push(call);
+            }
+            let before = calls.len();
+            calls.retain(|call| call.tick(deadline));
+            count.fetch_sub(before - calls.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The media clock's period.
+pub(crate) const TICK: Duration = Duration::from_millis(20);
+
+/// The next instant on the process-wide 20 ms media grid. Every shard ticks
+/// on the same grid.
+pub(crate) fn media_clock_next_tick() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let period = TICK.as_nanos();
+    let elapsed = epoch.elapsed().as_nanos();
+    let next = (elapsed / period + 1) * period;
+    epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
 }

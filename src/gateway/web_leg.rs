@@ -90,10 +90,6 @@ impl WebLeg {
         last.elapsed()
     }
 
-    pub(super) async fn ended(&mut self) -> Option<&'static str> {
-        self.ended.recv().await
-    }
-
     pub(super) async fn hang_up(&mut self) {
         if let Err(e) = self.pc.close().await {
             warn!(error = %e, "closing the browser's peer connection failed");
