@@ -124,19 +124,9 @@ pub enum Input<'a> {
     /// An agent leg's SIP outcome: ringing, answered (its media is up),
     /// failed, a key the agent pressed, hung up.
     Agent(TransferEvent),
-    /// The whisper asked for with [`Output::SynthesizeWhisper`] is ready
+    /// The whisper (synthesised by the shell on [`Output::Transfer`]) is ready
     /// (`None`: it could not be made; the agent gets the summary as data only).
     WhisperReady(Option<Prompt>),
-    /// Nobody took the hand-over; the bot has the caller again (a shell
-    /// that runs the hand-over itself; with [`CallSetup::agents`] the
-    /// `Call` knows).
-    TransferFailed {
-        /// The extensions tried.
-        tried: Vec<String>,
-    },
-    /// The bridged agent hung up: the call ends (a shell that runs the
-    /// hand-over itself).
-    AgentHungUp,
     /// The gateway is shutting down: end the call.
     Shutdown,
     /// No media from the caller for too long: end the call.
@@ -425,11 +415,6 @@ impl Call {
                     h.audio.whisper_ready(prompt);
                 }
             }
-            Input::TransferFailed { tried } => {
-                self.handing_over = false;
-                self.feed(now, CoreEvent::TransferFailed { tried });
-            }
-            Input::AgentHungUp => self.hang_up("agent_bye"),
             Input::Shutdown => self.hang_up("gateway_shutdown"),
             Input::MediaTimeout => self.hang_up("rtp_timeout"),
             Input::HoldTimeout => self.hang_up("hold_timeout"),
