@@ -410,7 +410,13 @@ mod tests {
         let a = ip("127.0.0.1");
         let nonce = nonce_of(&n.challenge("voicegate", a, 1000));
         assert_eq!(nonce.len(), 32, "random, opaque: {nonce}");
-        assert!(!nonce.contains(&format!("{:x}", 1000)));
+        // Nothing of the clock in it (a Unix time's 8 hex digits would appear
+        // by chance once in ~10^8 nonces), and never the same twice.
+        let other = NonceIssuer::new();
+        let at = 1_781_234_567;
+        let later = nonce_of(&other.challenge("voicegate", a, at));
+        assert!(!later.contains(&format!("{at:x}")), "{later}");
+        assert_ne!(later, nonce_of(&other.challenge("voicegate", a, at)));
         let ok = response("carrier", "secret", "voicegate", &nonce, 1);
         assert_eq!(
             n.verify(Some(&ok), &m, ME, a, "c1", l, 1001),
