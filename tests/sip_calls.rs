@@ -2026,3 +2026,70 @@ fn five_established_calls_keep_their_media_through_an_invite_flood() {
         assert_eq!(status_of(&ua.request("BYE", "")), "200");
     }
 }
+
+#[test]
+fn the_server_header_names_no_release_unless_the_administrator_says_so() {
+    // Default: the product's name only, so a prober cannot tell which
+    // release (and which bugs) it talks to.
+    let gw = Gateway::start(|g, _| no_speech(g));
+    let (status, text) = options_status(&gw);
+    assert_eq!(status, "200", "{text}");
+    let agent = header_of(&text, "Server")
+        .or_else(|| header_of(&text, "User-Agent"))
+        .unwrap_or_else(|| panic!("no Server or User-Agent header: {text}"));
+    assert_eq!(agent, "voicegate", "{text}");
+    assert!(!text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    drop(gw);
+    // `[sip] user_agent` is what every response carries.
+    let gw = Gateway::start(|g, _| {
+        no_speech(g);
+        assert!(g.contains("# user_agent = \"voicegate\""));
+        *g = g.replace(
+            "# user_agent = \"voicegate\"",
+            "user_agent = \"acme-ivr 2\"",
+        );
+    });
+    let (status, text) = options_status(&gw);
+    assert_eq!(status, "200", "{text}");
+    let agent = header_of(&text, "Server").or_else(|| header_of(&text, "User-Agent"));
+    assert_eq!(agent, Some("acme-ivr 2"), "{text}");
+}
+
+#[test]
+fn a_bye_nobody_answers_does_not_hold_shutdown_past_the_grace() {
+    // The test configuration has `grace_s = 2`.
+    let mut gw = Gateway::start(|g, _| no_speech(g));
+    let mut sip = RawInviter::new(&gw);
+    // Held (no RTP expected), so only the shutdown ends the call.
+    sip.direction = Some("a=inactive");
+    let (status, ok) = sip.invite("gone-1@127.0.0.1", None);
+    assert_eq!(status, 200, "{ok}");
+    sip.ack("gone-1@127.0.0.1", &ok);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.call_dirs().is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The caller has vanished: its socket stays open and answers nothing,
+    // so the gateway's BYE is never answered (RFC 3261 timer F: 32 s).
+    let term_at = std::time::Instant::now();
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(40)).expect("exited");
+    let took = term_at.elapsed();
+    assert!(status.success(), "{status}:\n{}", gw.log());
+    assert!(took >= Duration::from_secs(2), "before the grace: {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the unanswered BYE held the shutdown: {took:?}"
+    );
+    let dirs = gw.call_dirs();
+    assert_eq!(dirs.len(), 1);
+    let all = events(&dirs[0]);
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("the gateway hung up");
+    assert_eq!(hangup["reason"], "gateway_shutdown", "{hangup}");
+    assert!(all.iter().any(|e| e["kind"] == "call.ended"));
+    assert!(gw.log().contains("no answer to our BYE"), "{}", gw.log());
+    drop(sip);
+}
