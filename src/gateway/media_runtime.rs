@@ -128,29 +128,45 @@ impl MediaEngine {
     }
 }
 
-/// One shard: asleep while it has no call, else one wake-up per 20 ms for
-/// all of them, on the process-wide grid.
+/// The 20 ms period is cut into this many slots; each call belongs to one
+/// and a shard wakes every slot to step that slot's calls. A pass then
+/// covers a quarter of the shard's calls, so the last of them runs a
+/// quarter as late after its grid instant as with one pass per period.
+const PHASES: usize = 4;
+
+/// One slot of the period.
+const SLOT: Duration = Duration::from_millis(5);
+
+/// One shard: asleep while it has no call, else one wake-up per slot for
+/// that slot's calls, on the process-wide grid.
 async fn run_shard(
     mut incoming: mpsc::UnboundedReceiver<Arc<dyn Ticked>>,
     count: Arc<AtomicUsize>,
 ) {
-    let mut calls: Vec<Arc<dyn Ticked>> = Vec::new();
+    let mut phases: [Vec<Arc<dyn Ticked>>; PHASES] = Default::default();
+    // A new call joins the slot with the fewest calls.
+    let place = |phases: &mut [Vec<Arc<dyn Ticked>>; PHASES], call| {
+        if let Some(v) = phases.iter_mut().min_by_key(|v| v.len()) {
+            v.push(call);
+        }
+    };
     loop {
-        if calls.is_empty() {
+        if phases.iter().all(Vec::is_empty) {
             match incoming.recv().await {
-                Some(call) => calls.push(call),
+                Some(call) => place(&mut phases, call),
                 None => return,
             }
         }
-        let mut clock = tokio::time::interval_at(media_clock_next_tick(), TICK);
+        let mut clock = tokio::time::interval_at(media_clock_next(SLOT), SLOT);
         // A late pass is not repeated: each call counts the ticks it missed
-        // and catches up itself.
+        // and catches up itself on its slot's next pass.
         clock.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        while !calls.is_empty() {
+        while phases.iter().any(|v| !v.is_empty()) {
             let deadline = clock.tick().await;
             while let Ok(call) = incoming.try_recv() {
-                calls.push(call);
+                place(&mut phases, call);
             }
+            let calls = &mut phases[slot_of(deadline) % PHASES];
             let before = calls.len();
             calls.retain(|call| call.tick(deadline));
             count.fetch_sub(before - calls.len(), Ordering::Relaxed);
@@ -161,13 +177,85 @@ async fn run_shard(
 /// The media clock's period.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
 
-/// The next instant on the process-wide 20 ms media grid. Every shard ticks
-/// on the same grid.
-pub(crate) fn media_clock_next_tick() -> Instant {
+/// The process-wide origin of the media grid.
+fn media_epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let period = TICK.as_nanos();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The next instant on the process-wide grid of `period` (a divisor of
+/// 20 ms): every shard's slots line up.
+pub(crate) fn media_clock_next(period: Duration) -> Instant {
+    let epoch = media_epoch();
+    let period = period.as_nanos();
     let elapsed = epoch.elapsed().as_nanos();
     let next = (elapsed / period + 1) * period;
     epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
+}
+
+/// Which slot of the grid `at` is (rounded to the nearest).
+fn slot_of(at: Instant) -> usize {
+    let since = at.saturating_duration_since(media_epoch()).as_nanos();
+    usize::try_from((since + SLOT.as_nanos() / 2) / SLOT.as_nanos()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records the deadlines it was stepped at; over after `last` of them.
+    struct Probe {
+        at: Mutex<Vec<Instant>>,
+        last: usize,
+    }
+
+    impl Ticked for Probe {
+        fn tick(&self, deadline: Instant) -> bool {
+            let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+            at.push(deadline);
+            at.len() < self.last
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_call_is_stepped_every_20_ms_in_its_own_slot_until_it_is_over() {
+        let engine = MediaEngine::start(&tokio::runtime::Handle::current(), 1);
+        let probes: Vec<Arc<Probe>> = (0..8)
+            .map(|i| {
+                Arc::new(Probe {
+                    at: Mutex::new(Vec::new()),
+                    last: if i == 0 { 3 } else { usize::MAX },
+                })
+            })
+            .collect();
+        for p in &probes {
+            engine.add(p.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(405)).await;
+        let mut slots = std::collections::BTreeSet::new();
+        for (i, p) in probes.iter().enumerate() {
+            let at = p.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if i == 0 {
+                assert_eq!(at.len(), 3, "let go once it says it is over");
+            } else {
+                assert!((19..=21).contains(&at.len()), "probe {i}: {}", at.len());
+            }
+            for pair in at.windows(2) {
+                assert_eq!(pair[1] - pair[0], TICK, "probe {i}");
+            }
+            slots.insert(slot_of(at[0]) % PHASES);
+        }
+        assert_eq!(slots.len(), PHASES, "the calls are spread over the slots");
+        assert_eq!(engine.shards[0].calls.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn the_grid_lines_up_slots_and_periods() {
+        let slot = media_clock_next(SLOT);
+        let tick = media_clock_next(TICK);
+        assert_eq!(slot_of(slot + SLOT), slot_of(slot) + 1);
+        assert_eq!(slot_of(tick) % PHASES, 0, "a period starts at slot 0");
+        assert_eq!(slot_of(tick + TICK), slot_of(tick) + PHASES);
+    }
 }
