@@ -528,15 +528,7 @@ pub(super) async fn converse(
                     kind,
                     utterance,
                     language,
-                } => submit_asr(
-                    &shared,
-                    &mut live.call,
-                    kind,
-                    utterance,
-                    language,
-                    &live.plumbing.asr,
-                    start.elapsed(),
-                ),
+                } => live.ask_asr(kind, utterance, language),
                 Output::CancelAgent(leg) => live.agents.cancel(leg),
                 Output::HangUpAgent(leg) => live.agents.hang_up(leg),
                 _ => {}
@@ -768,6 +760,25 @@ impl Live {
         }
     }
 
+    /// Queue a transcription the `Call` asked for.
+    fn ask_asr(
+        &mut self,
+        kind: JobKind,
+        utterance: crate::speech::vad::Utterance,
+        language: Option<String>,
+    ) {
+        let now = self.log.start.elapsed();
+        submit_asr(
+            &self.shared,
+            &mut self.call,
+            kind,
+            utterance,
+            language,
+            &self.plumbing.asr,
+            now,
+        );
+    }
+
     /// Do what the `Call` asks; the hang-up reason once it asks to end.
     async fn act(&mut self) -> Option<&'static str> {
         let shared = self.shared.clone();
@@ -780,15 +791,7 @@ impl Live {
                     kind,
                     utterance,
                     language,
-                } => submit_asr(
-                    &shared,
-                    &mut self.call,
-                    kind,
-                    utterance,
-                    language,
-                    &self.plumbing.asr,
-                    self.log.start.elapsed(),
-                ),
+                } => self.ask_asr(kind, utterance, language),
                 Output::Synthesize { text, voice } => {
                     let _ = self.plumbing.say.send((text, voice));
                 }
