@@ -433,6 +433,7 @@ pub(super) async fn converse(
         }),
         wake: tokio::sync::Notify::new(),
         done: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
     });
     shared.media_engine.add(cell.clone());
     // Ends the call's ticks however this task ends (even by a panic).
@@ -448,7 +449,11 @@ pub(super) async fn converse(
     loop {
         {
             let mut live = cell.live.lock().await;
-            if let Some(reason) = live.act().await {
+            let failed = cell
+                .failed
+                .load(Ordering::Acquire)
+                .then_some("media_failed");
+            if let Some(reason) = failed.or(live.act().await) {
                 // A vanished caller never answers our BYE: give it the first
                 // retransmissions (RFC 3261 timer E: 0.5, 1, 2, 4 s), not 32 s,
                 // so the call — and a shutdown waiting for it — ends.
@@ -581,6 +586,8 @@ struct CallCell {
     wake: tokio::sync::Notify,
     /// The task has taken the call off the engine.
     done: AtomicBool,
+    /// The engine let the call go: its media step panicked.
+    failed: AtomicBool,
 }
 
 /// Takes a call off the engine when its task ends, whatever path it ends by.
@@ -621,6 +628,11 @@ impl Ticked for CallCell {
             self.wake.notify_one();
         }
         true
+    }
+
+    fn failed(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 }
 

@@ -76,10 +76,15 @@ pub(crate) trait Ticked: Send + Sync {
     /// catches up on ticks it missed). `false` once the call is over: the
     /// engine lets it go.
     fn tick(&self, deadline: Instant) -> bool;
+
+    /// Its step panicked: the engine has let it go (the other calls go on)
+    /// and the call must end.
+    fn failed(&self);
 }
 
 /// The media engine: a few shards (one per media worker), each one task
-/// that wakes once per 20 ms and steps every call it holds — reading their
+/// that steps every call it holds once per 20 ms (in four 5 ms slots) —
+/// reading their
 /// RTP, running their `Call`, sending and recording their frames. A call
 /// costs no task wake-up, timer or `select!` of its own per tick; its own
 /// task wakes only for signalling, transcriptions and what the `Call` asks
@@ -168,7 +173,17 @@ async fn run_shard(
             }
             let calls = &mut phases[slot_of(deadline) % PHASES];
             let before = calls.len();
-            calls.retain(|call| call.tick(deadline));
+            calls.retain(|call| {
+                // One call's bug must not stop the media of the others.
+                let step = std::panic::AssertUnwindSafe(|| call.tick(deadline));
+                std::panic::catch_unwind(step).unwrap_or_else(|_| {
+                    tracing::error!(
+                        "a call's media step panicked: that call ends, the others go on"
+                    );
+                    call.failed();
+                    false
+                })
+            });
             count.fetch_sub(before - calls.len(), Ordering::Relaxed);
         }
     }
@@ -208,24 +223,39 @@ mod tests {
     struct Probe {
         at: Mutex<Vec<Instant>>,
         last: usize,
+        failed: std::sync::atomic::AtomicBool,
     }
 
     impl Ticked for Probe {
         fn tick(&self, deadline: Instant) -> bool {
             let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
             at.push(deadline);
+            if self.last == 2 && at.len() == 2 {
+                panic!("a bug in one call");
+            }
             at.len() < self.last
+        }
+
+        fn failed(&self) {
+            self.failed.store(true, Ordering::Relaxed);
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn every_call_is_stepped_every_20_ms_in_its_own_slot_until_it_is_over() {
+    async fn every_call_is_stepped_every_20_ms_in_its_own_slot_until_it_is_over_or_fails() {
         let engine = MediaEngine::start(&tokio::runtime::Handle::current(), 1);
         let probes: Vec<Arc<Probe>> = (0..8)
             .map(|i| {
                 Arc::new(Probe {
                     at: Mutex::new(Vec::new()),
-                    last: if i == 0 { 3 } else { usize::MAX },
+                    // Probe 0 says it is over at its 3rd step; probe 1
+                    // panics at its 2nd.
+                    last: match i {
+                        0 => 3,
+                        1 => 2,
+                        _ => usize::MAX,
+                    },
+                    failed: Default::default(),
                 })
             })
             .collect();
@@ -238,6 +268,9 @@ mod tests {
             let at = p.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if i == 0 {
                 assert_eq!(at.len(), 3, "let go once it says it is over");
+            } else if i == 1 {
+                assert_eq!(at.len(), 2, "let go once it panicked");
+                assert!(p.failed.load(Ordering::Relaxed), "and told so");
             } else {
                 assert!((19..=21).contains(&at.len()), "probe {i}: {}", at.len());
             }
@@ -247,7 +280,8 @@ mod tests {
             slots.insert(slot_of(at[0]) % PHASES);
         }
         assert_eq!(slots.len(), PHASES, "the calls are spread over the slots");
-        assert_eq!(engine.shards[0].calls.load(Ordering::Relaxed), 7);
+        assert!(!probes[0].failed.load(Ordering::Relaxed));
+        assert_eq!(engine.shards[0].calls.load(Ordering::Relaxed), 6);
     }
 
     #[test]
