@@ -26,57 +26,73 @@ pub enum Party {
     Gateway,
 }
 
-/// One event of a call. `kind` in `events.jsonl` is the serde name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind")]
-pub enum CallEvent {
+/// Declares [`CallEvent`] with each variant's `kind` written once: the
+/// macro hands it to serde (`rename`) and to [`CallEvent::kind`], so the two
+/// cannot drift apart.
+macro_rules! call_events {
+    ($(
+        $(#[$meta:meta])*
+        $kind:literal => $variant:ident $( ( $ty:ty ) )? $( { $($fields:tt)* } )?
+    ),* $(,)?) => {
+        /// One event of a call. `kind` in `events.jsonl` is the serde name.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind")]
+        pub enum CallEvent {
+            $(
+                $(#[$meta])*
+                #[serde(rename = $kind)]
+                $variant $( ($ty) )? $( { $($fields)* } )?,
+            )*
+        }
+
+        impl CallEvent {
+            /// The `kind` as written to `events.jsonl`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $( CallEvent::$variant { .. } => $kind, )*
+                }
+            }
+        }
+    };
+}
+
+call_events! {
     /// The INVITE was accepted: who calls whom, through which trunk.
-    #[serde(rename = "call.invite")]
-    Invite(Box<Invite>),
+    "call.invite" => Invite(Box<Invite>),
     /// The caller's ACK arrived: the call exists.
-    #[serde(rename = "call.confirmed")]
-    Confirmed,
+    "call.confirmed" => Confirmed,
     /// The call was answered (time zero): the caller's leg.
-    #[serde(rename = "call.answered")]
-    Answered(Answered),
+    "call.answered" => Answered(Answered),
     /// Someone hung up.
-    #[serde(rename = "call.hangup")]
-    Hangup {
+    "call.hangup" => Hangup {
         /// Why (`caller_bye`, `caller_done`, `rtp_timeout`, …).
         reason: String,
         /// Who.
         by: Party,
     },
     /// The call is over.
-    #[serde(rename = "call.ended")]
-    Ended(Ended),
+    "call.ended" => Ended(Ended),
     /// A prompt started playing.
-    #[serde(rename = "prompt.started")]
-    PromptStarted {
+    "prompt.started" => PromptStarted {
         /// Which (`greeting`).
         prompt: String,
     },
     /// A prompt was heard to its end.
-    #[serde(rename = "prompt.finished")]
-    PromptFinished {
+    "prompt.finished" => PromptFinished {
         /// Which (`greeting`).
         prompt: String,
     },
     /// The caller pressed a key.
-    #[serde(rename = "dtmf")]
-    Dtmf(Dtmf),
+    "dtmf" => Dtmf(Dtmf),
     /// The caller started talking (voice activity).
-    #[serde(rename = "speech.started")]
-    SpeechStarted {
+    "speech.started" => SpeechStarted {
         /// Stream time (s).
         at_s: f64,
     },
     /// A final transcript.
-    #[serde(rename = "utterance")]
-    Utterance(Box<Utterance>),
+    "utterance" => Utterance(Box<Utterance>),
     /// Speech too short to be words, not transcribed.
-    #[serde(rename = "utterance.skipped")]
-    UtteranceSkipped {
+    "utterance.skipped" => UtteranceSkipped {
         /// Start (s).
         start_s: f64,
         /// End (s).
@@ -87,16 +103,14 @@ pub enum CallEvent {
         reason: String,
     },
     /// A partial transcript of speech still going on.
-    #[serde(rename = "transcript.partial")]
-    TranscriptPartial {
+    "transcript.partial" => TranscriptPartial {
         /// The utterance's start (s).
         start_s: f64,
         /// What was heard so far.
         text: String,
     },
     /// Speech recognition could not take an utterance.
-    #[serde(rename = "asr_overloaded")]
-    AsrOverloaded {
+    "asr_overloaded" => AsrOverloaded {
         /// `queue_full`, `too_late`, …
         reason: String,
         /// The utterance's start (s).
@@ -106,32 +120,26 @@ pub enum CallEvent {
         end_s: Option<f64>,
     },
     /// Speech recognition failed on an utterance.
-    #[serde(rename = "asr_failed")]
-    AsrFailed {
+    "asr_failed" => AsrFailed {
         /// Why.
         error: String,
     },
     /// The bot says something.
-    #[serde(rename = "bot.say")]
-    BotSay {
+    "bot.say" => BotSay {
         /// What.
         text: String,
     },
     /// The caller talked over the bot, which stopped.
-    #[serde(rename = "bot.interrupted")]
-    BotInterrupted,
+    "bot.interrupted" => BotInterrupted,
     /// The bot says goodbye and will hang up once it is heard.
-    #[serde(rename = "bot.goodbye")]
-    BotGoodbye {
+    "bot.goodbye" => BotGoodbye {
         /// `caller_done` or `caller_silent`.
         reason: String,
     },
     /// A decision of the core, with its evidence.
-    #[serde(rename = "decision")]
-    Decision(DecisionEvent),
+    "decision" => Decision(DecisionEvent),
     /// An intent's webhook is asked what to say.
-    #[serde(rename = "webhook.ask")]
-    WebhookAsk {
+    "webhook.ask" => WebhookAsk {
         /// The intent.
         intent: String,
         /// Where.
@@ -140,8 +148,7 @@ pub enum CallEvent {
         timeout_ms: u64,
     },
     /// The webhook answered (or failed).
-    #[serde(rename = "webhook.reply")]
-    WebhookReply {
+    "webhook.reply" => WebhookReply {
         /// The intent.
         intent: String,
         /// Whether it gave a text.
@@ -150,17 +157,14 @@ pub enum CallEvent {
         reply: String,
     },
     /// The caller goes to a human: why, and what the agent is told.
-    #[serde(rename = "handover")]
-    Handover(Handover),
+    "handover" => Handover(Handover),
     /// The hand-over orchestration started.
-    #[serde(rename = "transfer.started")]
-    TransferStarted {
+    "transfer.started" => TransferStarted {
         /// Reason code.
         reason: String,
     },
     /// An agent leg is dialled.
-    #[serde(rename = "transfer.dial")]
-    TransferDial {
+    "transfer.dial" => TransferDial {
         /// The leg.
         leg: LegId,
         /// The agent.
@@ -171,22 +175,19 @@ pub enum CallEvent {
         ring_timeout_s: f64,
     },
     /// The agent leg's INVITE went out.
-    #[serde(rename = "transfer.invite_sent")]
-    TransferInviteSent {
+    "transfer.invite_sent" => TransferInviteSent {
         /// The leg.
         leg: LegId,
         /// Since the hand-over was decided.
         ms_after_decision: f64,
     },
     /// The agent's phone rings.
-    #[serde(rename = "transfer.ringing")]
-    TransferRinging {
+    "transfer.ringing" => TransferRinging {
         /// The leg.
         leg: LegId,
     },
     /// An agent answered.
-    #[serde(rename = "transfer.answered")]
-    TransferAnswered {
+    "transfer.answered" => TransferAnswered {
         /// The leg.
         leg: LegId,
         /// The agent.
@@ -195,8 +196,7 @@ pub enum CallEvent {
         after_s: f64,
     },
     /// The agent leg's media.
-    #[serde(rename = "transfer.agent_media")]
-    TransferAgentMedia {
+    "transfer.agent_media" => TransferAgentMedia {
         /// The leg.
         leg: LegId,
         /// Its codec.
@@ -205,28 +205,24 @@ pub enum CallEvent {
         remote_rtp: String,
     },
     /// The whisper to the agent started.
-    #[serde(rename = "transfer.whisper_started")]
-    TransferWhisperStarted {
+    "transfer.whisper_started" => TransferWhisperStarted {
         /// The leg.
         leg: LegId,
         /// Since the agent answered.
         ms_after_answer: f64,
     },
     /// The whisper was heard to its end.
-    #[serde(rename = "transfer.whisper_finished")]
-    TransferWhisperFinished {
+    "transfer.whisper_finished" => TransferWhisperFinished {
         /// The leg.
         leg: LegId,
     },
     /// The agent must press a key to take the call.
-    #[serde(rename = "transfer.awaiting_accept")]
-    TransferAwaitingAccept {
+    "transfer.awaiting_accept" => TransferAwaitingAccept {
         /// The leg.
         leg: LegId,
     },
     /// The agent declined (or did not accept in time).
-    #[serde(rename = "transfer.declined")]
-    TransferDeclined {
+    "transfer.declined" => TransferDeclined {
         /// The leg.
         leg: LegId,
         /// The agent.
@@ -236,8 +232,7 @@ pub enum CallEvent {
         why: Option<String>,
     },
     /// One agent leg failed.
-    #[serde(rename = "transfer.attempt_failed")]
-    TransferAttemptFailed {
+    "transfer.attempt_failed" => TransferAttemptFailed {
         /// The leg.
         leg: LegId,
         /// The agent.
@@ -248,16 +243,14 @@ pub enum CallEvent {
         why: String,
     },
     /// Nobody took the call: the caller is back with the bot.
-    #[serde(rename = "transfer.failed")]
-    TransferFailed {
+    "transfer.failed" => TransferFailed {
         /// Every agent tried, with what happened.
         tried: Vec<String>,
         /// Since the hand-over started (s).
         after_s: f64,
     },
     /// Caller and agent are bridged.
-    #[serde(rename = "transfer.bridged")]
-    TransferBridged {
+    "transfer.bridged" => TransferBridged {
         /// The leg.
         leg: LegId,
         /// The agent.
@@ -266,23 +259,20 @@ pub enum CallEvent {
         after_s: f64,
     },
     /// The caller hung up before an agent took the call.
-    #[serde(rename = "transfer.abandoned")]
-    TransferAbandoned {
+    "transfer.abandoned" => TransferAbandoned {
         /// `ringing` or `whisper`.
         #[serde(rename = "while")]
         during: String,
     },
     /// The bridged call ended.
-    #[serde(rename = "transfer.ended")]
-    TransferEnded {
+    "transfer.ended" => TransferEnded {
         /// Who hung up.
         by: Party,
         /// The leg.
         leg: LegId,
     },
     /// How long the bridge held audio each way.
-    #[serde(rename = "bridge.latency")]
-    BridgeLatency {
+    "bridge.latency" => BridgeLatency {
         /// Caller → agent jitter-buffer hold (ms).
         caller_to_agent_hold_ms: f64,
         /// Agent → caller jitter-buffer hold (ms).
@@ -293,8 +283,7 @@ pub enum CallEvent {
         agent_media: Value,
     },
     /// The caller re-INVITEd (hold, resume, new address or codec).
-    #[serde(rename = "sip.reinvite")]
-    SipReinvite {
+    "sip.reinvite" => SipReinvite {
         /// Whether the caller holds the call now.
         hold: bool,
         /// The SDP direction.
@@ -305,73 +294,23 @@ pub enum CallEvent {
         remote_rtp: String,
     },
     /// A re-INVITE was refused; the call goes on as before.
-    #[serde(rename = "sip.reinvite_refused")]
-    SipReinviteRefused {
+    "sip.reinvite_refused" => SipReinviteRefused {
         /// Why.
         error: String,
     },
     /// The session timer was refreshed.
-    #[serde(rename = "sip.session_refresh")]
-    SipSessionRefresh {
+    "sip.session_refresh" => SipSessionRefresh {
         /// Who refreshed.
         by: Party,
     },
     /// An unfinished recording was repaired at start-up.
-    #[serde(rename = "recording.repaired")]
-    RecordingRepaired {
+    "recording.repaired" => RecordingRepaired {
         /// What the repair found.
         outcome: String,
     },
 }
 
 impl CallEvent {
-    /// The `kind` as written to `events.jsonl`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CallEvent::Invite(_) => "call.invite",
-            CallEvent::Confirmed => "call.confirmed",
-            CallEvent::Answered(_) => "call.answered",
-            CallEvent::Hangup { .. } => "call.hangup",
-            CallEvent::Ended(_) => "call.ended",
-            CallEvent::PromptStarted { .. } => "prompt.started",
-            CallEvent::PromptFinished { .. } => "prompt.finished",
-            CallEvent::Dtmf(_) => "dtmf",
-            CallEvent::SpeechStarted { .. } => "speech.started",
-            CallEvent::Utterance(_) => "utterance",
-            CallEvent::UtteranceSkipped { .. } => "utterance.skipped",
-            CallEvent::TranscriptPartial { .. } => "transcript.partial",
-            CallEvent::AsrOverloaded { .. } => "asr_overloaded",
-            CallEvent::AsrFailed { .. } => "asr_failed",
-            CallEvent::BotSay { .. } => "bot.say",
-            CallEvent::BotInterrupted => "bot.interrupted",
-            CallEvent::BotGoodbye { .. } => "bot.goodbye",
-            CallEvent::Decision(_) => "decision",
-            CallEvent::WebhookAsk { .. } => "webhook.ask",
-            CallEvent::WebhookReply { .. } => "webhook.reply",
-            CallEvent::Handover(_) => "handover",
-            CallEvent::TransferStarted { .. } => "transfer.started",
-            CallEvent::TransferDial { .. } => "transfer.dial",
-            CallEvent::TransferInviteSent { .. } => "transfer.invite_sent",
-            CallEvent::TransferRinging { .. } => "transfer.ringing",
-            CallEvent::TransferAnswered { .. } => "transfer.answered",
-            CallEvent::TransferAgentMedia { .. } => "transfer.agent_media",
-            CallEvent::TransferWhisperStarted { .. } => "transfer.whisper_started",
-            CallEvent::TransferWhisperFinished { .. } => "transfer.whisper_finished",
-            CallEvent::TransferAwaitingAccept { .. } => "transfer.awaiting_accept",
-            CallEvent::TransferDeclined { .. } => "transfer.declined",
-            CallEvent::TransferAttemptFailed { .. } => "transfer.attempt_failed",
-            CallEvent::TransferFailed { .. } => "transfer.failed",
-            CallEvent::TransferBridged { .. } => "transfer.bridged",
-            CallEvent::TransferAbandoned { .. } => "transfer.abandoned",
-            CallEvent::TransferEnded { .. } => "transfer.ended",
-            CallEvent::BridgeLatency { .. } => "bridge.latency",
-            CallEvent::SipReinvite { .. } => "sip.reinvite",
-            CallEvent::SipReinviteRefused { .. } => "sip.reinvite_refused",
-            CallEvent::SipSessionRefresh { .. } => "sip.session_refresh",
-            CallEvent::RecordingRepaired { .. } => "recording.repaired",
-        }
-    }
-
     /// The event as one JSON object: `kind` and its fields.
     pub fn to_json(&self) -> serde_json::Map<String, Value> {
         match serde_json::to_value(self) {

@@ -279,10 +279,8 @@ pub(super) async fn run(
             ..event::Ended::default()
         });
         if let Some(mut r) = recorder {
-            if let Err(e) = r
-                .event(Duration::ZERO, &ended)
-                .and_then(|()| r.finalize().map(|_| ()))
-            {
+            let logged = r.event(Duration::ZERO, &ended);
+            if let Err(e) = logged.and(finalize_recording(r).await.map(|_| ())) {
                 tracing::error!(error = %e, "recording could not be finished");
             }
         }
@@ -422,7 +420,6 @@ pub(super) async fn converse(
             digits: Vec::new(),
             ticks: 0,
             grid: None,
-            buf: vec![0u8; 2048],
             plumbing: Plumbing {
                 inbox: inbox_tx.clone(),
                 say: say_tx,
@@ -572,11 +569,19 @@ pub(super) async fn converse(
         "call ended"
     );
     if let Some(r) = live.log.recorder.take() {
-        match r.finalize() {
+        match finalize_recording(r).await {
             Ok(dir) => info!(dir = %dir.display(), "recording finalised"),
             Err(e) => tracing::error!(error = %e, "recording finalise failed"),
         }
     }
+}
+
+/// Finish a recording on a blocking thread: waiting for the writer (and the
+/// disk) must not hold up the async workers that run other calls' tasks.
+async fn finalize_recording(r: CallRecorder) -> std::io::Result<std::path::PathBuf> {
+    tokio::task::spawn_blocking(move || r.finalize())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// A live call as the media engine and the call's task share it.
@@ -662,7 +667,6 @@ struct Live {
     /// The first tick's grid instant.
     grid: Option<Instant>,
     flush_every: u64,
-    buf: Vec<u8>,
 }
 
 impl Live {
@@ -677,7 +681,7 @@ impl Live {
         let leg = &mut self.leg;
         // Drain what arrived since the last tick: one read pass per 20 ms
         // per call instead of one wake-up per packet.
-        leg.receive(now, &mut self.buf, &mut self.digits);
+        leg.receive(now, &mut self.digits);
         for digit in self.digits.drain(..) {
             call.handle_input(
                 now,

@@ -160,16 +160,16 @@ impl AgentLegs {
             // No hand-over: nothing to read (the common case, every tick).
             return &mut self.frames;
         }
-        let mut buf = [0u8; 2048];
         for leg in self.legs.iter_mut().filter(|l| !l.ended) {
             let Some(media) = leg.media.as_mut() else {
                 continue;
             };
-            while let Ok((n, from)) = leg.socket.recv_from(&mut buf) {
-                if let Inbound::Digit(d) = media.on_datagram(now, from, &buf[..n]) {
-                    digits.push(TransferEvent::AgentDigit(leg.id, d));
+            let id = leg.id;
+            crate::media::drain::drain(&leg.socket, |from, datagram| {
+                if let Inbound::Digit(d) = media.on_datagram(now, from, datagram) {
+                    digits.push(TransferEvent::AgentDigit(id, d));
                 }
-            }
+            });
             let (heard, digit) = media.pull_frame();
             if let Some(d) = digit {
                 digits.push(TransferEvent::AgentDigit(leg.id, d));

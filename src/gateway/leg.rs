@@ -87,16 +87,17 @@ impl CallerLeg {
 
     /// Take in what arrived since the last tick; the DTMF digits in it are
     /// added to `digits`.
-    pub(super) fn receive(&mut self, now: Duration, buf: &mut [u8], digits: &mut Vec<char>) {
+    pub(super) fn receive(&mut self, now: Duration, digits: &mut Vec<char>) {
         match self {
             CallerLeg::Sip(s) => {
                 // Drain what arrived since the last tick: one read pass per
                 // 20 ms per call instead of one wake-up per packet.
-                while let Ok((n, from)) = s.socket.recv_from(buf) {
-                    if let Inbound::Digit(d) = s.media.on_datagram(now, from, &buf[..n]) {
+                let media = &mut s.media;
+                crate::media::drain::drain(&s.socket, |from, datagram| {
+                    if let Inbound::Digit(d) = media.on_datagram(now, from, datagram) {
                         digits.push(d);
                     }
-                }
+                });
             }
             CallerLeg::Web(w) => digits.extend(w.receive(now)),
         }

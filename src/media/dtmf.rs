@@ -121,15 +121,34 @@ const KEYS: [[char; 4]; 4] = [
     ['*', '0', '#', 'D'],
 ];
 
-fn goertzel_power(frame: &[i16], freq: f32, rate: f32) -> f32 {
-    let coeff = 2.0 * (2.0 * std::f32::consts::PI * freq / rate).cos();
-    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+/// The Goertzel power of the eight DTMF tones (the four rows, then the four
+/// columns) in one pass over the frame: eight independent recurrences side
+/// by side, which the compiler runs in vector lanes. Each lane does the same
+/// arithmetic in the same order as a filter run on its own.
+#[allow(clippy::needless_range_loop)] // lanes indexed alike across three arrays
+fn tone_powers(frame: &[i16]) -> [f32; 8] {
+    static COEFFS: std::sync::LazyLock<[f32; 8]> = std::sync::LazyLock::new(|| {
+        let mut c = [0.0f32; 8];
+        for (c, f) in c.iter_mut().zip(ROWS.iter().chain(COLS.iter())) {
+            *c = 2.0 * (2.0 * std::f32::consts::PI * f / 8000.0).cos();
+        }
+        c
+    });
+    let coeff = *COEFFS;
+    let (mut s1, mut s2) = ([0.0f32; 8], [0.0f32; 8]);
     for &x in frame {
-        let s = f32::from(x) / 32768.0 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
+        let v = f32::from(x) / 32768.0;
+        for k in 0..8 {
+            let s = v + coeff[k] * s1[k] - s2[k];
+            s2[k] = s1[k];
+            s1[k] = s;
+        }
     }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
+    let mut power = [0.0f32; 8];
+    for k in 0..8 {
+        power[k] = s1[k] * s1[k] + s2[k] * s2[k] - coeff[k] * s1[k] * s2[k];
+    }
+    power
 }
 
 /// In-band DTMF detector over 20 ms frames at 8 kHz. A digit is reported
@@ -152,16 +171,10 @@ impl InbandDetector {
         if energy < 1e-3 * frame.len() as f32 / 160.0 {
             return None;
         }
-        let rows: Vec<f32> = ROWS
-            .iter()
-            .map(|f| goertzel_power(frame, *f, 8000.0))
-            .collect();
-        let cols: Vec<f32> = COLS
-            .iter()
-            .map(|f| goertzel_power(frame, *f, 8000.0))
-            .collect();
-        let (ri, rp) = max_index(&rows)?;
-        let (ci, cp) = max_index(&cols)?;
+        let power = tone_powers(frame);
+        let (rows, cols) = power.split_at(4);
+        let (ri, rp) = max_index(rows)?;
+        let (ci, cp) = max_index(cols)?;
         // Each tone must dominate its group, and together carry most of the energy.
         let second = |v: &[f32], i: usize| {
             v.iter()
@@ -170,7 +183,7 @@ impl InbandDetector {
                 .map(|(_, p)| *p)
                 .fold(0.0f32, f32::max)
         };
-        if rp < 4.0 * second(&rows, ri) || cp < 4.0 * second(&cols, ci) {
+        if rp < 4.0 * second(rows, ri) || cp < 4.0 * second(cols, ci) {
             return None;
         }
         // Twist: the two tones within ~8 dB of each other.

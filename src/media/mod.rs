@@ -1,5 +1,6 @@
 //! Media: RTP in and out, G.711, jitter buffer, DTMF, prompts, resampling.
 
+pub mod drain;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
