@@ -1,7 +1,8 @@
 //! Recording: every call gets a stereo WAV (left: caller; right: what the
 //! gateway, later the agent, sent) and an `events.jsonl`, under
 //! `recordings/YYYY-MM-DD/<call-id>/`. Flushed periodically so a crash loses
-//! at most one flush interval; [`repair`] fixes headers after a crash.
+//! at most one flush interval plus the writer's rest (`WRITER_BATCH`);
+//! [`repair`] fixes headers after a crash.
 
 mod repair;
 
@@ -147,6 +148,8 @@ fn writer() -> Option<&'static SyncSender<Chunk>> {
     writer_thread().map(|(tx, _)| tx)
 }
 
+/// The writer's queue and its thread (to cut its rest short), started on
+/// first use; `None` when the thread could not start.
 fn writer_thread() -> Option<&'static (SyncSender<Chunk>, std::thread::Thread)> {
     static WRITER: OnceLock<Option<(SyncSender<Chunk>, std::thread::Thread)>> = OnceLock::new();
     WRITER
