@@ -469,3 +469,45 @@ fn the_html_report_opens_from_disk_with_audio_transcript_and_a_plot() {
         png.len()
     );
 }
+
+#[test]
+fn an_utterance_the_live_pool_refused_is_refused_again_in_replay() {
+    // A calm call, replayed from a gateway recording whose Whisper pool was
+    // overloaded on its first utterance (an `asr_overloaded` event, as a
+    // loaded box writes it): the replay decides what the live call did, a
+    // hand-over for asr_unavailable, not what an idle box would have.
+    let cfg = root().join("sip-config");
+    let wav = root().join("tests/calls/calm_billing.wav");
+    let plain = common::replay_json(&wav, &cfg, &[]);
+    assert_eq!(plain["outcome"], "bot_resolved", "{plain:#}");
+    let first = plain["utterances"][0]["start_s"]
+        .as_f64()
+        .expect("a first utterance");
+    for reason in ["latency", "queue_full"] {
+        let rec = tempfile::tempdir().expect("tmp");
+        std::fs::copy(&wav, rec.path().join("call.wav")).expect("copy");
+        let events = [
+            serde_json::json!({"kind": "call.answered", "t_s": 0.0, "language": "en"}),
+            serde_json::json!({"kind": "asr_overloaded", "t_s": first + 4.0,
+                               "reason": reason, "start_s": first}),
+        ];
+        let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+        std::fs::write(rec.path().join("events.jsonl"), lines.join("\n") + "\n").expect("write");
+        let got = common::replay_json(&rec.path().join("call.wav"), &cfg, &[]);
+        assert_eq!(got["outcome"], "transferred", "{reason}: {got:#}");
+        assert_eq!(got["reason"], "asr_unavailable", "{reason}: {got:#}");
+        assert!(
+            got["events"].as_array().is_some_and(|e| e
+                .iter()
+                .any(|e| e["kind"] == "asr_overloaded" && e["start_s"] == first)),
+            "{reason}: {got:#}"
+        );
+        // An overload recorded for another moment takes nothing away.
+        let other = [serde_json::json!({"kind": "asr_overloaded", "t_s": 1.0,
+                                         "reason": reason, "start_s": first + 0.5})];
+        std::fs::write(rec.path().join("events.jsonl"), other[0].to_string() + "\n")
+            .expect("write");
+        let got = common::replay_json(&rec.path().join("call.wav"), &cfg, &[]);
+        assert_eq!(got["outcome"], "bot_resolved", "{reason}: {got:#}");
+    }
+}

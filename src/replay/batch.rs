@@ -192,6 +192,23 @@ pub fn recorded_keys(wav: &Path) -> Vec<(Duration, char, &'static str)> {
         .collect()
 }
 
+/// The utterances the live call's Whisper pool could not take (its
+/// `asr_overloaded` events: a full queue, a job that waited past
+/// `max_latency_ms`), by start (s) with the reason. Overload is the live
+/// box's load, not in the audio: a replay answers those utterances as the
+/// pool did, so it decides as the live call did. Empty for a plain WAV.
+pub fn recorded_refusals(wav: &Path) -> Vec<(f64, String)> {
+    recorded_events(wav)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            CallEvent::AsrOverloaded {
+                reason, start_s, ..
+            } if start_s.is_finite() => Some((start_s, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The caller ID of a gateway recording.
 pub fn recorded_caller(wav: &Path) -> Option<String> {
     recorded_events(wav)

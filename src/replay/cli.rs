@@ -147,6 +147,7 @@ pub fn replay(a: ReplayArgs) -> ExitCode {
                     voice: Some(voice.clone()),
                     greeting: greeting.clone(),
                     keys: batch::recorded_keys(file),
+                    refused: batch::recorded_refusals(file),
                     max_duration: cfg.gateway.media.max_call_duration,
                 },
             )

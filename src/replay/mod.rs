@@ -99,6 +99,11 @@ pub struct Listening<'a> {
     pub keys: Vec<(Duration, char, &'static str)>,
     /// `[media] max_call_duration_s`, as on a live call.
     pub max_duration: Option<Duration>,
+    /// Utterances the live call's Whisper pool refused (start in s, reason),
+    /// from a recording's `asr_overloaded` events: answered as overload
+    /// again, so the replay decides as the live call did. Overload is the
+    /// live box's load, like RFC 4733 keys not in the audio.
+    pub refused: Vec<(f64, String)>,
 }
 
 /// Replay `track` as a call from `caller`: the same sans-IO [`Call`] a live
@@ -119,6 +124,7 @@ pub fn replay(
         greeting,
         keys,
         max_duration,
+        refused,
     } = listening;
     let mut call = Call::new(CallSetup {
         policy,
@@ -140,6 +146,7 @@ pub fn replay(
         language,
         encoder,
         voice,
+        refused,
         events: Vec::new(),
     };
     call.handle_input(Duration::ZERO, Input::Answered);
@@ -208,10 +215,28 @@ struct ReplayIo<'a> {
     language: Option<&'a str>,
     encoder: Option<&'a SentenceEncoder>,
     voice: Option<Arc<dyn Synthesizer>>,
+    refused: Vec<(f64, String)>,
     events: Vec<Value>,
 }
 
 impl ReplayIo<'_> {
+    /// Whether the live call's pool refused the utterance starting at
+    /// `start_s`, and why (the reasons the pool gives).
+    fn refusal(&self, start_s: f64) -> Option<&'static str> {
+        // Events keep the start at full precision; a millisecond is far
+        // below the VAD's 20 ms frame.
+        let (_, reason) = self
+            .refused
+            .iter()
+            .find(|(s, _)| (s - start_s).abs() < 1e-3)?;
+        Some(match reason.as_str() {
+            "queue_full" => "queue_full",
+            "queue" => "queue",
+            "latency" => "latency",
+            _ => "recorded",
+        })
+    }
+
     fn drain(&mut self, call: &mut Call, now: Duration) -> Result<(), AsrError> {
         while let Some(output) = call.poll_output() {
             match output {
@@ -228,6 +253,24 @@ impl ReplayIo<'_> {
                     utterance,
                     ..
                 } => {
+                    let start_s = utterance.start.as_secs_f64();
+                    if let Some(reason) = self.refusal(start_s) {
+                        // Refused live: refused again, the same way.
+                        let input = if kind == JobKind::Final && reason == "queue_full" {
+                            Input::AsrRefused {
+                                start_s,
+                                end_s: utterance.end.as_secs_f64(),
+                            }
+                        } else {
+                            Input::Asr(AsrReply::Overloaded {
+                                kind,
+                                reason,
+                                start_s,
+                            })
+                        };
+                        call.handle_input(now, input);
+                        continue;
+                    }
                     let r = self
                         .recognizer
                         .recognize_in(&utterance.samples, self.language)?;
