@@ -43,7 +43,9 @@ fn rtp_to_16k(c: &mut Criterion) {
     let tone: Vec<i16> = (0..160)
         .map(|n| ((n as f32 * 0.3).sin() * 8000.0) as i16)
         .collect();
-    let packets: Vec<_> = (0..64).map(|_| sender.encode_frame(&tone)).collect();
+    let packets: Vec<_> = (0..64)
+        .map(|_| sender.encode_frame(&tone).to_vec())
+        .collect();
     let mut g = c.benchmark_group("media");
     g.throughput(Throughput::Elements(1));
     g.bench_function("rtp_packet_to_16k_frame", |b| {

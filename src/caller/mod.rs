@@ -285,7 +285,7 @@ impl Caller {
                 }
             } else {
                 let pkt = media.encode_frame(&out_frame);
-                let _ = rtp.send_to(&pkt, dest);
+                let _ = rtp.send_to(pkt, dest);
             }
         }
         out.duration_s = started.elapsed().as_secs_f64();

@@ -186,8 +186,9 @@ impl AgentLegs {
                 continue;
             };
             if let Some(media) = leg.media.as_mut() {
+                let dest = media.destination();
                 let pkt = media.encode_frame(&frame.out);
-                let _ = leg.socket.send_to(&pkt, media.destination());
+                let _ = leg.socket.send_to(pkt, dest);
             }
         }
     }

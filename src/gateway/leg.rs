@@ -116,8 +116,9 @@ impl CallerLeg {
         match self {
             CallerLeg::Sip(s) => {
                 if !s.held {
+                    let dest = s.media.destination();
                     let pkt = s.media.encode_frame(frame);
-                    let _ = s.socket.send_to(&pkt, s.media.destination());
+                    let _ = s.socket.send_to(pkt, dest);
                 }
             }
             CallerLeg::Web(w) => w.send_frame(frame),

@@ -1,4 +1,7 @@
-//! G.711 μ-law and A-law (ITU-T G.711), sample by sample.
+//! G.711 μ-law and A-law (ITU-T G.711). The per-sample functions define the
+//! codec; `encode` and `decode` read tables built from them at compile time
+//! (a lookup per sample instead of the bit arithmetic: the media path codes
+//! 8,000 samples per second each way for every call).
 
 use crate::config::Codec;
 
@@ -6,40 +9,49 @@ const BIAS: i32 = 0x84;
 const CLIP: i32 = 32635;
 
 /// Encode one linear sample to μ-law.
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    let mut s = i32::from(sample);
+pub const fn linear_to_ulaw(sample: i16) -> u8 {
+    let mut s = sample as i32;
     let sign = if s < 0 {
         s = -s;
         0x80
     } else {
         0
     };
-    s = s.min(CLIP) + BIAS;
-    let exponent = (7 - ((s as u32).leading_zeros() as i32 - 17)).clamp(0, 7);
+    s = if s > CLIP { CLIP } else { s } + BIAS;
+    let exponent = 7 - ((s as u32).leading_zeros() as i32 - 17);
+    let exponent = if exponent < 0 {
+        0
+    } else if exponent > 7 {
+        7
+    } else {
+        exponent
+    };
     let mantissa = (s >> (exponent + 3)) & 0x0F;
     !(sign | (exponent << 4) as u8 as i32 | mantissa) as u8
 }
 
 /// Decode one μ-law byte.
-pub fn ulaw_to_linear(byte: u8) -> i16 {
+pub const fn ulaw_to_linear(byte: u8) -> i16 {
     let u = !byte;
     let sign = u & 0x80;
-    let exponent = i32::from((u >> 4) & 0x07);
-    let mantissa = i32::from(u & 0x0F);
+    let exponent = ((u >> 4) & 0x07) as i32;
+    let mantissa = (u & 0x0F) as i32;
     let magnitude = (((mantissa << 3) + BIAS) << exponent) - BIAS;
     (if sign != 0 { -magnitude } else { magnitude }) as i16
 }
 
 /// Encode one linear sample to A-law.
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    let mut s = i32::from(sample) >> 3; // 13-bit magnitude domain
+pub const fn linear_to_alaw(sample: i16) -> u8 {
+    let mut s = (sample as i32) >> 3; // 13-bit magnitude domain
     let sign = if s >= 0 {
         0x80
     } else {
         s = -s - 1;
         0x00
     };
-    s = s.min(0x0FFF);
+    if s > 0x0FFF {
+        s = 0x0FFF;
+    }
     let byte = if s < 32 {
         (s >> 1) as u8
     } else {
@@ -51,10 +63,10 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
 }
 
 /// Decode one A-law byte.
-pub fn alaw_to_linear(byte: u8) -> i16 {
+pub const fn alaw_to_linear(byte: u8) -> i16 {
     let a = byte ^ 0x55;
-    let exponent = i32::from((a >> 4) & 0x07);
-    let mantissa = i32::from(a & 0x0F);
+    let exponent = ((a >> 4) & 0x07) as i32;
+    let mantissa = (a & 0x0F) as i32;
     let magnitude = if exponent == 0 {
         (mantissa << 4) + 8
     } else {
@@ -63,20 +75,59 @@ pub fn alaw_to_linear(byte: u8) -> i16 {
     (if a & 0x80 != 0 { magnitude } else { -magnitude }) as i16
 }
 
+/// Every 16-bit sample's code, indexed by the sample's bits (`s as u16`):
+/// μ-law when `alaw` is false.
+const fn encode_table(alaw: bool) -> [u8; 65536] {
+    let mut t = [0u8; 65536];
+    let mut i = 0;
+    while i < 65536 {
+        let s = i as u16 as i16;
+        t[i] = if alaw {
+            linear_to_alaw(s)
+        } else {
+            linear_to_ulaw(s)
+        };
+        i += 1;
+    }
+    t
+}
+
+/// Every code's sample: μ-law when `alaw` is false.
+const fn decode_table(alaw: bool) -> [i16; 256] {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if alaw {
+            alaw_to_linear(i as u8)
+        } else {
+            ulaw_to_linear(i as u8)
+        };
+        i += 1;
+    }
+    t
+}
+
+static ULAW_OF: [u8; 65536] = encode_table(false);
+static ALAW_OF: [u8; 65536] = encode_table(true);
+static LINEAR_OF_ULAW: [i16; 256] = decode_table(false);
+static LINEAR_OF_ALAW: [i16; 256] = decode_table(true);
+
 /// Decode a payload into `out` (appends).
 pub fn decode(codec: Codec, payload: &[u8], out: &mut Vec<i16>) {
-    match codec {
-        Codec::Pcmu => out.extend(payload.iter().map(|b| ulaw_to_linear(*b))),
-        Codec::Pcma => out.extend(payload.iter().map(|b| alaw_to_linear(*b))),
-    }
+    let table = match codec {
+        Codec::Pcmu => &LINEAR_OF_ULAW,
+        Codec::Pcma => &LINEAR_OF_ALAW,
+    };
+    out.extend(payload.iter().map(|b| table[usize::from(*b)]));
 }
 
 /// Encode samples into `out` (appends).
 pub fn encode(codec: Codec, samples: &[i16], out: &mut Vec<u8>) {
-    match codec {
-        Codec::Pcmu => out.extend(samples.iter().map(|s| linear_to_ulaw(*s))),
-        Codec::Pcma => out.extend(samples.iter().map(|s| linear_to_alaw(*s))),
-    }
+    let table = match codec {
+        Codec::Pcmu => &ULAW_OF,
+        Codec::Pcma => &ALAW_OF,
+    };
+    out.extend(samples.iter().map(|s| table[usize::from(*s as u16)]));
 }
 
 #[cfg(test)]
@@ -100,6 +151,28 @@ mod tests {
         assert_eq!(alaw_to_linear(0x55), -8);
         assert_eq!(alaw_to_linear(0xAA), 32256);
         assert_eq!(alaw_to_linear(0x2A), -32256);
+    }
+
+    #[test]
+    fn the_tables_are_the_functions() {
+        for s in i16::MIN..=i16::MAX {
+            let mut u = Vec::new();
+            encode(Codec::Pcmu, &[s], &mut u);
+            let mut a = Vec::new();
+            encode(Codec::Pcma, &[s], &mut a);
+            assert_eq!((u[0], a[0]), (linear_to_ulaw(s), linear_to_alaw(s)), "{s}");
+        }
+        for b in 0..=255u8 {
+            let mut u = Vec::new();
+            decode(Codec::Pcmu, &[b], &mut u);
+            let mut a = Vec::new();
+            decode(Codec::Pcma, &[b], &mut a);
+            assert_eq!(
+                (u[0], a[0]),
+                (ulaw_to_linear(b), alaw_to_linear(b)),
+                "{b:#x}"
+            );
+        }
     }
 
     #[test]

@@ -171,6 +171,13 @@ impl JitterBuffer {
                 self.stats.played += 1;
                 self.stats.queued_sum += self.packets.len() as u64;
                 self.concealed_run = 0;
+                if self.pending.is_empty() && samples.len() == FRAME_8K {
+                    // The usual 20 ms packet, nothing left over: it is the
+                    // frame, without a copy through `pending`.
+                    self.next_seq = Some(next + 1);
+                    self.last.copy_from_slice(&samples);
+                    return Some(samples);
+                }
                 self.pending.extend_from_slice(&samples);
                 self.next_seq = Some(next + 1);
             } else if self.packets.is_empty() {

@@ -11,6 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use webrtc_util::marshal::Marshal;
 
+/// An RTP header without CSRCs or extensions.
+const RTP_HEADER: usize = 12;
+
 /// What was negotiated in SDP for this call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaParams {
@@ -123,7 +126,7 @@ impl MediaSession {
             last_rx: now,
             rfc4733_seen: false,
             stats: MediaStats::default(),
-            scratch: Vec::with_capacity(FRAME_8K),
+            scratch: Vec::with_capacity(RTP_HEADER + FRAME_8K),
         }
     }
 
@@ -269,14 +272,29 @@ impl MediaSession {
         packet.marshal().unwrap_or_default()
     }
 
-    /// Packetise 20 ms of outgoing audio.
-    pub fn encode_frame(&mut self, samples: &[i16]) -> Bytes {
-        self.scratch.clear();
-        g711::encode(self.params.codec, samples, &mut self.scratch);
-        let payload = Bytes::copy_from_slice(&self.scratch);
-        let ts = self.timestamp;
+    /// Packetise 20 ms of outgoing audio: the RTP packet, in a buffer the
+    /// session reuses (no allocation per packet on the media path).
+    pub fn encode_frame(&mut self, samples: &[i16]) -> &[u8] {
+        let header = rtp::header::Header {
+            version: 2,
+            payload_type: self.params.codec.payload_type(),
+            sequence_number: self.seq,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
+        };
+        self.seq = self.seq.wrapping_add(1);
+        self.stats.sent += 1;
         self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
-        self.packet(self.params.codec.payload_type(), false, ts, payload)
+        self.scratch.clear();
+        self.scratch.resize(RTP_HEADER, 0);
+        // A plain header (no CSRC, no extension) is always 12 bytes.
+        match header.marshal_to(&mut self.scratch) {
+            Ok(n) => self.scratch.truncate(n),
+            Err(_) => self.scratch.clear(),
+        }
+        g711::encode(self.params.codec, samples, &mut self.scratch);
+        &self.scratch
     }
 
     /// The RFC 4733 packets for one digit (send one every 20 ms; the end
@@ -315,13 +333,13 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:6000".parse().unwrap();
         let pkt = tx.encode_frame(&[1000; 160]);
         assert_eq!(
-            rx.on_datagram(Duration::from_millis(20), a, &pkt),
+            rx.on_datagram(Duration::from_millis(20), a, pkt),
             Inbound::Audio
         );
         assert_eq!(rx.destination(), a);
         let pkt = tx.encode_frame(&[1000; 160]);
         assert_eq!(
-            rx.on_datagram(Duration::from_millis(40), b, &pkt),
+            rx.on_datagram(Duration::from_millis(40), b, pkt),
             Inbound::Dropped(DropReason::WrongSource)
         );
         let (frame, _) = rx.pull_frame();
@@ -344,7 +362,7 @@ mod tests {
         for t in 0..5 {
             let pkt = tx.encode_frame(&[9000; 160]);
             assert_eq!(
-                rx.on_datagram(ms(t * 20), attacker, &pkt),
+                rx.on_datagram(ms(t * 20), attacker, pkt),
                 Inbound::Dropped(DropReason::WrongSource)
             );
         }
@@ -354,23 +372,23 @@ mod tests {
             "the SDP's address"
         );
         let pkt = tx.encode_frame(&[100; 160]);
-        assert_eq!(rx.on_datagram(ms(120), caller, &pkt), Inbound::Audio);
+        assert_eq!(rx.on_datagram(ms(120), caller, pkt), Inbound::Audio);
         assert_eq!(rx.destination(), caller);
         // Another port of the caller's address while the caller talks: ignored.
         for t in 0..5 {
             let pkt = tx.encode_frame(&[100; 160]);
             assert_eq!(
-                rx.on_datagram(ms(140 + t), moved, &pkt),
+                rx.on_datagram(ms(140 + t), moved, pkt),
                 Inbound::Dropped(DropReason::WrongSource)
             );
             let pkt = tx.encode_frame(&[100; 160]);
-            assert_eq!(rx.on_datagram(ms(141 + t), caller, &pkt), Inbound::Audio);
+            assert_eq!(rx.on_datagram(ms(141 + t), caller, pkt), Inbound::Audio);
         }
         // The caller's NAT moved them: after 500 ms of quiet, three in a row take over.
         let mut last = Inbound::Audio;
         for t in 0..3 {
             let pkt = tx.encode_frame(&[100; 160]);
-            last = rx.on_datagram(ms(800 + t * 20), moved, &pkt);
+            last = rx.on_datagram(ms(800 + t * 20), moved, pkt);
         }
         assert_eq!(last, Inbound::Audio);
         assert_eq!(rx.destination(), moved);
@@ -385,11 +403,11 @@ mod tests {
             .with_signalling_source(Some("203.0.113.7".parse().unwrap()));
         let pkt = tx.encode_frame(&[100; 160]);
         let public: SocketAddr = "203.0.113.7:31000".parse().unwrap();
-        assert_eq!(rx.on_datagram(Duration::ZERO, public, &pkt), Inbound::Audio);
+        assert_eq!(rx.on_datagram(Duration::ZERO, public, pkt), Inbound::Audio);
         assert_eq!(rx.destination(), public);
         let pkt = tx.encode_frame(&[100; 160]);
         assert_eq!(
-            rx.on_datagram(Duration::ZERO, "198.51.100.9:31000".parse().unwrap(), &pkt),
+            rx.on_datagram(Duration::ZERO, "198.51.100.9:31000".parse().unwrap(), pkt),
             Inbound::Dropped(DropReason::WrongSource)
         );
     }
