@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Owns the media runtime; shuts it down without blocking when dropped
@@ -102,11 +102,20 @@ struct Shard {
 impl MediaEngine {
     /// Start `shards` shards on `runtime` (at least one).
     pub(crate) fn start(runtime: &tokio::runtime::Handle, shards: usize) -> Self {
-        let shards = (0..shards.max(1))
-            .map(|_| {
+        Self::start_with(runtime, shards, SLOT_CAPACITY)
+    }
+
+    /// As [`MediaEngine::start`], a slot taking `capacity` calls before the
+    /// next is used.
+    fn start_with(runtime: &tokio::runtime::Handle, shards: usize, capacity: usize) -> Self {
+        let n = shards.max(1);
+        let shards = (0..n)
+            .map(|i| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let calls = Arc::new(AtomicUsize::new(0));
-                runtime.spawn(run_shard(rx, calls.clone()));
+                // Shards fill slots from evenly spaced starts.
+                let first = i * PHASES / n % PHASES;
+                runtime.spawn(run_shard(rx, calls.clone(), first, capacity.max(1)));
                 Shard {
                     incoming: tx,
                     calls,
@@ -142,18 +151,44 @@ const PHASES: usize = 4;
 /// One slot of the period.
 const SLOT: Duration = Duration::from_millis(5);
 
-/// One shard: asleep while it has no call, else one wake-up per slot for
-/// that slot's calls, on the process-wide grid.
+/// Calls a slot takes before the next slot is used. A shard wakes only for
+/// slots that hold calls: up to this many calls it wakes once per 20 ms (a
+/// wake-up — timer, context switch — costs about as much as stepping a few
+/// calls, and on a VM the timer's reprogramming is a trap), and a pass of
+/// this many calls ends about a millisecond after its grid instant. Beyond,
+/// calls spread over the slots as before, so a pass never holds more than a
+/// quarter of a full shard's calls.
+const SLOT_CAPACITY: usize = 128;
+
+/// Where a new call goes: the first slot with room counting from `first`
+/// (each shard starts from its own, so shards do not wake together), else
+/// the emptiest.
+fn slot_for(phases: &[Vec<Arc<dyn Ticked>>; PHASES], first: usize, capacity: usize) -> usize {
+    (0..PHASES)
+        .map(|k| (first + k) % PHASES)
+        .find(|&i| phases[i].len() < capacity)
+        .or_else(|| {
+            phases
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| v.len())
+                .map(|(i, _)| i)
+        })
+        .unwrap_or(0)
+}
+
+/// One shard: asleep while it has no call, else one wake-up per slot that
+/// holds calls, for that slot's calls, on the process-wide grid.
 async fn run_shard(
     mut incoming: mpsc::UnboundedReceiver<Arc<dyn Ticked>>,
     count: Arc<AtomicUsize>,
+    first: usize,
+    capacity: usize,
 ) {
     let mut phases: [Vec<Arc<dyn Ticked>>; PHASES] = Default::default();
-    // A new call joins the slot with the fewest calls.
     let place = |phases: &mut [Vec<Arc<dyn Ticked>>; PHASES], call| {
-        if let Some(v) = phases.iter_mut().min_by_key(|v| v.len()) {
-            v.push(call);
-        }
+        let i = slot_for(phases, first, capacity);
+        phases[i].push(call);
     };
     loop {
         if phases.iter().all(Vec::is_empty) {
@@ -162,12 +197,15 @@ async fn run_shard(
                 None => return,
             }
         }
-        let mut clock = tokio::time::interval_at(media_clock_next(SLOT), SLOT);
-        // A late pass is not repeated: each call counts the ticks it missed
-        // and catches up itself on its slot's next pass.
-        clock.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut next = media_clock_next(SLOT);
         while phases.iter().any(|v| !v.is_empty()) {
-            let deadline = clock.tick().await;
+            // The next grid instant of a slot that holds calls (one exists:
+            // at most PHASES - 1 empty slots are passed over).
+            let mut deadline = next;
+            while phases[slot_of(deadline) % PHASES].is_empty() {
+                deadline += SLOT;
+            }
+            tokio::time::sleep_until(deadline).await;
             while let Ok(call) = incoming.try_recv() {
                 place(&mut phases, call);
             }
@@ -185,6 +223,12 @@ async fn run_shard(
                 })
             });
             count.fetch_sub(before - calls.len(), Ordering::Relaxed);
+            // A late pass is not repeated: each call counts the ticks it
+            // missed and catches up itself on its slot's next pass.
+            next = deadline + SLOT;
+            if next <= Instant::now() {
+                next = media_clock_next(SLOT);
+            }
         }
     }
 }
@@ -243,7 +287,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_call_is_stepped_every_20_ms_in_its_own_slot_until_it_is_over_or_fails() {
-        let engine = MediaEngine::start(&tokio::runtime::Handle::current(), 1);
+        // Two calls a slot: the eight spread over the four slots.
+        let engine = MediaEngine::start_with(&tokio::runtime::Handle::current(), 1, 2);
         let probes: Vec<Arc<Probe>> = (0..8)
             .map(|i| {
                 Arc::new(Probe {
@@ -282,6 +327,62 @@ mod tests {
         assert_eq!(slots.len(), PHASES, "the calls are spread over the slots");
         assert!(!probes[0].failed.load(Ordering::Relaxed));
         assert_eq!(engine.shards[0].calls.load(Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_calls_share_one_slot_and_one_wake_up_per_period() {
+        let engine = MediaEngine::start(&tokio::runtime::Handle::current(), 1);
+        let probes: Vec<Arc<Probe>> = (0..8)
+            .map(|_| {
+                Arc::new(Probe {
+                    at: Mutex::new(Vec::new()),
+                    last: usize::MAX,
+                    failed: Default::default(),
+                })
+            })
+            .collect();
+        for p in &probes {
+            engine.add(p.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(405)).await;
+        let mut instants = std::collections::BTreeSet::new();
+        for p in &probes {
+            let at = p.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            assert!((19..=21).contains(&at.len()), "{}", at.len());
+            for pair in at.windows(2) {
+                assert_eq!(pair[1] - pair[0], TICK);
+            }
+            instants.extend(at);
+        }
+        // All stepped at the same instants: one pass (one wake-up) each 20 ms.
+        assert!((19..=21).contains(&instants.len()), "{}", instants.len());
+    }
+
+    #[test]
+    fn a_new_call_takes_the_first_slot_with_room_then_the_emptiest() {
+        let probe = || -> Arc<dyn Ticked> {
+            Arc::new(Probe {
+                at: Mutex::new(Vec::new()),
+                last: usize::MAX,
+                failed: Default::default(),
+            })
+        };
+        let mut phases: [Vec<Arc<dyn Ticked>>; PHASES] = Default::default();
+        for _ in 0..3 {
+            let i = slot_for(&phases, 0, 3);
+            phases[i].push(probe());
+        }
+        assert_eq!(slot_for(&phases, 0, 3), 1, "slot 0 is full");
+        assert_eq!(slot_for(&phases, 2, 3), 2, "another shard starts elsewhere");
+        assert_eq!(slot_for(&phases, 3, 3), 3);
+        phases[2].push(probe());
+        phases[1].extend([probe(), probe(), probe()]);
+        phases[2].extend([probe(), probe()]);
+        phases[3].extend([probe(), probe(), probe(), probe()]);
+        assert_eq!(slot_for(&phases, 0, 3), 0, "all full: the emptiest");
+        phases[0].pop();
+        assert_eq!(slot_for(&phases, 0, 3), 0, "room again in the first");
+        assert_eq!(slot_for(&phases, 2, 3), 0, "the only slot with room");
     }
 
     #[test]
