@@ -297,10 +297,7 @@ fn sigterm_refuses_new_calls_lets_calls_finish_then_ends_them_with_bye() {
     let dirs = gw.call_dirs();
     assert_eq!(dirs.len(), 1);
     let all = events(&dirs[0]);
-    let hangup = all
-        .iter()
-        .find(|e| e["kind"] == "call.hangup")
-        .expect("hangup");
+    let hangup = event_of(&all, "call.hangup");
     assert_eq!(hangup["reason"], "gateway_shutdown");
     assert_eq!(hangup["by"], "gateway");
     assert!(all.iter().any(|e| e["kind"] == "call.ended"));
@@ -325,10 +322,7 @@ fn sigterm_with_no_calls_exits_at_once_and_a_call_ending_early_ends_the_wait() {
     assert!(term_at.elapsed() < Duration::from_secs(30));
     drop(caller);
     let all = events(&gw.call_dirs()[0]);
-    let hangup = all
-        .iter()
-        .find(|e| e["kind"] == "call.hangup")
-        .expect("hangup");
+    let hangup = event_of(&all, "call.hangup");
     assert_eq!(hangup["by"], "caller", "{hangup}");
 }
 

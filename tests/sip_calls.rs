@@ -957,10 +957,7 @@ fn a_caller_who_holds_and_vanishes_is_hung_up_after_hold_timeout() {
     // Nothing more from the caller: no RTP, no BYE.
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(15));
     let all = events(&dirs[0]);
-    let hangup = all
-        .iter()
-        .find(|e| e["kind"] == "call.hangup")
-        .expect("the gateway hung up");
+    let hangup = event_of(&all, "call.hangup");
     assert_eq!(hangup["reason"], "hold_timeout", "{hangup}");
     assert_eq!(hangup["by"], "gateway");
     let t = hangup["t_s"].as_f64().unwrap_or(0.0);
@@ -2084,10 +2081,7 @@ fn a_bye_nobody_answers_does_not_hold_shutdown_past_the_grace() {
     let dirs = gw.call_dirs();
     assert_eq!(dirs.len(), 1);
     let all = events(&dirs[0]);
-    let hangup = all
-        .iter()
-        .find(|e| e["kind"] == "call.hangup")
-        .expect("the gateway hung up");
+    let hangup = event_of(&all, "call.hangup");
     assert_eq!(hangup["reason"], "gateway_shutdown", "{hangup}");
     assert!(all.iter().any(|e| e["kind"] == "call.ended"));
     assert!(gw.log().contains("no answer to our BYE"), "{}", gw.log());

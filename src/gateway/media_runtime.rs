@@ -285,32 +285,46 @@ mod tests {
         }
     }
 
+    impl Probe {
+        fn new(last: usize) -> Arc<Self> {
+            Arc::new(Probe {
+                at: Mutex::new(Vec::new()),
+                last,
+                failed: Default::default(),
+            })
+        }
+    }
+
+    /// Add `probes` to `engine`, let 405 ms of the paused clock pass, and
+    /// return each probe's deadlines.
+    async fn stepped(engine: &MediaEngine, probes: &[Arc<Probe>]) -> Vec<Vec<Instant>> {
+        for p in probes {
+            engine.add(p.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(405)).await;
+        probes
+            .iter()
+            .map(|p| p.at.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_call_is_stepped_every_20_ms_in_its_own_slot_until_it_is_over_or_fails() {
         // Two calls a slot: the eight spread over the four slots.
         let engine = MediaEngine::start_with(&tokio::runtime::Handle::current(), 1, 2);
+        // Probe 0 says it is over at its 3rd step; probe 1 panics at its 2nd.
         let probes: Vec<Arc<Probe>> = (0..8)
             .map(|i| {
-                Arc::new(Probe {
-                    at: Mutex::new(Vec::new()),
-                    // Probe 0 says it is over at its 3rd step; probe 1
-                    // panics at its 2nd.
-                    last: match i {
-                        0 => 3,
-                        1 => 2,
-                        _ => usize::MAX,
-                    },
-                    failed: Default::default(),
+                Probe::new(match i {
+                    0 => 3,
+                    1 => 2,
+                    _ => usize::MAX,
                 })
             })
             .collect();
-        for p in &probes {
-            engine.add(p.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(405)).await;
+        let steps = stepped(&engine, &probes).await;
         let mut slots = std::collections::BTreeSet::new();
-        for (i, p) in probes.iter().enumerate() {
-            let at = p.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (i, (p, at)) in probes.iter().zip(steps).enumerate() {
             if i == 0 {
                 assert_eq!(at.len(), 3, "let go once it says it is over");
             } else if i == 1 {
@@ -332,22 +346,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_few_calls_share_one_slot_and_one_wake_up_per_period() {
         let engine = MediaEngine::start(&tokio::runtime::Handle::current(), 1);
-        let probes: Vec<Arc<Probe>> = (0..8)
-            .map(|_| {
-                Arc::new(Probe {
-                    at: Mutex::new(Vec::new()),
-                    last: usize::MAX,
-                    failed: Default::default(),
-                })
-            })
-            .collect();
-        for p in &probes {
-            engine.add(p.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(405)).await;
+        let probes: Vec<Arc<Probe>> = (0..8).map(|_| Probe::new(usize::MAX)).collect();
+        let steps = stepped(&engine, &probes).await;
         let mut instants = std::collections::BTreeSet::new();
-        for p in &probes {
-            let at = p.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for at in steps {
             assert!((19..=21).contains(&at.len()), "{}", at.len());
             for pair in at.windows(2) {
                 assert_eq!(pair[1] - pair[0], TICK);
@@ -360,13 +362,7 @@ mod tests {
 
     #[test]
     fn a_new_call_takes_the_first_slot_with_room_then_the_emptiest() {
-        let probe = || -> Arc<dyn Ticked> {
-            Arc::new(Probe {
-                at: Mutex::new(Vec::new()),
-                last: usize::MAX,
-                failed: Default::default(),
-            })
-        };
+        let probe = || -> Arc<dyn Ticked> { Probe::new(usize::MAX) };
         let mut phases: [Vec<Arc<dyn Ticked>>; PHASES] = Default::default();
         for _ in 0..3 {
             let i = slot_for(&phases, 0, 3);

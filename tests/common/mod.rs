@@ -810,6 +810,14 @@ pub fn transcribe(wav: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).to_lowercase()
 }
 
+/// The call's first event of `kind` (panics, naming the kind, when there is
+/// none).
+pub fn event_of<'a>(all: &'a [Value], kind: &str) -> &'a Value {
+    all.iter()
+        .find(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event: {all:#?}"))
+}
+
 /// A call's `events.jsonl`, parsed. Every line the gateway wrote must also
 /// read back as a typed [`voicegate::call::CallEvent`] that writes the same
 /// fields again: the typed enum is the one definition of every kind.
