@@ -83,9 +83,8 @@ pub(crate) trait Ticked: Send + Sync {
 }
 
 /// The media engine: a few shards (one per media worker), each one task
-/// that steps every call it holds once per 20 ms (in four 5 ms slots) —
-/// reading their
-/// RTP, running their `Call`, sending and recording their frames. A call
+/// that steps every call it holds once per 20 ms (in up to four 5 ms slots,
+/// see [`SLOT_CAPACITY`]) — reading their RTP, running their `Call`, sending and recording their frames. A call
 /// costs no task wake-up, timer or `select!` of its own per tick; its own
 /// task wakes only for signalling, transcriptions and what the `Call` asks
 /// of the outside world.
@@ -143,8 +142,8 @@ impl MediaEngine {
 }
 
 /// The 20 ms period is cut into this many slots; each call belongs to one
-/// and a shard wakes every slot to step that slot's calls. A pass then
-/// covers a quarter of the shard's calls, so the last of them runs a
+/// and a shard wakes at each slot that holds calls to step them. A full
+/// shard's pass covers a quarter of its calls, so the last of them runs a
 /// quarter as late after its grid instant as with one pass per period.
 const PHASES: usize = 4;
 
