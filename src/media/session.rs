@@ -254,44 +254,50 @@ impl MediaSession {
         (frame, digit)
     }
 
-    fn packet(&mut self, payload_type: u8, marker: bool, timestamp: u32, payload: Bytes) -> Bytes {
-        let packet = rtp::packet::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                marker,
-                payload_type,
-                sequence_number: self.seq,
-                timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            },
-            payload,
+    /// The next packet's header (its sequence number taken, counted as sent).
+    fn next_header(
+        &mut self,
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+    ) -> rtp::header::Header {
+        let header = rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type,
+            sequence_number: self.seq,
+            timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
         };
         self.seq = self.seq.wrapping_add(1);
         self.stats.sent += 1;
+        header
+    }
+
+    fn packet(&mut self, payload_type: u8, marker: bool, timestamp: u32, payload: Bytes) -> Bytes {
+        let packet = rtp::packet::Packet {
+            header: self.next_header(payload_type, marker, timestamp),
+            payload,
+        };
         packet.marshal().unwrap_or_default()
     }
 
     /// Packetise 20 ms of outgoing audio: the RTP packet, in a buffer the
     /// session reuses (no allocation per packet on the media path).
     pub fn encode_frame(&mut self, samples: &[i16]) -> &[u8] {
-        let header = rtp::header::Header {
-            version: 2,
-            payload_type: self.params.codec.payload_type(),
-            sequence_number: self.seq,
-            timestamp: self.timestamp,
-            ssrc: self.ssrc,
-            ..Default::default()
-        };
-        self.seq = self.seq.wrapping_add(1);
-        self.stats.sent += 1;
+        let header = self.next_header(self.params.codec.payload_type(), false, self.timestamp);
         self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
         self.scratch.clear();
         self.scratch.resize(RTP_HEADER, 0);
-        // A plain header (no CSRC, no extension) is always 12 bytes.
+        // A plain header (no CSRC, no extension) is always 12 bytes; were
+        // it refused, an empty datagram goes out rather than a headless one.
         match header.marshal_to(&mut self.scratch) {
             Ok(n) => self.scratch.truncate(n),
-            Err(_) => self.scratch.clear(),
+            Err(_) => {
+                self.scratch.clear();
+                return &self.scratch;
+            }
         }
         g711::encode(self.params.codec, samples, &mut self.scratch);
         &self.scratch
