@@ -73,6 +73,48 @@ enum AudioCtx {
     Full,
     /// The audio's own frames + 16, at least 64.
     Tight,
+    /// The audio's own frames + `pad`, at least `min` (`pad:N,min:M`, to
+    /// measure the shapes between `Tight` and `Padded`).
+    Shaped { pad: i32, min: i32 },
+}
+
+impl AudioCtx {
+    /// `full`, `tight`, `pad:N,min:M`; anything else is the shipped shape.
+    fn parse(value: Option<&str>) -> Self {
+        let shaped = |v: &str| {
+            let (mut pad, mut min) = (None, None);
+            for part in v.split(',') {
+                let (key, n) = part.split_once(':')?;
+                let n: i32 = n.trim().parse().ok()?;
+                match key.trim() {
+                    "pad" => pad = Some(n),
+                    "min" => min = Some(n),
+                    _ => return None,
+                }
+            }
+            Some(AudioCtx::Shaped {
+                pad: pad?.clamp(0, 1500),
+                min: min?.clamp(1, 1500),
+            })
+        };
+        match value {
+            Some("full") => AudioCtx::Full,
+            Some("tight") => AudioCtx::Tight,
+            Some(v) => shaped(v).unwrap_or(AudioCtx::Padded),
+            None => AudioCtx::Padded,
+        }
+    }
+
+    /// Encoder frames for `secs` of audio (0: all of them).
+    fn frames(self, secs: f64) -> i32 {
+        let own = (secs * 50.0).ceil() as i32;
+        match self {
+            AudioCtx::Padded => (own + 128).clamp(384, 1500),
+            AudioCtx::Full => 0,
+            AudioCtx::Tight => (own + 16).clamp(64, 1500),
+            AudioCtx::Shaped { pad, min } => (own + pad).clamp(min, 1500),
+        }
+    }
 }
 
 /// whisper.cpp decode settings that `benches/asr/settings.sh` measures
@@ -101,11 +143,7 @@ impl DecodeKnobs {
                 _ => default,
             };
             DecodeKnobs {
-                audio_ctx: match var("AUDIO_CTX").as_deref() {
-                    Some("full") => AudioCtx::Full,
-                    Some("tight") => AudioCtx::Tight,
-                    _ => AudioCtx::Padded,
-                },
+                audio_ctx: AudioCtx::parse(var("AUDIO_CTX").as_deref()),
                 no_context: flag("NO_CONTEXT", true),
                 single_segment: flag("SINGLE_SEGMENT", false),
                 no_timestamps: flag("NO_TIMESTAMPS", false),
@@ -353,12 +391,7 @@ impl Recognizer {
         // Decode only as much encoder context as the audio needs (50 frames/s),
         // with headroom; whisper.cpp pads the rest.
         let secs = samples.len() as f64 / 16000.0;
-        let ctx = match knobs.audio_ctx {
-            AudioCtx::Padded => ((secs * 50.0).ceil() as i32 + 128).clamp(384, 1500),
-            AudioCtx::Full => 0,
-            AudioCtx::Tight => ((secs * 50.0).ceil() as i32 + 16).clamp(64, 1500),
-        };
-        params.set_audio_ctx(ctx);
+        params.set_audio_ctx(knobs.audio_ctx.frames(secs));
         // Stage times and the give-way counter, through whisper.cpp's own
         // callbacks. (Not whisper-rs's `set_abort_callback_safe`: in 0.16 its
         // trampoline reads the closure through the wrong pointer type, and
@@ -487,7 +520,7 @@ impl Recognizers {
 
 #[cfg(test)]
 mod tests {
-    use super::clean_text;
+    use super::{clean_text, AudioCtx};
 
     #[test]
     fn annotations_are_removed() {
@@ -497,5 +530,25 @@ mod tests {
             "Hello there you"
         );
         assert_eq!(clean_text("I want a refund."), "I want a refund.");
+    }
+
+    /// The shipped encoder context is unchanged by the measurement's
+    /// shapes; a shape that does not parse is the shipped one.
+    #[test]
+    fn audio_ctx_shapes_size_the_encoder_context() {
+        let shipped = AudioCtx::parse(None);
+        assert_eq!(shipped, AudioCtx::Padded);
+        assert_eq!(shipped.frames(2.0), 384, "a short utterance gets the floor");
+        assert_eq!(shipped.frames(10.0), 628, "a long one its frames + 128");
+        assert_eq!(shipped.frames(40.0), 1500);
+        assert_eq!(AudioCtx::parse(Some("full")).frames(2.0), 0);
+        assert_eq!(AudioCtx::parse(Some("tight")).frames(2.0), 116);
+        let shaped = AudioCtx::parse(Some("pad:64,min:256"));
+        assert_eq!(shaped, AudioCtx::Shaped { pad: 64, min: 256 });
+        assert_eq!(shaped.frames(2.0), 256);
+        assert_eq!(shaped.frames(6.0), 364);
+        for bad in ["pad:64", "min:256", "pad:x,min:256", "pad:64,floor:256", ""] {
+            assert_eq!(AudioCtx::parse(Some(bad)), AudioCtx::Padded, "{bad}");
+        }
     }
 }
