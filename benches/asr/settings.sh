@@ -26,6 +26,7 @@ declare -A ENVS=(
   [ctx_min256]="VOICEGATE_ASR_AUDIO_CTX=pad:128,min:256"
   [ctx_min192]="VOICEGATE_ASR_AUDIO_CTX=pad:128,min:192"
   [ctx_pad64]="VOICEGATE_ASR_AUDIO_CTX=pad:64,min:256"
+  [domain_prompt]="VOICEGATE_ASR_PROMPT_FILE=benches/asr/domain_prompt.txt"
   [context]="VOICEGATE_ASR_NO_CONTEXT=0"
   [single_segment]="VOICEGATE_ASR_SINGLE_SEGMENT=1"
   [no_timestamps]="VOICEGATE_ASR_NO_TIMESTAMPS=1"

@@ -155,6 +155,19 @@ impl DecodeKnobs {
     }
 }
 
+/// A prompt for non-Chinese decodes, read from the file
+/// `VOICEGATE_ASR_PROMPT_FILE` names, for `benches/asr/settings.sh` only.
+fn measured_prompt() -> Option<&'static str> {
+    static PROMPT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROMPT
+        .get_or_init(|| {
+            let path = std::env::var("VOICEGATE_ASR_PROMPT_FILE").ok()?;
+            let text = std::fs::read_to_string(path).ok()?;
+            Some(text.trim().to_string()).filter(|p| !p.is_empty())
+        })
+        .as_deref()
+}
+
 /// One recognised stretch of speech.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Recognition {
@@ -387,6 +400,8 @@ impl Recognizer {
             // A Simplified prompt steers Whisper away from Traditional output
             // (it writes Traditional about half the time without one).
             params.set_initial_prompt(SIMPLIFIED_PROMPT);
+        } else if let Some(prompt) = measured_prompt() {
+            params.set_initial_prompt(prompt);
         }
         // Decode only as much encoder context as the audio needs (50 frames/s),
         // with headroom; whisper.cpp pads the rest.
