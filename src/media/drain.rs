@@ -31,16 +31,30 @@ mod imp {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
     use std::os::fd::AsRawFd;
 
+    /// One media thread's receive buffers and the kernel's message headers
+    /// for them, shared by every call it steps (a call does not carry its
+    /// own). Kept between passes: only the pointers and lengths are set
+    /// again for each `recvmmsg`, nothing is zeroed.
+    struct Batch {
+        buffers: [[u8; DATAGRAM]; BATCH],
+        names: [libc::sockaddr_storage; BATCH],
+        iovecs: [libc::iovec; BATCH],
+        headers: [libc::mmsghdr; BATCH],
+    }
+
     thread_local! {
-        /// One set of receive buffers per media thread, shared by every call
-        /// it steps (a call does not carry its own).
-        static BUFFERS: RefCell<Box<[[u8; DATAGRAM]; BATCH]>> =
-            RefCell::new(Box::new([[0; DATAGRAM]; BATCH]));
+        static BATCH_BUFFERS: RefCell<Box<Batch>> = RefCell::new(Box::new(Batch {
+            buffers: [[0; DATAGRAM]; BATCH],
+            // SAFETY: all-zero is a valid value for these plain C structs.
+            names: unsafe { std::mem::zeroed() },
+            iovecs: unsafe { std::mem::zeroed() },
+            headers: unsafe { std::mem::zeroed() },
+        }));
     }
 
     pub(super) fn drain(socket: &UdpSocket, mut on_packet: impl FnMut(SocketAddr, &[u8])) {
-        BUFFERS.with_borrow_mut(|buffers| loop {
-            let taken = receive_batch(socket, buffers, &mut on_packet);
+        BATCH_BUFFERS.with_borrow_mut(|batch| loop {
+            let taken = receive_batch(socket, batch, &mut on_packet);
             if taken < BATCH {
                 return;
             }
@@ -50,13 +64,15 @@ mod imp {
     /// One `recvmmsg`; how many datagrams it took (0 on `EAGAIN` or error).
     fn receive_batch(
         socket: &UdpSocket,
-        buffers: &mut [[u8; DATAGRAM]; BATCH],
+        batch: &mut Batch,
         on_packet: &mut impl FnMut(SocketAddr, &[u8]),
     ) -> usize {
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-        let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let Batch {
+            buffers,
+            names,
+            iovecs,
+            headers,
+        } = batch;
         for (((buffer, iovec), name), header) in buffers
             .iter_mut()
             .zip(iovecs.iter_mut())
@@ -65,15 +81,20 @@ mod imp {
         {
             iovec.iov_base = buffer.as_mut_ptr().cast();
             iovec.iov_len = DATAGRAM;
-            header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
-            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
+            let h = &mut header.msg_hdr;
+            h.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_iov = iovec;
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            header.msg_len = 0;
         }
         // SAFETY: every header points at a live buffer of `DATAGRAM` bytes
-        // and a `sockaddr_storage`, all owned by this frame or `buffers`
-        // and not otherwise borrowed until the call returns; the kernel
-        // writes at most `iov_len` / `msg_namelen` bytes into them.
+        // and a `sockaddr_storage`, all in `batch`, borrowed mutably here
+        // and not otherwise until the call returns; the kernel writes at
+        // most `iov_len` / `msg_namelen` bytes into them.
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
@@ -86,7 +107,12 @@ mod imp {
         let Ok(taken) = usize::try_from(n) else {
             return 0;
         };
-        for ((header, name), buffer) in headers.iter().zip(&names).zip(buffers.iter()).take(taken) {
+        for ((header, name), buffer) in headers
+            .iter()
+            .zip(names.iter())
+            .zip(buffers.iter())
+            .take(taken)
+        {
             let len = (header.msg_len as usize).min(DATAGRAM);
             if let Some(from) = socket_addr(name) {
                 on_packet(from, &buffer[..len]);

@@ -136,6 +136,9 @@ impl MediaSession {
     pub fn with_signalling_source(mut self, source: Option<IpAddr>) -> Self {
         self.signalling = source;
         self.allowed = allowed_sources(self.params.remote.ip(), source);
+        // New addresses, a fresh latch (`on_datagram` trusts a latched source).
+        self.latched = None;
+        self.relatch = None;
         self
     }
 
@@ -205,7 +208,12 @@ impl MediaSession {
         // call); the first packet from it latches its port; another port of
         // that address takes over only once the latched one has gone quiet
         // and the new one is steady.
-        if !self.allowed.is_empty() && !self.allowed.contains(&from.ip()) {
+        // The latched source passed this check when it latched (and a new
+        // list of addresses unlatches): the usual packet skips the list.
+        if self.latched != Some(from)
+            && !self.allowed.is_empty()
+            && !self.allowed.contains(&from.ip())
+        {
             self.stats.wrong_source += 1;
             return Inbound::Dropped(DropReason::WrongSource);
         }
