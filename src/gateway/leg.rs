@@ -27,24 +27,29 @@ pub(super) enum CallerLeg {
 }
 
 /// A SIP caller's dialog and RTP.
+///
+/// What every 20 ms tick reads comes first, together (`repr(C)`): the leg is
+/// cold when its tick comes round, and each cache line it touches is a wait
+/// on memory. The dialog and the trunk, read only by signalling, come last.
+#[repr(C)]
 pub(super) struct SipLeg {
     pub(super) socket: UdpSocket,
-    pub(super) lease: crate::media::ports::PortLease,
-    pub(super) media: MediaSession,
-    pub(super) dialog: InviteDialog,
-    pub(super) states: rsipstack::dialog::dialog::DialogStateReceiver,
     pub(super) held: bool,
     /// When the current hold began (on the call's clock).
     pub(super) held_since: Option<Duration>,
-    pub(super) sdp_version: u64,
-    pub(super) session_id: u64,
-    pub(super) trunk: TrunkConfig,
     /// The RFC 4028 session timer, when the caller (or a proxy) asked for one.
     pub(super) timer: Option<SessionTimer>,
     /// The last refresh (or the answer), on the call's clock.
     pub(super) refreshed_at: Duration,
     /// Our refresh in flight: whether it was answered 2xx.
     pub(super) refreshing: Option<tokio::sync::oneshot::Receiver<bool>>,
+    pub(super) media: MediaSession,
+    pub(super) lease: crate::media::ports::PortLease,
+    pub(super) dialog: InviteDialog,
+    pub(super) states: rsipstack::dialog::dialog::DialogStateReceiver,
+    pub(super) sdp_version: u64,
+    pub(super) session_id: u64,
+    pub(super) trunk: TrunkConfig,
 }
 
 /// Where the caller's signalling arrives.
