@@ -408,6 +408,33 @@ mod tests {
         assert_eq!(rx.destination(), moved);
     }
 
+    /// The latched source skips the allowed-address check; a re-INVITE to
+    /// another address must unlatch it, so the old source is not heard.
+    #[test]
+    fn a_reinvite_to_another_address_stops_hearing_the_latched_source() {
+        let mut tx = MediaSession::new(params(), Duration::from_millis(20), 7, Duration::ZERO);
+        let mut rx = MediaSession::new(params(), Duration::from_millis(20), 9, Duration::ZERO);
+        let old: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let new: SocketAddr = "127.0.0.3:4400".parse().unwrap();
+        let ms = Duration::from_millis;
+        let pkt = tx.encode_frame(&[100; 160]);
+        assert_eq!(rx.on_datagram(ms(0), old, pkt), Inbound::Audio);
+        assert_eq!(rx.destination(), old);
+        let mut moved = params();
+        moved.remote = new;
+        rx.renegotiate(moved);
+        assert_eq!(rx.destination(), new, "unlatched: the new SDP address");
+        let pkt = tx.encode_frame(&[100; 160]);
+        assert_eq!(
+            rx.on_datagram(ms(20), old, pkt),
+            Inbound::Dropped(DropReason::WrongSource),
+            "the old address is no longer negotiated"
+        );
+        let pkt = tx.encode_frame(&[100; 160]);
+        assert_eq!(rx.on_datagram(ms(40), new, pkt), Inbound::Audio);
+        assert_eq!(rx.destination(), new);
+    }
+
     #[test]
     fn a_caller_behind_nat_is_heard_from_where_sip_came() {
         let mut natted = params();
