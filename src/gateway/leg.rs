@@ -6,6 +6,7 @@ use super::events::EventLog;
 use super::Shared;
 use crate::call::event::{Answered, CallEvent};
 use crate::config::TrunkConfig;
+use crate::media::jitter::FRAME_8K;
 use crate::media::session::{Inbound, MediaSession};
 use crate::sip::sdp::{self, Direction};
 use crate::sip::session_timer::{Negotiation, SessionTimer, TimerCheck};
@@ -109,10 +110,16 @@ impl CallerLeg {
     }
 
     /// The caller's next 20 ms, and an in-band digit.
-    pub(super) fn pull_frame(&mut self) -> (Vec<i16>, Option<char>) {
+    pub(super) fn pull_frame(&mut self) -> ([i16; FRAME_8K], Option<char>) {
         match self {
             CallerLeg::Sip(s) => s.media.pull_frame(),
-            CallerLeg::Web(w) => (w.pull_frame(), None),
+            CallerLeg::Web(w) => {
+                let mut frame = [0; FRAME_8K];
+                let heard = w.pull_frame();
+                let n = heard.len().min(FRAME_8K);
+                frame[..n].copy_from_slice(&heard[..n]);
+                (frame, None)
+            }
         }
     }
 

@@ -113,7 +113,7 @@ static LINEAR_OF_ULAW: [i16; 256] = decode_table(false);
 static LINEAR_OF_ALAW: [i16; 256] = decode_table(true);
 
 /// Decode a payload into `out` (appends).
-pub fn decode(codec: Codec, payload: &[u8], out: &mut Vec<i16>) {
+pub fn decode(codec: Codec, payload: &[u8], out: &mut impl Extend<i16>) {
     let table = match codec {
         Codec::Pcmu => &LINEAR_OF_ULAW,
         Codec::Pcma => &LINEAR_OF_ALAW,

@@ -243,17 +243,21 @@ impl MediaSession {
                 None => Inbound::Audio,
             };
         }
-        let mut pcm = Vec::with_capacity(packet.payload.len());
-        g711::decode(self.params.codec, packet.payload, &mut pcm);
-        self.jitter.push(packet.sequence_number, pcm);
+        let codec = self.params.codec;
+        self.jitter.push_with(packet.sequence_number, |pcm| {
+            g711::decode(codec, packet.payload, pcm);
+        });
         Inbound::Audio
     }
 
     /// The caller's next 20 ms of audio (silence when none is playing), plus an
     /// in-band DTMF digit. In-band detection is the fallback: it stops once the
     /// peer has sent an RFC 4733 event, so no key press is counted twice.
-    pub fn pull_frame(&mut self) -> (Vec<i16>, Option<char>) {
-        let frame = self.jitter.pop_frame().unwrap_or_else(|| vec![0; FRAME_8K]);
+    pub fn pull_frame(&mut self) -> ([i16; FRAME_8K], Option<char>) {
+        let mut frame = [0; FRAME_8K];
+        if let Some(played) = self.jitter.pop_frame() {
+            frame.copy_from_slice(played);
+        }
         let digit = if !self.rfc4733_seen {
             self.inband.on_frame(&frame)
         } else {

@@ -30,6 +30,9 @@ const HEADER_LEN: u64 = 44;
 /// Audio kept in memory before it is handed to the writer even without a
 /// flush: 0.5 s of 8 kHz stereo (what a call holds is what it costs in RAM).
 const MAX_PENDING: usize = 16 * 1024;
+/// Stereo sample pairs interleaved on the stack at a time (one 20 ms frame
+/// at 8 kHz).
+const INTERLEAVE_BLOCK: usize = 160;
 /// Chunks that may wait for the writer thread; past this, a call writes its
 /// own chunk (correct, only slower: every chunk carries its file offset).
 const WRITER_QUEUE: usize = 1024;
@@ -347,15 +350,34 @@ impl CallRecorder {
         if wav.pending.len() + n * 4 > MAX_PENDING {
             wav.hand_off();
         }
-        let base = wav.pending.len();
-        // Zeroed first, so a shorter side is padded with silence.
-        wav.pending.resize(base + n * 4, 0);
-        let out = &mut wav.pending[base..];
-        for (frame, l) in out.chunks_exact_mut(4).zip(left) {
-            frame[..2].copy_from_slice(&l.to_le_bytes());
-        }
-        for (frame, r) in out.chunks_exact_mut(4).zip(right) {
-            frame[2..].copy_from_slice(&r.to_le_bytes());
+        if left.len() == right.len() {
+            // The usual tick: both sides 20 ms. Interleaved a block at a
+            // time on the stack (vector instructions, one store per sample
+            // pair), then appended in one copy: the buffer's cold cache
+            // lines see whole-line writes, not 2-byte ones.
+            let mut block = [0u8; 4 * INTERLEAVE_BLOCK];
+            for (l, r) in left
+                .chunks(INTERLEAVE_BLOCK)
+                .zip(right.chunks(INTERLEAVE_BLOCK))
+            {
+                let out = &mut block[..4 * l.len()];
+                for ((frame, l), r) in out.chunks_exact_mut(4).zip(l).zip(r) {
+                    let pair = u32::from(*l as u16) | (u32::from(*r as u16) << 16);
+                    frame.copy_from_slice(&pair.to_le_bytes());
+                }
+                wav.pending.extend_from_slice(out);
+            }
+        } else {
+            let base = wav.pending.len();
+            // Zeroed first, so a shorter side is padded with silence.
+            wav.pending.resize(base + n * 4, 0);
+            let out = &mut wav.pending[base..];
+            for (frame, l) in out.chunks_exact_mut(4).zip(left) {
+                frame[..2].copy_from_slice(&l.to_le_bytes());
+            }
+            for (frame, r) in out.chunks_exact_mut(4).zip(right) {
+                frame[2..].copy_from_slice(&r.to_le_bytes());
+            }
         }
         self.frames += n as u64;
     }
@@ -467,6 +489,36 @@ mod tests {
         for (n, pair) in s.chunks(2).enumerate() {
             let want = (n as i32 % 30000) as i16;
             assert_eq!((pair[0], pair[1]), (want, -want), "sample {n}");
+        }
+    }
+
+    #[test]
+    fn uneven_and_long_stretches_are_padded_and_kept_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rec = CallRecorder::create(tmp.path(), "d", "uneven", 8000).unwrap();
+        // 50 ms on both sides (more than one interleave block), then a
+        // shorter bot side and a shorter caller side: padded with silence.
+        let left: Vec<i16> = (0..400).map(|i| i as i16 - 200).collect();
+        let right: Vec<i16> = left.iter().map(|s| s.wrapping_mul(3)).collect();
+        rec.write(&left, &right);
+        rec.write(&[5; 160], &[6; 100]);
+        rec.write(&[-7; 80], &[-8; 160]);
+        let dir = rec.finalize().unwrap();
+        let s: Vec<i16> = hound::WavReader::open(dir.join(WAV_NAME))
+            .unwrap()
+            .into_samples()
+            .map(|s| s.unwrap())
+            .collect();
+        assert_eq!(s.len(), 2 * (400 + 160 + 160));
+        for (n, pair) in s.chunks(2).enumerate() {
+            let want = match n {
+                0..400 => (left[n], right[n]),
+                400..500 => (5, 6),
+                500..560 => (5, 0),
+                560..640 => (-7, -8),
+                _ => (0, -8),
+            };
+            assert_eq!((pair[0], pair[1]), want, "sample pair {n}");
         }
     }
 
