@@ -113,12 +113,22 @@ static LINEAR_OF_ULAW: [i16; 256] = decode_table(false);
 static LINEAR_OF_ALAW: [i16; 256] = decode_table(true);
 
 /// Decode a payload into `out` (appends).
-pub fn decode(codec: Codec, payload: &[u8], out: &mut impl Extend<i16>) {
+pub fn decode(codec: Codec, payload: &[u8], out: &mut Vec<i16>) {
+    let base = out.len();
+    out.resize(base + payload.len(), 0);
+    decode_into(codec, payload, &mut out[base..]);
+}
+
+/// Decode a payload into `out`, one sample per byte (`out` is as long as
+/// the payload).
+pub fn decode_into(codec: Codec, payload: &[u8], out: &mut [i16]) {
     let table = match codec {
         Codec::Pcmu => &LINEAR_OF_ULAW,
         Codec::Pcma => &LINEAR_OF_ALAW,
     };
-    out.extend(payload.iter().map(|b| table[usize::from(*b)]));
+    for (o, b) in out.iter_mut().zip(payload) {
+        *o = table[usize::from(*b)];
+    }
 }
 
 /// Encode samples into `out` (appends).

@@ -2,8 +2,6 @@
 //! playout delay, and conceals lost packets. Pure data structure: fed packets,
 //! pulled one 20 ms frame at a time by the caller's clock.
 
-use smallvec::SmallVec;
-
 /// Samples in one 20 ms frame at 8 kHz.
 pub const FRAME_8K: usize = 160;
 
@@ -39,17 +37,37 @@ impl JitterStats {
     }
 }
 
-/// One packet's decoded samples: a 20 ms packet sits inline in its slot (no
-/// allocation per packet); a longer one spills to the heap.
-pub type PacketSamples = SmallVec<[i16; FRAME_8K]>;
-
 /// A ring position: the packet whose extended sequence number is `ext`, or
 /// nothing (`EMPTY`). A played slot keeps its samples (the loss concealer
-/// repeats them) until a later packet takes the position.
+/// repeats them) until a later packet takes the position. A 20 ms packet
+/// sits inline (no allocation per packet); a longer one in `spill`.
 #[derive(Debug)]
 struct Slot {
     ext: u64,
-    samples: PacketSamples,
+    len: usize,
+    inline: [i16; FRAME_8K],
+    spill: Vec<i16>,
+}
+
+impl Slot {
+    fn samples(&self) -> &[i16] {
+        if self.len <= FRAME_8K {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+
+    fn fill(&mut self, len: usize, fill: impl FnOnce(&mut [i16])) {
+        self.len = len;
+        if len <= FRAME_8K {
+            fill(&mut self.inline[..len]);
+        } else {
+            self.spill.clear();
+            self.spill.resize(len, 0);
+            fill(&mut self.spill);
+        }
+    }
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -115,7 +133,9 @@ fn empty_ring(len: usize) -> Box<[Slot]> {
     (0..len)
         .map(|_| Slot {
             ext: EMPTY,
-            samples: PacketSamples::new(),
+            len: 0,
+            inline: [0; FRAME_8K],
+            spill: Vec::new(),
         })
         .collect()
 }
@@ -248,12 +268,12 @@ impl JitterBuffer {
 
     /// Insert a decoded packet with its RTP sequence number.
     pub fn push(&mut self, seq: u16, samples: &[i16]) {
-        self.push_with(seq, |out| out.extend_from_slice(samples));
+        self.push_with(seq, samples.len(), |out| out.copy_from_slice(samples));
     }
 
-    /// Insert the packet with RTP sequence number `seq`, decoded by `fill`
-    /// straight into its place in the ring.
-    pub fn push_with(&mut self, seq: u16, fill: impl FnOnce(&mut PacketSamples)) {
+    /// Insert the packet with RTP sequence number `seq`, `len` samples
+    /// long, decoded by `fill` straight into its place in the ring.
+    pub fn push_with(&mut self, seq: u16, len: usize, fill: impl FnOnce(&mut [i16])) {
         let ext = self.extend_seq(seq);
         if let Some(next) = self.next_seq {
             if ext < next {
@@ -304,8 +324,7 @@ impl JitterBuffer {
         }
         let slot = &mut self.slots[i];
         slot.ext = ext;
-        slot.samples.clear();
-        fill(&mut slot.samples);
+        slot.fill(len, fill);
         self.stored += 1;
         if self.next_seq.is_none() {
             self.lowest = Some(self.lowest.map_or(ext, |l| l.min(ext)));
@@ -345,13 +364,13 @@ impl JitterBuffer {
                 self.stats.queued_sum += self.stored as u64;
                 self.concealed_run = 0;
                 self.next_seq = Some(next + 1);
-                if self.pending.is_empty() && self.slots[i].samples.len() == FRAME_8K {
+                if self.pending.is_empty() && self.slots[i].len == FRAME_8K {
                     // The usual 20 ms packet, nothing left over: its slot
                     // is the frame.
                     self.last = LastFrame::Slot(i);
-                    return Some(&self.slots[i].samples);
+                    return Some(self.slots[i].samples());
                 }
-                self.pending.extend_from_slice(&self.slots[i].samples);
+                self.pending.extend_from_slice(self.slots[i].samples());
             } else if self.stored == 0 {
                 // Ran dry: stop and rebuffer to the configured depth.
                 self.playing = false;
@@ -368,7 +387,7 @@ impl JitterBuffer {
                 };
                 let last: &[i16] = match self.last {
                     LastFrame::None => &[0; FRAME_8K],
-                    LastFrame::Slot(i) => &self.slots[i].samples,
+                    LastFrame::Slot(i) => self.slots[i].samples(),
                     LastFrame::Built => &self.built,
                 };
                 self.pending

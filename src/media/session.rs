@@ -244,9 +244,10 @@ impl MediaSession {
             };
         }
         let codec = self.params.codec;
-        self.jitter.push_with(packet.sequence_number, |pcm| {
-            g711::decode(codec, packet.payload, pcm);
-        });
+        self.jitter
+            .push_with(packet.sequence_number, packet.payload.len(), |pcm| {
+                g711::decode_into(codec, packet.payload, pcm);
+            });
         Inbound::Audio
     }
 
