@@ -585,7 +585,12 @@ mod tests {
             heard.len(),
             jb.stats()
         );
-        assert_eq!(jb.stats().late, 2, "the two before the restart: {:?}", jb.stats());
+        assert_eq!(
+            jb.stats().late,
+            2,
+            "the two before the restart: {:?}",
+            jb.stats()
+        );
     }
 
     #[test]
