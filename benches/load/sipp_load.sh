@@ -45,6 +45,9 @@ if [ "${PEER:-sipp}" = voicegate ]; then
   "$BIN" call "sip:bot@127.0.0.1:$PORT" --play "$work/long.wav" --calls "$CALLS" --rate "$RATE" \
      --no-listen >"$work/sipp.out" 2>&1 &
 else
+  # SIPp binds no socket on the media ports its SDP names: without a sink
+  # every packet the gateway sends bounces as ICMP, handled on our CPU.
+  python3 benches/load/media_sink.py 50000 $((4 * CALLS + 8)) &
   (cd "$work/sipp" && sipp 127.0.0.1:$PORT -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
      -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((PORT+1)) -nostdin -timeout 150s -timeout_error \
      -trace_stat -fd 5 >"$work/sipp.out" 2>&1) &
