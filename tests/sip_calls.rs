@@ -85,6 +85,78 @@ fn sipp_trunk_call_is_answered_greeted_recorded_and_hash_ends_it_with_bye() {
     );
 }
 
+/// SIPp loops its pcap the way its load scenario does: the second play starts
+/// the RTP sequence numbers over. The gateway must hear that second play (the
+/// jitter buffer starts over from the new numbering instead of calling every
+/// packet late), and the # pressed after it.
+#[test]
+fn a_caller_whose_rtp_numbering_starts_over_is_still_heard() {
+    let gw = Gateway::start_with(
+        |g, _| no_speech(g),
+        |cfg| {
+            // The call lasts ~17 s: keep the 15 s wait rule out of it.
+            let path = cfg.join("rules.toml");
+            let rules = std::fs::read_to_string(&path).expect("rules.toml");
+            let (head, tail) = rules.split_once("seconds = 15.0").expect("wait rule");
+            std::fs::write(
+                &path,
+                format!("{head}enabled = false\nseconds = 15.0{tail}"),
+            )
+            .expect("write rules.toml");
+        },
+    );
+    let out = sipp(
+        &gw,
+        "loop_twice.xml",
+        &[("PCAP", "pcap/g711a.pcap"), ("PAUSE", "8000")],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "the # after the second play ends the call"
+    );
+    let dirs = gw.wait_calls_ended(1, Duration::from_secs(10));
+    let all = events(&dirs[0]);
+    let hangup = all
+        .iter()
+        .find(|e| e["kind"] == "call.hangup")
+        .expect("hangup");
+    assert_eq!(hangup["reason"], "caller_pressed_hash");
+
+    let sent = pcap_alaw_audio(&sipp_dir().path().join("pcap/g711a.pcap"));
+    let packets = sent.len() / 240;
+    let ended = all
+        .iter()
+        .find(|e| e["kind"] == "call.ended")
+        .expect("call.ended");
+    let jitter = &ended["media"]["jitter"];
+    let received = jitter["received"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        jitter["restarts"].as_u64().unwrap_or(0) >= 1,
+        "the second play restarts the numbering: {jitter}"
+    );
+    assert!(
+        received + 8 >= 2 * packets,
+        "both plays accepted ({packets} packets each): {jitter}"
+    );
+
+    // The recording's caller side holds the second play too: look for the
+    // pcap's second second after the first play has ended (~7 s in).
+    let (left, _) = stereo(&dirs[0]);
+    let after_first = 8000 * 15 / 2;
+    assert!(
+        left.len() > after_first + 8000 * 4,
+        "recording too short: {} samples",
+        left.len()
+    );
+    let probe = &sent[8000..8000 + 8000];
+    let (lag, r) = best_correlation(&left[after_first..], probe, 8000 * 4);
+    assert!(
+        r > 0.9,
+        "the second play is in the recording (r = {r:.3}, lag {lag}): {jitter}"
+    );
+}
+
 #[test]
 fn builtin_uac_pcap_over_tcp_and_udp_caller_bye() {
     let gw = Gateway::start(|g, _| no_speech(g));

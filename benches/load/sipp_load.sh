@@ -4,7 +4,7 @@
 # PEER=voicegate uses `voicegate call` instead of SIPp as the caller (a peer
 # that listens on its RTP port, so no ICMP port-unreachable per packet).
 # Reports the gateway's CPU per call-second, resident memory per call and
-# packet loss. Stops by itself; touches only 127.0.0.1.
+# packet loss (and packets dropped late). Stops by itself; touches only 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CALLS=${CALLS:-200}
@@ -72,7 +72,7 @@ python3 - "$work/rec" "$c1" "$c2" "$t1" "$t2" "$tick" "$CALLS" "$rss0" "$peak" "
 import json, sys, glob, re
 rec, c1, c2, t1, t2, tick, calls, rss0, peak, active, ticks1, ticks2 = sys.argv[1:]
 c1, c2, t1, t2, tick, calls = float(c1), float(c2), float(t1), float(t2), float(tick), int(calls)
-lost = recv = ended = 0
+lost = recv = ended = late = skipped = restarts = 0
 for f in glob.glob(rec + "/*/*/events.jsonl"):
     for line in open(f):
         e = json.loads(line)
@@ -80,6 +80,8 @@ for f in glob.glob(rec + "/*/*/events.jsonl"):
             ended += 1
             j = e.get("media", {}).get("jitter", {})
             lost += j.get("lost", 0); recv += j.get("received", 0)
+            late += j.get("late", 0); skipped += j.get("skipped", 0)
+            restarts += j.get("restarts", 0)
 cpu_s = (c2 - c1) / tick
 wall = t2 - t1
 pct = 100.0 * cpu_s / (wall * calls)
@@ -89,6 +91,10 @@ print(f"calls: {calls} concurrent ({active} recorded, {ended} ended cleanly), st
 print(f"CPU: {cpu_s:.2f} CPU-s over {wall:.1f} s = {pct:.4f} % of a core per call")
 print(f"memory: {rss:.1f} KiB resident per call (peak {int(peak)/1024:.1f} MiB, idle {int(rss0)/1024:.1f} MiB)")
 print(f"packet loss: {loss:.4f} % ({lost} of {lost+recv})")
+# Packets that arrived but were not played: a gateway that drops audio as
+# late is not doing the work the load asks for.
+print(f"packets accepted: {recv}; late (dropped): {late}; skipped to catch up: {skipped}; "
+      f"numbering restarts: {restarts}")
 def buckets(path):
     out = {}
     for line in open(path):

@@ -24,6 +24,9 @@ pub struct JitterStats {
     pub played: u64,
     /// Frames dropped to bring the delay back to the configured depth.
     pub skipped: u64,
+    /// Times the peer restarted its sequence numbering and play started over
+    /// from the new numbers.
+    pub restarts: u64,
 }
 
 impl JitterStats {
@@ -238,6 +241,7 @@ impl JitterBuffer {
             slot.ext = EMPTY;
         }
         self.stats.skipped += self.stored as u64;
+        self.stats.restarts += 1;
         self.stored = 0;
         self.next_seq = None;
         self.lowest = None;
@@ -591,6 +595,7 @@ mod tests {
             "the two before the restart: {:?}",
             jb.stats()
         );
+        assert_eq!(jb.stats().restarts, 1, "{:?}", jb.stats());
     }
 
     #[test]
