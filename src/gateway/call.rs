@@ -94,9 +94,7 @@ pub(super) async fn run(
         shared.board.rejected("no_rtp_port");
         // Busy, not broken: the carrier may retry here shortly, or elsewhere.
         let retry = Header::Other("Retry-After".into(), "5".into());
-        let _ = tx
-            .reply_with(StatusCode::ServiceUnavailable, vec![retry], None)
-            .await;
+        let _ = Box::pin(tx.reply_with(StatusCode::ServiceUnavailable, vec![retry], None)).await;
         return;
     };
     let (state_tx, mut states) = shared.dialogs.new_dialog_state_channel();
@@ -107,7 +105,7 @@ pub(super) async fn run(
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "cannot create dialog");
-            let _ = tx.reply(StatusCode::ServerInternalError).await;
+            let _ = Box::pin(tx.reply(StatusCode::ServerInternalError)).await;
             return;
         }
     };
@@ -300,7 +298,7 @@ pub(super) async fn run(
         socket,
         lease,
         dialog,
-        states,
+        states: Some(states),
         sdp_version,
         session_id,
         trunk: trunk.clone(),
@@ -311,7 +309,9 @@ pub(super) async fn run(
     let media = shared.media_runtime.clone();
     super::media_runtime::run_call(
         &media,
-        converse(shared, who, trunk, leg, recorder, page_key, _on_board),
+        Box::pin(converse(
+            shared, who, trunk, leg, recorder, page_key, _on_board,
+        )),
     )
     .await;
 }
@@ -327,111 +327,18 @@ pub(super) async fn converse(
     shared: Arc<Shared>,
     who: Parties,
     trunk: TrunkConfig,
-    mut leg: CallerLeg,
+    leg: CallerLeg,
     recorder: Option<CallRecorder>,
     page_key: String,
     _on_board: OnBoard,
 ) {
-    let gw = &shared.config.gateway;
-    let start = Instant::now();
-    let mut log = EventLog {
-        recorder,
+    let Opened {
+        cell,
+        mut inbox_rx,
+        mut signals,
         start,
-        board: Some((shared.board.clone(), who.call_id.clone())),
-    };
-    // The callers' language: the number's or trunk's, else `[speech]`
-    // (`auto`: the core takes it from the first utterance).
-    let call_language = trunk
-        .language_for(&who.to_user)
-        .or(gw.speech.language.as_deref())
-        .unwrap_or("auto")
-        .to_string();
-    log.event(CallEvent::Answered(event::Answered {
-        language: call_language.clone(),
-        ..leg.describe()
-    }));
-    let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
-    let sp = &gw.speech;
-    // Everything that decides lives in `call` (sans-IO); the engine and this
-    // task only do the I/O it asks for and feed the answers back.
-    let mut call = Call::new(CallSetup {
-        policy: shared.config.policy.clone(),
-        language: call_language,
-        asr_language: trunk.language_for(&who.to_user).map(str::to_string),
-        caller: caller_id.clone(),
-        vad: sp.vad(),
-        partial_interval: sp.partial_interval,
-        partial_window: sp.partial_window,
-        greeting: Some(shared.greeting.clone()),
-        listen: shared.asr.is_some(),
-        max_duration: gw.media.max_call_duration,
-        agents: Some(shared.config.agents.clone()),
-        hold_music: shared.hold_music.clone(),
-    });
-    // Everything the call started answers on one channel.
-    let (inbox_tx, mut inbox_rx) = tokio::sync::mpsc::unbounded_channel::<Inbox>();
-    // One synthesiser task per call: replies are rendered off the media path,
-    // strictly in the order the bot says them.
-    let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    {
-        let tts = shared.tts.clone();
-        let inbox = inbox_tx.clone();
-        tokio::spawn(async move {
-            while let Some((text, voice)) = say_rx.recv().await {
-                let tts = tts.clone();
-                match tokio::task::spawn_blocking(move || tts.synthesize(&text, &voice)).await {
-                    Ok(Ok(p)) => {
-                        if inbox.send(Inbox::Prompt(p)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Err(e)) => warn!(error = %e, "text-to-speech failed"),
-                    Err(e) => warn!(error = %e, "text-to-speech task failed"),
-                }
-            }
-        });
-    }
-    // Hand-over to a human: agent legs report to the inbox.
-    let leg_tx = {
-        let inbox = inbox_tx.clone();
-        ReportTo::new(move |report| inbox.send(Inbox::Agent(report)).is_ok())
-    };
-    let agents = AgentLegs::new(caller_id.clone(), leg_tx);
-    let asr_tx = {
-        let inbox = inbox_tx.clone();
-        ReplyTo::new(move |reply| {
-            let _ = inbox.send(Inbox::Asr(reply));
-        })
-    };
-    call.handle_input(Duration::ZERO, Input::Answered);
-    // The caller's signalling stays with this task; the rest goes to the engine.
-    let mut signals = leg.take_signals();
-    let cell = Arc::new(CallCell {
-        live: tokio::sync::Mutex::new(Live {
-            // The recording is flushed every so many ticks (no timer per call).
-            flush_every: (gw.recording.flush_interval.as_millis() / 20).max(1) as u64,
-            shared: shared.clone(),
-            call,
-            leg,
-            agents,
-            log,
-            bridged_at: None,
-            agent_events: Vec::new(),
-            digits: Vec::new(),
-            ticks: 0,
-            grid: None,
-            plumbing: Plumbing {
-                inbox: inbox_tx.clone(),
-                say: say_tx,
-                asr: asr_tx,
-                page_key,
-                call_id: who.call_id.clone(),
-            },
-        }),
-        wake: tokio::sync::Notify::new(),
-        done: AtomicBool::new(false),
-        failed: AtomicBool::new(false),
-    });
+    } = open_call(&shared, &who, &trunk, leg, recorder, page_key);
+    let sp = &shared.config.gateway.speech;
     shared.media_engine.add(cell.clone());
     // Ends the call's ticks however this task ends (even by a panic).
     let _off_engine = OffEngine(cell.clone());
@@ -454,7 +361,10 @@ pub(super) async fn converse(
                 // A vanished caller never answers our BYE: give it the first
                 // retransmissions (RFC 3261 timer E: 0.5, 1, 2, 4 s), not 32 s,
                 // so the call — and a shutdown waiting for it — ends.
-                if tokio::time::timeout(BYE_PATIENCE, live.leg.hang_up())
+                // Boxed (as the signal handling below): ~2 KiB of
+                // signalling futures that would otherwise sit in every
+                // call's task for its whole life.
+                if Box::pin(tokio::time::timeout(BYE_PATIENCE, live.leg.hang_up()))
                     .await
                     .is_err()
                 {
@@ -471,7 +381,7 @@ pub(super) async fn converse(
                 let mut live = cell.live.lock().await;
                 let live = &mut *live;
                 let now = live.log.start.elapsed();
-                match live.leg.on_signal(now, signal, &shared, &mut live.log).await {
+                match Box::pin(live.leg.on_signal(now, signal, &shared, &mut live.log)).await {
                     DialogOutcome::Continue => {}
                     DialogOutcome::Digit(digit) => {
                         live.call.handle_input(now, Input::Digit { digit, source: "sip_info" });
@@ -488,7 +398,7 @@ pub(super) async fn converse(
             }
             Some(news) = inbox_rx.recv() => {
                 let mut live = cell.live.lock().await;
-                live.on_news(news);
+                live.on_news(*news);
             }
             _ = &mut shutdown, if !shutdown_told => {
                 shutdown_told = true;
@@ -542,10 +452,11 @@ pub(super) async fn converse(
             break;
         }
         match tokio::time::timeout_at(deadline, inbox_rx.recv()).await {
-            Ok(Some(Inbox::Asr(reply))) => {
-                live.call.handle_input(start.elapsed(), Input::Asr(reply));
+            Ok(Some(news)) => {
+                if let Inbox::Asr(reply) = *news {
+                    live.call.handle_input(start.elapsed(), Input::Asr(reply));
+                }
             }
-            Ok(Some(_)) => {}
             _ => {
                 warn!(
                     pending = live.call.pending_asr(),
@@ -646,10 +557,141 @@ impl Ticked for CallCell {
     }
 }
 
+/// A call opened for the engine: its media half, its inbox and its
+/// signalling, and when it was answered.
+struct Opened {
+    cell: Arc<CallCell>,
+    inbox_rx: tokio::sync::mpsc::UnboundedReceiver<Box<Inbox>>,
+    signals: super::leg::Signals,
+    start: Instant,
+}
+
+/// Build the call's `Call`, plumbing and media half. A plain function, not
+/// part of [`converse`]'s future: a ~3 KiB `Call` held there before it moves
+/// into the cell would keep its space in every call's task for its lifetime.
+fn open_call(
+    shared: &Arc<Shared>,
+    who: &Parties,
+    trunk: &TrunkConfig,
+    mut leg: CallerLeg,
+    recorder: Option<CallRecorder>,
+    page_key: String,
+) -> Opened {
+    let gw = &shared.config.gateway;
+    let start = Instant::now();
+    let mut log = EventLog {
+        recorder,
+        start,
+        board: Some((shared.board.clone(), who.call_id.clone())),
+    };
+    // The callers' language: the number's or trunk's, else `[speech]`
+    // (`auto`: the core takes it from the first utterance).
+    let call_language = trunk
+        .language_for(&who.to_user)
+        .or(gw.speech.language.as_deref())
+        .unwrap_or("auto")
+        .to_string();
+    log.event(CallEvent::Answered(event::Answered {
+        language: call_language.clone(),
+        ..leg.describe()
+    }));
+    let caller_id = (who.from_user != "anonymous").then(|| who.from_user.clone());
+    let sp = &gw.speech;
+    // Everything that decides lives in `call` (sans-IO); the engine and this
+    // task only do the I/O it asks for and feed the answers back.
+    let mut call = Call::new(CallSetup {
+        policy: shared.config.policy.clone(),
+        language: call_language,
+        asr_language: trunk.language_for(&who.to_user).map(str::to_string),
+        caller: caller_id.clone(),
+        vad: sp.vad(),
+        partial_interval: sp.partial_interval,
+        partial_window: sp.partial_window,
+        greeting: Some(shared.greeting.clone()),
+        listen: shared.asr.is_some(),
+        max_duration: gw.media.max_call_duration,
+        agents: Some(shared.config.agents.clone()),
+        hold_music: shared.hold_music.clone(),
+    });
+    // Everything the call started answers on one channel.
+    // Boxed messages: tokio allocates a block of 32 messages when a channel
+    // is made, and an `Inbox` by value would make that ~6.6 KiB per call.
+    let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel::<Box<Inbox>>();
+    // One synthesiser task per call: replies are rendered off the media path,
+    // strictly in the order the bot says them.
+    let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<Box<(String, String)>>();
+    {
+        let tts = shared.tts.clone();
+        let inbox = inbox_tx.clone();
+        tokio::spawn(async move {
+            while let Some(said) = say_rx.recv().await {
+                let (text, voice) = *said;
+                let tts = tts.clone();
+                match tokio::task::spawn_blocking(move || tts.synthesize(&text, &voice)).await {
+                    Ok(Ok(p)) => {
+                        if inbox.send(Box::new(Inbox::Prompt(p))).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "text-to-speech failed"),
+                    Err(e) => warn!(error = %e, "text-to-speech task failed"),
+                }
+            }
+        });
+    }
+    // Hand-over to a human: agent legs report to the inbox.
+    let leg_tx = {
+        let inbox = inbox_tx.clone();
+        ReportTo::new(move |report| inbox.send(Box::new(Inbox::Agent(report))).is_ok())
+    };
+    let agents = AgentLegs::new(caller_id.clone(), leg_tx);
+    let asr_tx = {
+        let inbox = inbox_tx.clone();
+        ReplyTo::new(move |reply| {
+            let _ = inbox.send(Box::new(Inbox::Asr(reply)));
+        })
+    };
+    call.handle_input(Duration::ZERO, Input::Answered);
+    // The caller's signalling stays with this task; the rest goes to the engine.
+    let signals = leg.take_signals();
+    let cell = Arc::new(CallCell {
+        live: tokio::sync::Mutex::new(Live {
+            // The recording is flushed every so many ticks (no timer per call).
+            flush_every: (gw.recording.flush_interval.as_millis() / 20).max(1) as u64,
+            shared: shared.clone(),
+            call,
+            leg,
+            agents,
+            log,
+            bridged_at: None,
+            agent_events: Vec::new(),
+            digits: Vec::new(),
+            ticks: 0,
+            grid: None,
+            plumbing: Plumbing {
+                inbox: inbox_tx.clone(),
+                say: say_tx,
+                asr: asr_tx,
+                page_key,
+                call_id: who.call_id.clone(),
+            },
+        }),
+        wake: tokio::sync::Notify::new(),
+        done: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+    });
+    Opened {
+        cell,
+        inbox_rx,
+        signals,
+        start,
+    }
+}
+
 /// What the call's outputs are sent through.
 struct Plumbing {
-    inbox: tokio::sync::mpsc::UnboundedSender<Inbox>,
-    say: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    inbox: tokio::sync::mpsc::UnboundedSender<Box<Inbox>>,
+    say: tokio::sync::mpsc::UnboundedSender<Box<(String, String)>>,
     asr: ReplyTo,
     page_key: String,
     call_id: String,
@@ -822,7 +864,7 @@ impl Live {
                     language,
                 } => self.ask_asr(kind, utterance, language),
                 Output::Synthesize { text, voice } => {
-                    let _ = self.plumbing.say.send((text, voice));
+                    let _ = self.plumbing.say.send(Box::new((text, voice)));
                 }
                 Output::CallWebhook {
                     intent,
@@ -833,7 +875,7 @@ impl Live {
                     let inbox = self.plumbing.inbox.clone();
                     tokio::task::spawn_blocking(move || {
                         let reply = crate::api::webhook::ask(&url, timeout, &body);
-                        let _ = inbox.send(Inbox::Webhook { intent, reply });
+                        let _ = inbox.send(Box::new(Inbox::Webhook { intent, reply }));
                     });
                 }
                 Output::Transfer {
@@ -874,7 +916,7 @@ impl Live {
                             .synthesize(&text, &voice)
                             .map_err(|e| warn!(error = %e, "whisper synthesis failed"))
                             .ok();
-                        let _ = inbox.send(Inbox::Whisper(prompt));
+                        let _ = inbox.send(Box::new(Inbox::Whisper(prompt)));
                     });
                     self.agents.decided(summary);
                 }

@@ -10,6 +10,7 @@
 //! re-INVITE) from here: tokio's resources work across runtimes.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +62,11 @@ impl Drop for MediaRuntime {
 /// Run `call` on the media runtime (in the current tracing span: its log
 /// lines keep the call's fields) and wait for it from the SIP side. A
 /// call that panics is logged; the caller's task goes on to clean up.
-pub(crate) async fn run_call<F>(media: &tokio::runtime::Handle, call: F)
+///
+/// The call's future arrives boxed: held by value it would take its whole
+/// size (~6 KiB) in the caller's future, and again in this one's, for the
+/// call's lifetime (space an `async fn` keeps even once the value moved out).
+pub(crate) async fn run_call<F>(media: &tokio::runtime::Handle, call: Pin<Box<F>>)
 where
     F: Future<Output = ()> + Send + 'static,
 {

@@ -592,7 +592,9 @@ async fn reject(tx: &mut Transaction, status: StatusCode, reason: &str, extra: V
         "Warning".into(),
         format!("399 voicegate \"{reason}\""),
     ));
-    if let Err(e) = tx.reply_with(status, headers, None).await {
+    // Boxed, as every reply on a refusal path: rsipstack's reply future is
+    // ~2.3 KiB, and held inline it would sit in every answered call's task.
+    if let Err(e) = Box::pin(tx.reply_with(status, headers, None)).await {
         warn!(error = %e, "could not send rejection");
     }
 }
@@ -666,7 +668,7 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         // Banned for guessing credentials: refused unread (logged at the ban).
         tracing::debug!(%ip, "INVITE from a banned source");
         shared.board.rejected("banned");
-        if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+        if let Err(e) = Box::pin(tx.reply(StatusCode::Forbidden)).await {
             warn!(error = %e, "could not send 403");
         }
         return;
@@ -675,7 +677,7 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         warn!(%ip, "INVITE from a source outside every trunk ACL");
         shared.board.rejected("acl");
         // The reason stays in the log: a prober learns nothing from the wire.
-        if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+        if let Err(e) = Box::pin(tx.reply(StatusCode::Forbidden)).await {
             warn!(error = %e, "could not send 403");
         }
         return;
@@ -731,7 +733,9 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
                 let challenge = shared.nonces.challenge(&auth.realm, ip, now_s);
                 let h = Header::Other("WWW-Authenticate".into(), challenge);
                 info!(trunk = %trunk.name, "challenging INVITE for credentials");
-                if let Err(e) = tx.reply_with(StatusCode::Unauthorized, vec![h], None).await {
+                if let Err(e) =
+                    Box::pin(tx.reply_with(StatusCode::Unauthorized, vec![h], None)).await
+                {
                     warn!(error = %e, "could not send 401");
                 }
                 return;
@@ -744,7 +748,7 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
                 });
                 // The reason is logged (by the verifier); any wrong
                 // credential gets the same bare 403.
-                if let Err(e) = tx.reply(StatusCode::Forbidden).await {
+                if let Err(e) = Box::pin(tx.reply(StatusCode::Forbidden)).await {
                     warn!(error = %e, "could not send 403");
                 }
                 return;
@@ -762,13 +766,12 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         crate::sip::session_timer::Negotiation::None => None,
         crate::sip::session_timer::Negotiation::Timer(t) => Some(t),
         crate::sip::session_timer::Negotiation::TooSmall { min_se } => {
-            if let Err(e) = tx
-                .reply_with(
-                    StatusCode::Other(422, "Session Interval Too Small".into()),
-                    vec![Header::Other("Min-SE".into(), min_se.to_string())],
-                    None,
-                )
-                .await
+            if let Err(e) = Box::pin(tx.reply_with(
+                StatusCode::Other(422, "Session Interval Too Small".into()),
+                vec![Header::Other("Min-SE".into(), min_se.to_string())],
+                None,
+            ))
+            .await
             {
                 warn!(error = %e, "could not send 422");
             }
@@ -776,7 +779,9 @@ async fn admit_invite(shared: Arc<Shared>, mut tx: Transaction) {
         }
     };
     let setting_up = SettingUp::new(&shared.setting_up);
-    call::run(shared, trunk, tx, negotiated, timer, setting_up).await;
+    // Boxed: inline, the call's future would be kept beside this task's
+    // own set-up state (moved-out locals keep their space) for the whole call.
+    Box::pin(call::run(shared, trunk, tx, negotiated, timer, setting_up)).await;
 }
 
 /// The address peers reach a listener at, when `[sip] advertised_address` or

@@ -31,7 +31,7 @@ pub(super) struct WebLeg {
     pub(super) pc: Arc<RTCPeerConnection>,
     pub(super) received: Arc<Mutex<Received>>,
     pub(super) to_browser: mpsc::Sender<Vec<i16>>,
-    pub(super) ended: mpsc::UnboundedReceiver<&'static str>,
+    pub(super) ended: Option<mpsc::UnboundedReceiver<&'static str>>,
     pub(super) opened: Instant,
     pub(super) remote: String,
 }

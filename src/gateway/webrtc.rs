@@ -278,14 +278,14 @@ async fn negotiate(
                 pc,
                 received,
                 to_browser,
-                ended,
+                ended: Some(ended),
                 opened: Instant::now(),
                 remote,
             });
             let media = shared.media_runtime.clone();
             super::media_runtime::run_call(
                 &media,
-                converse(shared.clone(), who, trunk, leg, recorder, page_key, on_board),
+                Box::pin(converse(shared.clone(), who, trunk, leg, recorder, page_key, on_board)),
             )
             .await;
         }

@@ -30,6 +30,8 @@ const HEADER_LEN: u64 = 44;
 /// Audio kept in memory before it is handed to the writer even without a
 /// flush: 0.5 s of 8 kHz stereo (what a call holds is what it costs in RAM).
 const MAX_PENDING: usize = 16 * 1024;
+/// The events file's write buffer.
+const EVENTS_BUFFER: usize = 4 * 1024;
 /// Stereo sample pairs interleaved on the stack at a time (one 20 ms frame
 /// at 8 kHz).
 const INTERLEAVE_BLOCK: usize = 160;
@@ -312,7 +314,9 @@ impl CallRecorder {
         let channels = 2;
         let file = File::create(dir.join(WAV_NAME))?;
         file.write_all_at(&wav_header(channels, rate, 0), 0)?;
-        let events = BufWriter::new(File::create(dir.join(EVENTS_NAME))?);
+        // A call writes a few events a second at most: 4 KiB holds a
+        // flush interval's worth (std's default 8 KiB is per call, ×1,000).
+        let events = BufWriter::with_capacity(EVENTS_BUFFER, File::create(dir.join(EVENTS_NAME))?);
         Ok(Self {
             dir,
             wav: Some(WavOut {
