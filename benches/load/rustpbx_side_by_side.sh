@@ -18,6 +18,11 @@
 # target/rustpbx (a long build). ONLY=rustpbx runs its side alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# Both sides get the same far end for their RTP to SIPp (far_end.sh): with
+# FAR_END=drop both run in one network namespace made for this run.
+# shellcheck source=benches/load/far_end.sh
+. benches/load/far_end.sh
+far_end_enter benches/load/rustpbx_side_by_side.sh "$@"
 CALLS=${CALLS:-200}
 RATE=${RATE:-40}
 STEADY=${STEADY:-30}
@@ -121,12 +126,10 @@ EOF
   sleep 1
   local cpu0 rss0 peak=0 c1 c2 t1 t2 r
   rss0=$(awk '/VmRSS/{print $2}' /proc/$rp/status)
-  # As in sipp_load.sh: a sink on SIPp's media ports, so rustpbx's RTP is not
-  # bounced back as ICMP (the same for both sides).
-  python3 benches/load/media_sink.py 50000 $((4 * CALLS + 8)) &
-  local sink=$!
+  # As in sipp_load.sh: the same far end for both sides (far_end.sh).
+  far_end_start $((4 * CALLS + 8))
   (cd "$dir/sipp" && sipp 127.0.0.1:$RP_SIP -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
-     -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((RP_SIP+100)) -nostdin -timeout 150s -timeout_error \
+     -i 127.0.0.1 -mi 127.0.0.1 -mp $MEDIA_PORT -p $((RP_SIP+100)) -nostdin -timeout 150s -timeout_error \
      -trace_stat -fd 5 -s bot >"$dir/sipp.out" 2>&1) &
   local uac=$!
   sleep $(( CALLS / RATE + 3 ))
@@ -138,7 +141,7 @@ EOF
   c2=$(awk '{print $14+$15}' /proc/$rp/stat); t2=$(date +%s.%N)
   wait $uac && ok=ok || ok="sipp reported failed calls"
   pkill -f "sipp -sn uas -i 127.0.0.1 -p $UAS_SIP" || true
-  kill -TERM $sink 2>/dev/null || true
+  far_end_stop
   kill -TERM $rp; wait $rp 2>/dev/null || true
   local recorded
   recorded=$(find "$dir/rec" -name '*.wav' 2>/dev/null | wc -l)

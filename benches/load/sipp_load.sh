@@ -7,6 +7,9 @@
 # packet loss (and packets dropped late). Stops by itself; touches only 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=benches/load/far_end.sh
+. benches/load/far_end.sh
+[ "${PEER:-sipp}" = voicegate ] || far_end_enter benches/load/sipp_load.sh "$@"
 CALLS=${CALLS:-200}
 RATE=${RATE:-40}
 STEADY=${STEADY:-30}
@@ -45,11 +48,10 @@ if [ "${PEER:-sipp}" = voicegate ]; then
   "$BIN" call "sip:bot@127.0.0.1:$PORT" --play "$work/long.wav" --calls "$CALLS" --rate "$RATE" \
      --no-listen >"$work/sipp.out" 2>&1 &
 else
-  # SIPp binds no socket on the media ports its SDP names: without a sink
-  # every packet the gateway sends bounces as ICMP, handled on our CPU.
-  python3 benches/load/media_sink.py 50000 $((4 * CALLS + 8)) &
+  # SIPp binds no socket on the media ports its SDP names: see far_end.sh.
+  far_end_start $((4 * CALLS + 8))
   (cd "$work/sipp" && sipp 127.0.0.1:$PORT -sf uac_60s.xml -m "$CALLS" -l "$CALLS" -r "$RATE" \
-     -i 127.0.0.1 -mi 127.0.0.1 -mp 50000 -p $((PORT+1)) -nostdin -timeout 150s -timeout_error \
+     -i 127.0.0.1 -mi 127.0.0.1 -mp $MEDIA_PORT -p $((PORT+1)) -nostdin -timeout 150s -timeout_error \
      -trace_stat -fd 5 >"$work/sipp.out" 2>&1) &
 fi
 SIPP=$!
@@ -113,6 +115,7 @@ if b2:
         return "?"
     print(f"tick lateness: {total} ticks in the window; p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, p99.9 {pct(0.999)} ms")
 PY
+[ "${PEER:-sipp}" = voicegate ] || far_end_report
 tail -5 "$work/sipp.out" | grep -iE 'fail|success|answered' || true
 # Calls the gateway refused (503 + Retry-After), by cause.
 grep -o 'refusing a new call: 503.*' "$work/gateway.log" | grep -oE 'cause="?[a-z_]+' | sort | uniq -c | sed 's/^/refused: /' || true
