@@ -8,23 +8,25 @@
 # 14.5 % of the gateway's CPU samples at 200 calls). A far end behind a
 # network costs the sender none of that. Two ways to give SIPp such a far end:
 #
-#   FAR_END=drop (the default where `unshare -n` works, i.e. as root): the run
-#     gets its own network namespace, whose loopback drops UDP to SIPp's media
-#     ports (MEDIA_PORT.. +8191) at the sending qdisc, as a network interface
-#     would take them: the sender pays for the send and nothing after it.
+#   FAR_END=drop (the default where `unshare -n` works, i.e. as root, and `tc`
+#     is installed): the run gets its own network namespace, whose loopback
+#     drops UDP to SIPp's media ports (MEDIA_PORT.. +8191) at the sending
+#     qdisc, as a network interface would take them: the sender pays for the
+#     send and nothing after it.
 #   FAR_END=sink: media_sink.py binds the ports and never reads them (no ICMP;
 #     the delivery and the raw-socket copies are still on the sender).
 #
-# Usage: source this file, call `far_end_enter SCRIPT "$@"` first (SCRIPT relative to the repository root) (it re-runs the
-# script inside a new namespace when needed), then `far_end_start COUNT` before
-# SIPp starts and `far_end_stop` after it ends.
+# Usage: source this file and call `far_end_enter SCRIPT "$@"` first (SCRIPT
+# relative to the repository root: it re-runs the script inside a new
+# namespace when needed), then `far_end_start COUNT` before SIPp starts and
+# `far_end_stop` after it ends; `far_end_report` says what the far end was.
 
 MEDIA_PORT=49152 # 0xC000: a block of 8,192 ports one u32 filter matches
 
 far_end_enter() {
   FAR_END=${FAR_END:-}
   if [ -z "$FAR_END" ]; then
-    if [ -n "${VOICEGATE_LOAD_NETNS:-}" ] || unshare -n true 2>/dev/null; then
+    if [ -n "${VOICEGATE_LOAD_NETNS:-}" ] || { command -v tc >/dev/null && unshare -n true 2>/dev/null; }; then
       FAR_END=drop
     else
       FAR_END=sink
