@@ -10,6 +10,10 @@ that, a cost no real network puts on the sender. Bound sockets that are not
 read drop the packets silently once their buffer is full, as a far end that
 is not listening behind a network would cost us nothing.
 
+The load scripts use it with FAR_END=sink (benches/load/far_end.sh); by
+default they drop these packets as sent instead, which also spares the sender
+the delivery and SIPp's raw sockets' copies.
+
 usage: media_sink.py FIRST_PORT COUNT   (runs until killed)
 """
 import resource
