@@ -167,6 +167,24 @@ impl AgentLeg {
             Some(101),
         );
         let destination = agents.outbound_proxy.map(Into::into);
+        // The outbound proxy is also the INVITE's preloaded route (RFC 3261
+        // §8.1.2, `;lr`): the SIP library sends every request built from the
+        // INVITE — its CANCEL above all, which must take the INVITE's path
+        // (§9.1) — to the first Route. Without it a parallel ring's losing
+        // phone was CANCELled at its Request-URI's host, never through the
+        // proxy, and kept ringing.
+        let route_set = match agents.outbound_proxy {
+            Some(proxy) => vec![rsipstack::sip::typed::Route {
+                display_name: None,
+                uri: rsipstack::sip::Uri {
+                    params: vec![rsipstack::sip::Param::Lr],
+                    ..rsipstack::sip::Uri::try_from(format!("sip:{proxy}").as_str())
+                        .map_err(|e| e.to_string())?
+                },
+                params: vec![],
+            }],
+            None => vec![],
+        };
         let credential = agents.credentials.as_ref().map(|(u, p)| Credential {
             username: u.clone(),
             password: p.clone(),
@@ -192,7 +210,7 @@ impl AgentLeg {
                 gw.media.sdp_address
             )),
             session_id: None,
-            route_set: vec![],
+            route_set,
         };
         let (state_tx, mut states) = shared.dialogs.new_dialog_state_channel();
         let (dialog, handle) = shared

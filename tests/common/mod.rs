@@ -164,7 +164,12 @@ impl Gateway {
         let child = command
             .args(["serve", "--config"])
             .arg(self.dir.path().join("config"))
-            .env("RUST_LOG", "info,rsipstack=warn")
+            // VG_TEST_RUST_LOG=info,rsipstack=debug shows the SIP wire when a
+            // test is debugged.
+            .env(
+                "RUST_LOG",
+                std::env::var("VG_TEST_RUST_LOG").unwrap_or("info,rsipstack=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -609,8 +614,14 @@ impl Agent {
         std::fs::write(
             dir.path().join("accounts"),
             format!(
-                "<sip:{ext}@127.0.0.1:{}>;regint=60;answermode=auto{account_params}\n",
-                pbx.port
+                "<sip:{ext}@127.0.0.1:{}>;regint=60{}{account_params}\n",
+                pbx.port,
+                // Auto-answer unless the test picks the answer mode itself.
+                if account_params.contains("answermode=") {
+                    ""
+                } else {
+                    ";answermode=auto"
+                }
             ),
         )
         .expect("accounts");
@@ -628,6 +639,11 @@ impl Agent {
             dir,
             console,
         }
+    }
+
+    /// Answer the ringing call (an agent started with `;answermode=manual`).
+    pub fn accept(&self) {
+        baresip_command(self.console, "/accept");
     }
 
     /// Hang up the agent's phone.
