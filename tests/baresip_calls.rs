@@ -614,10 +614,12 @@ fn an_agent_declining_with_2_passes_the_caller_to_the_next_who_accepts_with_1() 
         format!("sip:1002@127.0.0.1:{}", pbx.port),
     ];
     let gw = Gateway::start_with(|_, _| {}, |cfg| agents_at(cfg, &members, true));
-    let (caller, _dir) = quiet_call(&gw, 14, "+15550199");
-    std::thread::sleep(Duration::from_secs(3));
+    let (caller, _dir) = quiet_call(&gw, 20, "+15550199");
+    // Each agent presses a key once their phone is answered (the gateway
+    // takes the key during the whisper too), however slow the box.
+    gw.wait_event("transfer.answered", "1001", Duration::from_secs(15));
     first.send_digit('2');
-    std::thread::sleep(Duration::from_secs(3));
+    gw.wait_event("transfer.answered", "1002", Duration::from_secs(15));
     second.send_digit('1');
     let dirs = gw.wait_calls_ended(1, Duration::from_secs(40));
     drop(caller);

@@ -239,6 +239,29 @@ impl Gateway {
         out
     }
 
+    /// Wait until some call has logged an event of `kind` whose fields
+    /// mention `needle` (events reach the disk once a flush period): a test
+    /// acts on what the gateway did, not on a guess at how long it takes.
+    pub fn wait_event(&self, kind: &str, needle: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.call_dirs().iter().find_map(|d| {
+                events(d)
+                    .into_iter()
+                    .find(|e| e["kind"] == kind && e.to_string().contains(needle))
+            });
+            if let Some(event) = found {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} event with {needle:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Wait until `n` calls have ended (their events say `call.ended` and the
     /// recording is finalised).
     pub fn wait_calls_ended(&self, n: usize, timeout: Duration) -> Vec<PathBuf> {
