@@ -425,7 +425,21 @@ fn crash_mid_call_leaves_a_recording_that_is_repaired_on_restart() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("sipp");
-    std::thread::sleep(Duration::from_secs(4));
+    // Killed once over 3 s of the call are on disk (a flush every 200 ms),
+    // however long the call took to come up on a busy box.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gw
+        .call_dirs()
+        .iter()
+        .any(|d| std::fs::metadata(d.join("call.wav")).is_ok_and(|m| m.len() > 44 + 3 * 8000 * 4))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call recorded:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     gw.kill9();
     let _ = caller.kill();
     let _ = caller.wait();
