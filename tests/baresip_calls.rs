@@ -1037,8 +1037,14 @@ fn voicegate_call_replays_the_public_calls_over_the_wire_with_the_offline_outcom
         // The recording replayed offline decides as the live call did.
         let replayed = replay_json(&dir.join("call.wav"), &gw.dir.path().join("config"), &[]);
         if replayed["outcome"] != live_outcome || replayed["reason"] != live_reason {
+            // With what the live call's recogniser reported, so a failure
+            // shows its cause.
+            let asr: Vec<&serde_json::Value> = live
+                .iter()
+                .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("asr")))
+                .collect();
             mismatches.push(format!(
-                "{from}: live {live_outcome} {live_reason}, replay {} {}",
+                "{from}: live {live_outcome} {live_reason}, replay {} {}; live ASR events: {asr:?}",
                 replayed["outcome"], replayed["reason"]
             ));
         }

@@ -892,6 +892,16 @@ impl Call {
                 });
                 Some(CoreEvent::AsrUnavailable)
             }
+            // An interim transcript is only a preview: its failure leaves
+            // the call to its final one.
+            AsrReply::Failed {
+                kind: JobKind::Partial,
+                error,
+                ..
+            } => {
+                tracing::warn!(%error, "interim transcript failed");
+                None
+            }
             AsrReply::Failed { error, .. } => {
                 tracing::warn!(%error, "ASR failed");
                 self.event(CallEvent::AsrFailed {
@@ -1207,6 +1217,35 @@ mod tests {
             out.extend(drain(call));
         }
         out
+    }
+
+    #[test]
+    fn a_failed_interim_transcript_leaves_the_call_a_failed_final_hands_it_over() {
+        let failed = |kind| {
+            Input::Asr(AsrReply::Failed {
+                kind,
+                error: "Whisper stopped".into(),
+                start_s: 0.5,
+            })
+        };
+        let asr_unavailable = |out: &[Output]| {
+            out.iter().any(|o| {
+                matches!(o, Output::Event(CallEvent::Decision(d))
+                    if d.reason.as_deref() == Some("asr_unavailable"))
+            })
+        };
+        let mut call = Call::new(setup(false));
+        call.handle_input(Duration::ZERO, Input::Answered);
+        drain(&mut call);
+        call.handle_input(ms(2000), failed(JobKind::Partial));
+        let mut out = drain(&mut call);
+        out.extend(silence(&mut call, 2000, 2100));
+        assert!(!asr_unavailable(&out), "{:?}", kinds(&out));
+        assert!(!kinds(&out).contains(&"asr_failed"), "{:?}", kinds(&out));
+        call.handle_input(ms(2100), failed(JobKind::Final));
+        let mut out = drain(&mut call);
+        out.extend(silence(&mut call, 2100, 2200));
+        assert!(asr_unavailable(&out), "{:?}", kinds(&out));
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum AsrError {
     /// Decoding failed.
     #[error("Whisper decoding failed: {0}")]
     Decode(String),
+    /// Stopped on purpose: an interim transcript gave way to a caller's
+    /// final one ([`Recognizer::recognize_unless`]).
+    #[error("Whisper stopped: a final transcript was waiting")]
+    GaveUp,
 }
 
 /// A loaded Whisper model, shared by every worker.
@@ -229,6 +233,8 @@ pub struct Stages {
 /// encoder began and ended, and the counter that makes a partial give way.
 struct StageClock {
     give_up: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// Set when the abort callback told whisper.cpp to stop.
+    gave_up: std::sync::atomic::AtomicBool,
     marks: std::sync::Mutex<StageMarks>,
 }
 
@@ -296,10 +302,16 @@ unsafe extern "C" fn after_each_step(user_data: *mut std::ffi::c_void) -> bool {
             m.encoder += now.saturating_duration_since(since);
         }
     }
-    clock
+    let stop = clock
         .give_up
         .as_ref()
-        .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    if stop {
+        clock
+            .gave_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    stop
 }
 
 /// A decoding state bound to a model; one per worker thread.
@@ -413,6 +425,7 @@ impl Recognizer {
         // leaks it.)
         let clock = StageClock {
             give_up,
+            gave_up: std::sync::atomic::AtomicBool::new(false),
             marks: std::sync::Mutex::default(),
         };
         let clock_ptr = &clock as *const StageClock as *mut std::ffi::c_void;
@@ -432,9 +445,13 @@ impl Recognizer {
         }
         let audio = &padded[..];
         let started = Instant::now();
-        self.state
-            .full(params, audio)
-            .map_err(|e| AsrError::Decode(e.to_string()))?;
+        self.state.full(params, audio).map_err(|e| {
+            if clock.gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+                AsrError::GaveUp
+            } else {
+                AsrError::Decode(e.to_string())
+            }
+        })?;
         let stages = clock.stages(started);
         let mut text = String::new();
         let mut segments = Vec::new();

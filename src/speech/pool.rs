@@ -10,7 +10,7 @@
 //! quietly (it was only a preview) — so under load a caller's answer never
 //! waits behind other callers' partials.
 
-use super::asr::{Recognizer, WhisperModel};
+use super::asr::{AsrError, Recognizer, WhisperModel};
 use super::pipeline::{result_for, UtteranceResult};
 use super::vad::Utterance;
 use std::collections::VecDeque;
@@ -422,13 +422,21 @@ fn worker(
         // final transcript waits (a final never waits behind one).
         let give_up = (job.kind == JobKind::Partial).then(|| rx.finals_waiting.clone());
         let result = rec.recognize_unless(&job.utterance.samples, job.language.as_deref(), give_up);
-        if job.kind == JobKind::Partial
-            && result.is_err()
-            && rx.finals_waiting.load(Ordering::Relaxed) > 0
-        {
-            busy.fetch_sub(1, Ordering::Relaxed);
-            rx.preempted.fetch_add(1, Ordering::Relaxed);
-            continue;
+        if job.kind == JobKind::Partial {
+            if let Err(e) = &result {
+                // A preview that did not finish is dropped, never reported:
+                // the call decides on finals only. (It used to be reported
+                // as a failure when the final it gave way to had already
+                // been taken by another worker by the time this one looked,
+                // and the caller went to a human for asr_unavailable.)
+                busy.fetch_sub(1, Ordering::Relaxed);
+                if matches!(e, AsrError::GaveUp) {
+                    rx.preempted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tracing::warn!(error = %e, "interim transcript failed");
+                }
+                continue;
+            }
         }
         let reply = match result {
             Ok(r) => AsrReply::Done {
