@@ -619,49 +619,70 @@ impl Agent {
         write_wav_8k(&silence, &audio);
         let rec = dir.path().join("rec");
         std::fs::create_dir_all(&rec).expect("rec");
-        let rtp = rtp_base(100);
-        let console = free_port();
-        let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{}\naudio_player aubridge,nil\n\
-             audio_source aufile,{}\naudio_alert aufile,{}\nmodule_path /usr/lib/baresip/modules\n\
-             module cons.so\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-             module account.so\nmodule_app menu.so\nsnd_path {}\nrtp_ports {}-{}\ncons_listen 127.0.0.1:{console}\n",
-            free_port(),
-            silence.display(),
-            silence.display(),
-            rec.display(),
-            rtp,
-            rtp + 99
-        );
-        std::fs::write(dir.path().join("config"), config).expect("config");
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:{ext}@127.0.0.1:{}>;regint=60{}{account_params}\n",
-                pbx.port,
-                // Auto-answer unless the test picks the answer mode itself.
-                if account_params.contains("answermode=") {
-                    ""
-                } else {
-                    ";answermode=auto"
+        // The ports are picked free, then bound by baresip a moment later:
+        // another peer of the parallel suite (a flood test's sockets) may
+        // take one in between, and baresip exits at once without
+        // registering. Start it again on fresh ports when that happens.
+        for attempt in 1..=3 {
+            let rtp = rtp_base(100);
+            let console = free_port();
+            let config = format!(
+                "poll_method epoll\nsip_listen 127.0.0.1:{}\naudio_player aubridge,nil\n\
+                 audio_source aufile,{}\naudio_alert aufile,{}\nmodule_path /usr/lib/baresip/modules\n\
+                 module cons.so\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
+                 module account.so\nmodule_app menu.so\nsnd_path {}\nrtp_ports {}-{}\ncons_listen 127.0.0.1:{console}\n",
+                free_port(),
+                silence.display(),
+                silence.display(),
+                rec.display(),
+                rtp,
+                rtp + 99
+            );
+            std::fs::write(dir.path().join("config"), config).expect("config");
+            std::fs::write(
+                dir.path().join("accounts"),
+                format!(
+                    "<sip:{ext}@127.0.0.1:{}>;regint=60{}{account_params}\n",
+                    pbx.port,
+                    // Auto-answer unless the test picks the answer mode itself.
+                    if account_params.contains("answermode=") {
+                        ""
+                    } else {
+                        ";answermode=auto"
+                    }
+                ),
+            )
+            .expect("accounts");
+            let mut child = Command::new("baresip")
+                .arg("-f")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.path().join("stderr.log"))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|_| Stdio::null()),
+                )
+                .spawn()
+                .expect("baresip (make test installs it)");
+            std::thread::sleep(Duration::from_millis(300));
+            match child.try_wait() {
+                Ok(Some(status)) if attempt < 3 => {
+                    let why =
+                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                    eprintln!("agent baresip exited at start ({status}), retrying: {why}");
                 }
-            ),
-        )
-        .expect("accounts");
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip (make test installs it)");
-        pbx.wait_registered(ext);
-        Agent {
-            child,
-            dir,
-            console,
+                _ => {
+                    pbx.wait_registered(ext);
+                    return Agent {
+                        child,
+                        dir,
+                        console,
+                    };
+                }
+            }
         }
+        unreachable!("the loop returns on its last attempt")
     }
 
     /// Answer the ringing call (an agent started with `;answermode=manual`).
