@@ -562,6 +562,21 @@ pub fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A baresip just started, 300 ms on: true when it has already exited (a
+/// port it was given was taken meanwhile) and attempt `attempt` of 3 leaves
+/// another; its stderr is printed.
+fn died_at_start(child: &mut Child, stderr: &Path, attempt: u32) -> bool {
+    std::thread::sleep(Duration::from_millis(300));
+    match child.try_wait() {
+        Ok(Some(status)) if attempt < 3 => {
+            let why = std::fs::read_to_string(stderr).unwrap_or_default();
+            eprintln!("baresip exited at start ({status}), retrying: {why}");
+            true
+        }
+        _ => false,
+    }
+}
+
 /// baresip as an agent phone: registered at Kamailio as `ext`, answering
 /// by itself, recording what it hears (`*-dec.wav`) and what it sends.
 pub struct Agent {
@@ -665,21 +680,13 @@ impl Agent {
                 )
                 .spawn()
                 .expect("baresip (make test installs it)");
-            std::thread::sleep(Duration::from_millis(300));
-            match child.try_wait() {
-                Ok(Some(status)) if attempt < 3 => {
-                    let why =
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    eprintln!("agent baresip exited at start ({status}), retrying: {why}");
-                }
-                _ => {
-                    pbx.wait_registered(ext);
-                    return Agent {
-                        child,
-                        dir,
-                        console,
-                    };
-                }
+            if !died_at_start(&mut child, &dir.path().join("stderr.log"), attempt) {
+                pbx.wait_registered(ext);
+                return Agent {
+                    child,
+                    dir,
+                    console,
+                };
             }
         }
         unreachable!("the loop returns on its last attempt")
@@ -741,14 +748,9 @@ impl Caller {
         // fresh ports when that happens (its stderr says why, kept here).
         for attempt in 1..=3 {
             let mut caller = Self::start_baresip(gw, wav, seconds, user);
-            std::thread::sleep(Duration::from_millis(300));
-            match caller.child.try_wait() {
-                Ok(Some(status)) if attempt < 3 => {
-                    let why = std::fs::read_to_string(caller._dir.path().join("stderr.log"))
-                        .unwrap_or_default();
-                    eprintln!("baresip exited at start ({status}), retrying: {why}");
-                }
-                _ => return caller,
+            let stderr = caller._dir.path().join("stderr.log");
+            if !died_at_start(&mut caller.child, &stderr, attempt) {
+                return caller;
             }
         }
         unreachable!("the loop returns on its last attempt")
