@@ -562,6 +562,24 @@ pub fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// baresip with its configuration in `dir` and `args` after it; its stderr
+/// goes to `dir/stderr.log` (what [`died_at_start`] prints).
+fn spawn_baresip(dir: &Path, args: &[String]) -> Child {
+    Command::new("baresip")
+        .arg("-f")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("stderr.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .expect("baresip (make test installs it)")
+}
+
 /// A baresip just started, 300 ms on: true when it has already exited (a
 /// port it was given was taken meanwhile) and attempt `attempt` of 3 leaves
 /// another; its stderr is printed.
@@ -668,18 +686,7 @@ impl Agent {
                 ),
             )
             .expect("accounts");
-            let mut child = Command::new("baresip")
-                .arg("-f")
-                .arg(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(
-                    std::fs::File::create(dir.path().join("stderr.log"))
-                        .map(Stdio::from)
-                        .unwrap_or_else(|_| Stdio::null()),
-                )
-                .spawn()
-                .expect("baresip (make test installs it)");
+            let mut child = spawn_baresip(dir.path(), &[]);
             if !died_at_start(&mut child, &dir.path().join("stderr.log"), attempt) {
                 pbx.wait_registered(ext);
                 return Agent {
@@ -779,22 +786,15 @@ impl Caller {
             format!("<sip:{user}@127.0.0.1>;regint=0\n"),
         )
         .expect("accounts");
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(format!("/dial sip:bot@127.0.0.1:{}", gw.sip_port))
-            .arg("-t")
-            .arg(seconds.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.path().join("stderr.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("baresip (make test installs it)");
+        let child = spawn_baresip(
+            dir.path(),
+            &[
+                "-e".into(),
+                format!("/dial sip:bot@127.0.0.1:{}", gw.sip_port),
+                "-t".into(),
+                seconds.to_string(),
+            ],
+        );
         Caller {
             child,
             console,
