@@ -3,6 +3,7 @@
 # G.711 audio for ~60 s, against a release voicegate with recording on.
 # PEER=voicegate uses `voicegate call` instead of SIPp as the caller (a peer
 # that listens on its RTP port, so no ICMP port-unreachable per packet).
+# MEDIA_RT=N runs the media threads at SCHED_FIFO priority N (root only; a measurement knob).
 # Reports the gateway's CPU per call-second, resident memory per call and
 # packet loss (and packets dropped late). Stops by itself; touches only 127.0.0.1.
 set -euo pipefail
@@ -37,6 +38,11 @@ cp benches/load/uac_60s.xml "$work/sipp/"
 RUST_LOG=warn "$BIN" serve --config "$work/config" 2>"$work/gateway.log" &
 GW=$!
 sleep 1
+if [ -n "${MEDIA_RT:-}" ]; then
+  for t in /proc/$GW/task/*; do
+    [ "$(cat "$t/comm")" = voicegate-media ] && chrt -f -p "$MEDIA_RT" "${t##*/}" && echo "rt ${t##*/}"
+  done
+fi
 cpu() { awk '{print $14+$15}' /proc/$GW/stat; }
 split() { awk '{print "user", $14, "sys", $15}' /proc/$GW/stat; }
 rss_kib() { awk '/VmRSS/{print $2}' /proc/$GW/status; }
