@@ -40,7 +40,10 @@ GW=$!
 sleep 1
 if [ -n "${MEDIA_RT:-}" ]; then
   for t in /proc/$GW/task/*; do
-    [ "$(cat "$t/comm")" = voicegate-media ] && chrt -f -p "$MEDIA_RT" "${t##*/}" && echo "rt ${t##*/}"
+    if [ "$(cat "$t/comm")" = voicegate-media ]; then
+      chrt -f -p "$MEDIA_RT" "${t##*/}"
+      echo "media thread ${t##*/} at SCHED_FIFO $MEDIA_RT"
+    fi
   done
 fi
 cpu() { awk '{print $14+$15}' /proc/$GW/stat; }
