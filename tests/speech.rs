@@ -524,6 +524,43 @@ fn a_final_never_waits_behind_a_partial_being_decoded() {
 }
 
 #[test]
+fn a_transcription_given_up_stops_inside_the_encoder_pass() {
+    // Our patched whisper.cpp checks the give-up counter between the nodes of
+    // a graph, not only after a whole encoder pass: a partial asked to give
+    // way stops within a node, so the final waiting for its worker does not
+    // wait for the rest of the pass. Upstream whisper.cpp runs the whole
+    // encoder first: the given-up call then costs at least that pass, about
+    // half of a full transcription of this audio. Both are timed here, on the
+    // same recogniser, one after the other, so a busy box slows both.
+    let u = last_utterance_of("tests/calls/calm_billing.wav");
+    let mut long = u.samples.clone();
+    while long.len() < 16_000 * 25 {
+        long.extend_from_slice(&u.samples);
+    }
+    let model = model();
+    let mut r = asr::Recognizer::new(&model, 1, None).expect("state");
+    let full_started = std::time::Instant::now();
+    let full = r.recognize(&long).expect("a full transcription");
+    let full_took = full_started.elapsed();
+    assert!(full.text.to_lowercase().contains("bill"), "{full:?}");
+    let give_up = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let stopped_started = std::time::Instant::now();
+    let stopped = r.recognize_unless(&long, None, Some(give_up));
+    let stopped_took = stopped_started.elapsed();
+    assert!(matches!(stopped, Err(asr::AsrError::GaveUp)), "{stopped:?}");
+    eprintln!("given up in {stopped_took:?}; a full transcription took {full_took:?}");
+    assert!(
+        stopped_took * 5 < full_took,
+        "giving up took {stopped_took:?}, a full transcription {full_took:?}: the encoder pass was not stopped part-way"
+    );
+    // The recogniser is whole after being stopped.
+    let again = r
+        .recognize(&u.samples)
+        .expect("a transcription after giving up");
+    assert!(again.text.to_lowercase().contains("bill"), "{again:?}");
+}
+
+#[test]
 fn multilingual_base_joins_two_wheels_and_detects_the_language() {
     let path = root().join("models/ggml-base.bin");
     assert_eq!(

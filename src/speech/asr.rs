@@ -288,14 +288,20 @@ unsafe extern "C" fn encoder_begins(
 
 /// whisper.cpp's abort callback, called at the end of each encoder pass and
 /// after each decoder step: the first call after an encoder began marks its
-/// end; give up (a partial) while the counter is above zero.
+/// end; give up (a partial) while the counter is above zero. Our patched
+/// whisper.cpp (vendor/whisper-rs-sys/VOICEGATE.md) also calls it between the
+/// nodes of each graph, with the lowest bit of `user_data` set: those calls
+/// only check whether to give up, so an encoder pass can stop part-way.
 unsafe extern "C" fn after_each_step(user_data: *mut std::ffi::c_void) -> bool {
+    let between_nodes = user_data.addr() & 1 == 1;
+    let user_data = user_data.map_addr(|a| a & !1) as *const StageClock;
     if user_data.is_null() {
         return false;
     }
-    // SAFETY: as in `encoder_begins`.
-    let clock = unsafe { &*(user_data as *const StageClock) };
-    {
+    // SAFETY: as in `encoder_begins`; `StageClock` is aligned to more than
+    // two bytes, so the lowest bit of its address is the patch's tag.
+    let clock = unsafe { &*user_data };
+    if !between_nodes {
         let mut m = clock.marks();
         if let Some(since) = m.encoding_since.take() {
             let now = Instant::now();
