@@ -543,11 +543,17 @@ fn a_transcription_given_up_stops_inside_the_encoder_pass() {
     let full = r.recognize(&long).expect("a full transcription");
     let full_took = full_started.elapsed();
     assert!(full.text.to_lowercase().contains("bill"), "{full:?}");
-    let give_up = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
-    let stopped_started = std::time::Instant::now();
-    let stopped = r.recognize_unless(&long, None, Some(give_up));
-    let stopped_took = stopped_started.elapsed();
-    assert!(matches!(stopped, Err(asr::AsrError::GaveUp)), "{stopped:?}");
+    // The best of three: one stall of a loaded box (the suite runs tests
+    // side by side) must not fail the ratio; without the patch every attempt
+    // costs an encoder pass.
+    let mut stopped_took = Duration::MAX;
+    for _ in 0..3 {
+        let give_up = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let stopped_started = std::time::Instant::now();
+        let stopped = r.recognize_unless(&long, None, Some(give_up));
+        stopped_took = stopped_took.min(stopped_started.elapsed());
+        assert!(matches!(stopped, Err(asr::AsrError::GaveUp)), "{stopped:?}");
+    }
     eprintln!("given up in {stopped_took:?}; a full transcription took {full_took:?}");
     assert!(
         stopped_took * 5 < full_took,
